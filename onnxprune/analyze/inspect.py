@@ -1,0 +1,71 @@
+"""The `inspect` report: every weight, totals, op counts and opsets (schema onnxprune.inspect v1)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from onnxprune.analyze.weights import Analysis, find_weights
+from onnxprune.model import Model, _walk_graphs
+from onnxprune.report import table
+
+
+def zero_fraction(model: Model, key: str) -> float:
+    values = model.read(key)
+    return float(np.count_nonzero(values == 0)) / max(values.size, 1)
+
+
+def inspect_model(model: Model, analysis: Analysis | None = None) -> dict:
+    analysis = analysis or find_weights(model)
+    ops: Counter[str] = Counter()
+    for _, g in _walk_graphs(model.proto.graph):
+        ops.update(n.op_type if not n.domain or n.domain == "ai.onnx" else f"{n.domain}.{n.op_type}" for n in g.node)
+    weights = []
+    zeros = 0
+    for w in analysis.weights:
+        z = zero_fraction(model, w.key)
+        zeros += int(round(z * w.params))
+        weights.append({**w.describe(), "zero_fraction": z})
+    prunable = sum(w.params for w in analysis.weights)
+    total = sum(int(np.prod(tuple(r.proto.dims), dtype=np.int64)) for r in model.tensors())
+    return {
+        "model": str(model.path) if model.path else None,
+        "opsets": {op.domain or "ai.onnx": op.version for op in model.proto.opset_import},
+        "ir_version": model.proto.ir_version,
+        "ops": dict(sorted(ops.items())),
+        "totals": {
+            "params": total,
+            "prunable_params": prunable,
+            "prunable_share": prunable / total if total else 0.0,
+            "prunable_weights": len(analysis.weights),
+            "prunable_zeros": zeros,
+            "prunable_zero_fraction": zeros / prunable if prunable else 0.0,
+            "weight_bytes": model.weight_bytes(),
+        },
+        "weights": weights,
+        "not_prunable": [u.describe() for u in analysis.unprunable],
+    }
+
+
+def render(report: dict) -> str:
+    rows = [
+        (w["name"], w["ops"][0] + (f" +{len(w['ops']) - 1}" if len(w["ops"]) > 1 else ""), w["dtype"],
+         "x".join(map(str, w["shape"])), w["params"], f"{w['matrix'][0]}x{w['matrix'][1]}",
+         ",".join(map(str, w["reduction_axes"])) if w["reduction_axes"] is not None else "-",
+         "->".join(w["chain"]) or "-", f"{w['zero_fraction']:.1%}")
+        for w in report["weights"]
+    ]
+    out = [table(["weight", "op", "dtype", "shape", "params", "matrix", "red.axes", "chain", "zeros"], rows)]
+    if report["not_prunable"]:
+        out.append("\nnot prunable:")
+        out.append(table(["tensor", "node", "op", "reason"],
+                         [(u["name"], u["node"], f"{u['op']}:{u['role']}", u["reason"]) for u in report["not_prunable"]]))
+    t = report["totals"]
+    out.append(
+        f"\nparams {t['params']:,}  prunable {t['prunable_params']:,} ({t['prunable_share']:.1%}) in "
+        f"{t['prunable_weights']} weights  zeros in prunable {t['prunable_zero_fraction']:.1%}"
+    )
+    out.append("opsets " + ", ".join(f"{k} {v}" for k, v in report["opsets"].items())
+               + "  ops " + ", ".join(f"{k} {v}" for k, v in report["ops"].items()))
+    return "\n".join(out)

@@ -1,0 +1,48 @@
+"""The `onnxprune` command line: a thin layer over the Python API.
+
+Each command lives in its own module here and is registered below. Commands parse options,
+build the same objects the Python API uses, print, and return an exit code:
+0 success, 1 parity failed, 2 usage or input error (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from onnxprune import __version__
+from onnxprune.errors import OnnxPruneError
+
+# command name -> module under onnxprune.cli that defines a click command called `command`
+COMMANDS = {
+    "inspect": "inspect_cmd",
+    "check": "check_cmd",
+    "prune": "prune_cmd",
+}
+
+
+class _Group(click.Group):
+    """Loads commands lazily and turns OnnxPruneError into one stderr line + its exit code."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        module = COMMANDS.get(name)
+        if module is None:
+            return None
+        return importlib.import_module(f"onnxprune.cli.{module}").command
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OnnxPruneError as e:
+            click.echo(f"onnxprune: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxprune")
+def main() -> None:
+    """Prune, repair, pack and check ONNX models for edge deployment."""

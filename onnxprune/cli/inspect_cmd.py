@@ -1,0 +1,21 @@
+"""`onnxprune inspect MODEL [--json] [--fold-constants]`"""
+
+import click
+
+from onnxprune.analyze.fold import fold_constants
+from onnxprune.analyze.inspect import inspect_model, render
+from onnxprune.model import Model
+from onnxprune.report import to_json
+
+
+@click.command("inspect")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema onnxprune.inspect v1).")
+@click.option("--fold-constants", "fold", is_flag=True, help="Fold constant subexpressions first, so weights built from constants become prunable.")
+def command(model_path: str, as_json: bool, fold: bool) -> None:
+    """List every prunable weight with its op, layout and reduction axis, and totals."""
+    model = Model.load(model_path)
+    if fold:
+        fold_constants(model)
+    report = inspect_model(model)
+    click.echo(to_json(report, "inspect") if as_json else render(report), nl=not as_json)

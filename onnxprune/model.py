@@ -1,0 +1,293 @@
+"""Loading and atomic saving of ONNX models, external data, and weight access.
+
+A `Model` holds the ONNX `ModelProto` (the weights stay in its TensorProtos; external data is
+memory-mapped, never loaded whole) and gives numpy access to every constant tensor by a stable
+key: initializers of the main graph and of subgraphs (If/Loop/Scan), and `Constant` node values.
+Graph analysis goes through onnx-graphsurgeon (`Model.graph()`), which reads the same protos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+import onnx.defs
+import onnx.helper
+import onnx.numpy_helper
+from google.protobuf.message import DecodeError
+
+from onnxprune.atomic import atomic_open
+from onnxprune.errors import ExternalDataError, ModelLoadError, OnnxPruneError
+
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: above this a model must keep its weights as external data
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where a constant tensor lives: an initializer, or the `value` of a Constant node."""
+
+    key: str  # unique name used across onnxprune (the tensor name as its consumers see it)
+    graph: str  # name of the graph that stores it ("" = main graph)
+    storage: str  # "initializer" | "constant-node"
+    proto: onnx.TensorProto
+
+
+def np_dtype(elem_type: int) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def _walk_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
+    yield path, graph
+    for node in graph.node:
+        for attr in node.attribute:
+            sub = []
+            if attr.type == onnx.AttributeProto.GRAPH:
+                sub = [attr.g]
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                sub = list(attr.graphs)
+            for i, g in enumerate(sub):
+                name = g.name or f"{node.name or node.op_type}.{attr.name}{i if len(sub) > 1 else ''}"
+                yield from _walk_graphs(g, f"{path}/{name}" if path else name)
+
+
+class Model:
+    """An ONNX model and its weights. Never writes to the file it was loaded from."""
+
+    def __init__(self, proto: onnx.ModelProto, path: str | os.PathLike | None = None):
+        self.proto = proto
+        self.path = Path(path).resolve() if path else None
+        self.base_dir = self.path.parent if self.path else Path.cwd()
+        self._refs: dict[str, TensorRef] | None = None
+        self._maps: dict[str, mmap.mmap] = {}
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Model":
+        """Load a model file; external data is validated and memory-mapped, not read."""
+        path = Path(path)
+        if not path.exists():
+            raise ModelLoadError(f"{path}: no such file; give the path of an .onnx model")
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: not a file; give the path of an .onnx model")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except (DecodeError, ValueError, RuntimeError, OSError) as e:
+            raise ModelLoadError(f"{path}: not a valid ONNX model (truncated or not ONNX: {e})") from e
+        if proto.ir_version == 0 or not proto.HasField("graph"):
+            raise ModelLoadError(f"{path}: not a valid ONNX model (no IR version or graph); is it really an .onnx file?")
+        model = cls(proto, path)
+        model._check_opsets()
+        for ref in model.tensors():
+            if _is_external(ref.proto):
+                model._external_file(ref)  # validates location, existence, and bounds
+        return model
+
+    def _check_opsets(self) -> None:
+        known = onnx.defs.onnx_opset_version()
+        for op in self.proto.opset_import:
+            if op.domain in ("", "ai.onnx") and op.version > known:
+                raise ModelLoadError(
+                    f"{self.path}: opset {op.version} is newer than this onnx package knows ({known}); "
+                    f"upgrade onnx/onnxruntime or export with opset <= {known}"
+                )
+
+    # -- tensors -------------------------------------------------------------------------------
+    def tensors(self) -> list[TensorRef]:
+        """Every constant tensor of the model, main graph and subgraphs, with a unique key."""
+        if self._refs is None:
+            found: list[tuple[str, str, str, onnx.TensorProto]] = []
+            for gpath, g in _walk_graphs(self.proto.graph):
+                for t in g.initializer:
+                    found.append((t.name, gpath, "initializer", t))
+                for node in g.node:
+                    if node.op_type == "Constant" and node.output:
+                        for attr in node.attribute:
+                            if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                                found.append((node.output[0], gpath, "constant-node", attr.t))
+            counts: dict[str, int] = {}
+            for name, *_ in found:
+                counts[name] = counts.get(name, 0) + 1
+            refs = {}
+            for name, gpath, storage, t in found:
+                key = name if counts[name] == 1 else f"{gpath}::{name}"
+                refs[key] = TensorRef(key, gpath, storage, t)
+            self._refs = refs
+        return list(self._refs.values())
+
+    def ref(self, key: str) -> TensorRef:
+        self.tensors()
+        try:
+            return self._refs[key]  # type: ignore[index]
+        except KeyError:
+            raise OnnxPruneError(f"{self.path or 'model'}: no constant tensor named {key!r}") from None
+
+    def key_for(self, name: str, graph: str = "") -> str | None:
+        """The key of the constant tensor `name` as seen from graph `graph` (or an enclosing one)."""
+        self.tensors()
+        if name in self._refs:  # type: ignore[operator]
+            return name
+        scope = graph
+        while True:
+            key = f"{scope}::{name}"
+            if key in self._refs:  # type: ignore[operator]
+                return key
+            if not scope:
+                return None
+            scope = scope.rpartition("/")[0]
+
+    def read(self, key: str) -> np.ndarray:
+        """The tensor's values in their stored dtype. External data is a read-only memory map."""
+        ref = self.ref(key)
+        t = ref.proto
+        dtype = np_dtype(t.data_type)
+        shape = tuple(t.dims)
+        if _is_external(t):
+            buf = self._external_buffer(ref)
+            return np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
+        if t.HasField("raw_data") and dtype.kind != "O" and t.data_type != onnx.TensorProto.STRING:
+            return np.frombuffer(t.raw_data, dtype=dtype).reshape(shape)
+        return onnx.numpy_helper.to_array(t)
+
+    def write(self, key: str, values: np.ndarray) -> None:
+        """Replace a tensor's values (same shape; cast to the stored dtype), stored as raw data."""
+        t = self.ref(key).proto
+        dtype = np_dtype(t.data_type)
+        if tuple(values.shape) != tuple(t.dims):
+            raise OnnxPruneError(f"tensor {key!r}: new values have shape {values.shape}, expected {tuple(t.dims)}")
+        for field in _TYPED_FIELDS:
+            t.ClearField(field)
+        if _is_external(t):
+            t.ClearField("external_data")
+            t.data_location = onnx.TensorProto.DEFAULT
+        t.raw_data = np.ascontiguousarray(values, dtype=dtype).tobytes()
+
+    def weight_bytes(self) -> int:
+        total = 0
+        for ref in self.tensors():
+            t = ref.proto
+            total += int(np.prod(tuple(t.dims), dtype=np.int64)) * np_dtype(t.data_type).itemsize
+        return total
+
+    # -- external data -------------------------------------------------------------------------
+    def _external_file(self, ref: TensorRef) -> tuple[Path, int, int]:
+        info = {e.key: e.value for e in ref.proto.external_data}
+        loc = info.get("location", "")
+        where = f"{self.path}: tensor {ref.key!r} external data location {loc!r}"
+        if not loc or os.path.isabs(loc) or ".." in Path(loc).parts:
+            raise ExternalDataError(f"{where} must be a relative path inside the model's folder; refusing to read it")
+        file = (self.base_dir / loc).resolve()
+        if not file.is_relative_to(self.base_dir.resolve()):
+            raise ExternalDataError(f"{where} resolves outside the model's folder ({file}); refusing to read it")
+        if not file.is_file():
+            raise ExternalDataError(f"{where}: file not found next to the model; copy the .data file with the model")
+        offset = int(info.get("offset", 0))
+        t = ref.proto
+        need = int(np.prod(tuple(t.dims), dtype=np.int64)) * np_dtype(t.data_type).itemsize
+        length = int(info.get("length", need))
+        if length < need or offset + length > file.stat().st_size:
+            raise ExternalDataError(f"{where}: offset {offset} + length {length} is beyond the file or too short; the data file is truncated")
+        return file, offset, need
+
+    def _external_buffer(self, ref: TensorRef) -> memoryview:
+        file, offset, length = self._external_file(ref)
+        mm = self._maps.get(str(file))
+        if mm is None:
+            with open(file, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[str(file)] = mm
+        return memoryview(mm)[offset : offset + length]
+
+    def tensor_bytes(self, ref: TensorRef) -> bytes | memoryview:
+        if _is_external(ref.proto):
+            return self._external_buffer(ref)
+        return self.read(ref.key).tobytes() if not ref.proto.HasField("raw_data") else ref.proto.raw_data
+
+    # -- saving --------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, external_data: bool | None = None) -> Path:
+        """Write atomically. External data (`<name>.data` beside it) when asked or above 2 GiB."""
+        path = Path(path)
+        out = path.resolve()
+        inputs = {self.path} if self.path else set()
+        inputs |= {self._external_file(r)[0] for r in self.tensors() if _is_external(r.proto)}
+        data_path = out.with_name(out.name + ".data")
+        if out in inputs or data_path in inputs:
+            raise OnnxPruneError(f"{path}: refusing to overwrite the input model or its data; choose another output path")
+        if external_data is None:
+            external_data = self.weight_bytes() > PROTOBUF_LIMIT - 64 * 2**20
+        if external_data:
+            self._save_external(out, data_path)
+        else:
+            for ref in self.tensors():
+                if _is_external(ref.proto):
+                    self.write(ref.key, self.read(ref.key))
+            data = self.proto.SerializeToString()
+            with atomic_open(out) as f:
+                f.write(data)
+        return out
+
+    def _save_external(self, out: Path, data_path: Path, align: int = 64) -> None:
+        """Stream every tensor of >= 1 KiB into one data file, then write the model; both atomic."""
+        saved: list[tuple[onnx.TensorProto, bytes | None, list[tuple[str, str]], int]] = []
+        try:
+            with atomic_open(data_path) as data:
+                for ref in self.tensors():
+                    t = ref.proto
+                    raw = self.tensor_bytes(ref)
+                    if len(raw) < 1024:
+                        continue
+                    pad = (-data.tell()) % align
+                    data.write(b"\0" * pad)
+                    offset = data.tell()
+                    data.write(raw)
+                    saved.append((t, t.raw_data if t.HasField("raw_data") else None,
+                                  [(e.key, e.value) for e in t.external_data], int(t.data_location)))
+                    for field in _TYPED_FIELDS + ("raw_data", "external_data"):
+                        t.ClearField(field)
+                    t.data_location = onnx.TensorProto.EXTERNAL
+                    for k, v in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(raw)))):
+                        e = t.external_data.add()
+                        e.key, e.value = k, v
+                with atomic_open(out) as f:
+                    f.write(self.proto.SerializeToString())
+        except BaseException:
+            for t, raw, ext, loc in saved:  # put the model back as it was
+                t.ClearField("external_data")
+                for k, v in ext:
+                    e = t.external_data.add()
+                    e.key, e.value = k, v
+                t.data_location = loc
+                if raw is not None:
+                    t.raw_data = raw
+            raise
+        self._maps.clear()  # arrays already handed out keep their maps alive
+        self.path, self.base_dir = out, out.parent
+
+    # -- graph ---------------------------------------------------------------------------------
+    def graph(self):
+        """The model as an onnx-graphsurgeon graph (constants stay lazily tied to these protos)."""
+        import onnx_graphsurgeon as gs
+
+        return gs.import_onnx(self.proto)
+
+    def replace_proto(self, proto: onnx.ModelProto) -> None:
+        """Swap in a rewritten model (after a structural pass); external refs keep resolving."""
+        self.proto = proto
+        self._refs = None
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.proto.SerializeToString()).hexdigest()
+
+
+def _is_external(t: onnx.TensorProto) -> bool:
+    return t.data_location == onnx.TensorProto.EXTERNAL
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    return Model.load(path)

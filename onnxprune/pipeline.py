@@ -1,0 +1,111 @@
+"""The pass contract, the shared context and composing passes into a pipeline.
+
+A pass takes its settings in its constructor and does its work in `call(model, ctx)`, returning
+a `PassResult` that says exactly whether it modified the model and what, per weight. The CLI,
+the Python API and recipe files all build `Pipeline` objects from the same passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from onnxprune import __version__
+from onnxprune.analyze.weights import Analysis, find_weights
+from onnxprune.model import Model
+from onnxprune.prune.masks import MaskSet
+
+
+@dataclass
+class PassResult:
+    pass_name: str
+    modified: bool
+    weights: dict[str, dict] = field(default_factory=dict)  # per weight: what changed
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"pass": self.pass_name, "modified": self.modified, "seconds": round(self.seconds, 3),
+                "weights": self.weights, "notes": self.notes}
+
+
+@dataclass
+class Context:
+    """What passes share: the model's analysis, the masks, calibration data, results so far."""
+
+    model: Model
+    masks: MaskSet = field(default_factory=MaskSet)
+    data: Any = None  # onnxprune.check.data.Dataset used for calibration, or None
+    results: list[PassResult] = field(default_factory=list)
+    progress: bool = True
+    _analysis: Analysis | None = None
+
+    @property
+    def analysis(self) -> Analysis:
+        if self._analysis is None:
+            self._analysis = find_weights(self.model)
+        return self._analysis
+
+    def invalidate(self) -> None:
+        """Call after a structural rewrite: the analysis is rebuilt on next use."""
+        self._analysis = None
+
+
+class Pass(ABC):
+    """One step of a pipeline. Subclasses set `name` and implement `call`."""
+
+    name: str = "pass"
+    structural: bool = False  # True if the pass may rewrite the graph (the analysis is rebuilt)
+
+    def settings(self) -> dict:
+        """The constructor settings, for reports and option hashes."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    @abstractmethod
+    def call(self, model: Model, ctx: Context) -> PassResult: ...
+
+    def __call__(self, model: Model, ctx: Context) -> PassResult:
+        start = time.perf_counter()
+        result = self.call(model, ctx)
+        result.seconds = time.perf_counter() - start
+        ctx.results.append(result)
+        return result
+
+
+def options_hash(settings: Any) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Pipeline:
+    def __init__(self, passes: list[Pass]):
+        self.passes = list(passes)
+
+    def settings(self) -> list[dict]:
+        return [{"pass": p.name, **p.settings()} for p in self.passes]
+
+    def run(self, model: Model, ctx: Context | None = None, on_step=None) -> Context:
+        """Run every pass in order; `on_step(ctx, result)` is called after each one."""
+        ctx = ctx or Context(model)
+        for p in self.passes:
+            result = p(model, ctx)
+            if p.structural and result.modified:
+                ctx.invalidate()
+            if on_step:
+                on_step(ctx, result)
+        return ctx
+
+
+def stamp(model: Model, settings: Any) -> None:
+    """Record the tool version and a hash of the options in the model's metadata_props."""
+    props = {"onnxprune.version": __version__, "onnxprune.options_sha256": options_hash(settings)}
+    existing = {p.key: p for p in model.proto.metadata_props}
+    for key, value in props.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            entry = model.proto.metadata_props.add()
+            entry.key, entry.value = key, value

@@ -1,0 +1,110 @@
+"""The mask set: one keep-mask per prunable weight, monotone, stored bit-packed.
+
+Export/import (the contract with external trainers): an `.npz` with one boolean array per weight
+(True = kept, stored layout) plus a JSON manifest `<file>.json` listing, per weight: name, shape,
+pattern, sparsity, step. Importing checks names and shapes against the model.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from onnxprune.atomic import atomic_open, atomic_write_text
+from onnxprune.errors import OnnxPruneError, OptionError
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class _Entry:
+    bits: np.ndarray
+    shape: tuple[int, ...]
+    pattern: str
+    step: int
+
+
+@dataclass
+class MaskSet:
+    entries: dict[str, _Entry] = field(default_factory=dict)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def get(self, key: str) -> np.ndarray:
+        e = self.entries[key]
+        n = int(np.prod(e.shape, dtype=np.int64))
+        return np.unpackbits(e.bits, count=n).astype(bool).reshape(e.shape)
+
+    def set(self, key: str, keep: np.ndarray, pattern: str, step: int) -> None:
+        """Set a weight's mask; it may only shrink (a pruned weight never comes back)."""
+        keep = np.asarray(keep, dtype=bool)
+        if key in self.entries:
+            old = self.get(key)
+            if old.shape != keep.shape:
+                raise OnnxPruneError(f"mask for {key!r}: shape {keep.shape} differs from {old.shape}")
+            if np.any(keep & ~old):
+                raise OnnxPruneError(f"mask for {key!r} would revive pruned weights; masks are monotone")
+        self.entries[key] = _Entry(np.packbits(keep.reshape(-1)), tuple(keep.shape), pattern, step)
+
+    def sparsity(self, key: str) -> float:
+        e = self.entries[key]
+        n = int(np.prod(e.shape, dtype=np.int64))
+        kept = int(np.unpackbits(e.bits, count=n).sum())
+        return 1 - kept / n if n else 0.0
+
+    def manifest(self) -> dict:
+        return {
+            "schema": "onnxprune.masks",
+            "version": MANIFEST_VERSION,
+            "masks": [
+                {"name": k, "shape": list(e.shape), "pattern": e.pattern, "sparsity": self.sparsity(k), "step": e.step}
+                for k, e in self.entries.items()
+            ],
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write `path` (.npz, deterministic bytes) and `path.json` (the manifest), atomically."""
+        path = Path(path)
+        with atomic_open(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            for i, key in enumerate(self.entries):
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, self.get(key), allow_pickle=False)
+                info = zipfile.ZipInfo(f"mask_{i:05d}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(info, buf.getvalue())
+        manifest = self.manifest()
+        for i, m in enumerate(manifest["masks"]):
+            m["array"] = f"mask_{i:05d}"
+        atomic_write_text(str(path) + ".json", json.dumps(manifest, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, expected: dict[str, tuple[int, ...]] | None = None) -> "MaskSet":
+        """Read masks written by `save` (or by a trainer following the same contract)."""
+        path = Path(path)
+        try:
+            manifest = json.loads(Path(str(path) + ".json").read_text())
+            arrays = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise OptionError(f"{path}: cannot read masks ({e}); expected an .npz with its .json manifest beside it") from e
+        masks = cls()
+        for m in manifest.get("masks", []):
+            name, array = m["name"], m.get("array", m["name"])
+            if array not in arrays:
+                raise OptionError(f"{path}: manifest names mask {name!r} (array {array!r}) but the .npz lacks it")
+            keep = arrays[array].astype(bool)
+            if expected is not None:
+                if name not in expected:
+                    raise OptionError(f"{path}: mask {name!r} matches no prunable weight of the model")
+                if tuple(expected[name]) != keep.shape:
+                    raise OptionError(f"{path}: mask {name!r} has shape {keep.shape}, the weight has {tuple(expected[name])}")
+            masks.set(name, keep, m.get("pattern", "imported"), int(m.get("step", 0)))
+        return masks
