@@ -1,0 +1,395 @@
+"""Calibration and evaluation data: an .npz file, a folder of .npz/.npy files, or synthetic inputs.
+
+An array for a model input is read by its rank (its axis 0 always counts samples):
+- rank == the input's rank: axis 0 is the model's batch axis, one sample per row (or per chunk of
+  the model's fixed batch size); such data can be batched when the model's batch dim is dynamic;
+- rank == the input's rank + 1: each entry along axis 0 is one complete feed (fixed batch-1
+  inputs, or inputs whose batch axis is not first, such as an RNN state [2, batch, 128]).
+Labels (integers, axis 0 = samples) come from `labels=` (.npy) or a "labels" key in the .npz files.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import onnx
+import onnx.helper
+
+from onnxprune.errors import DataError, OptionError
+
+DEFAULT_SAMPLES = 16  # synthetic samples when no count is given
+DEFAULT_INT_RANGE = (0, 1)  # inclusive; valid for token ids, segment ids, masks and index inputs alike
+LABELS_KEY = "labels"
+
+Dim = int | str | None  # static size, dim_param name, or unnamed dynamic
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: name, numpy dtype and shape (None when the model gives no shape)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[Dim, ...] | None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    @property
+    def batch_dynamic(self) -> bool:
+        """True when axis 0 exists and has no fixed size."""
+        return bool(self.shape) and not isinstance(self.shape[0], int)
+
+    def describe(self) -> str:
+        dims = "?" if self.shape is None else ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype.name}[{dims}]"
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
+    kind = d.WhichOneof("value")
+    return d.dim_value if kind == "dim_value" else (d.dim_param if kind == "dim_param" else None)
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The inputs a caller must feed: graph inputs that are not initializers."""
+    graph = model.graph
+    consts = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
+    specs = []
+    for vi in graph.input:
+        if vi.name in consts:
+            continue
+        if vi.type.WhichOneof("value") != "tensor_type":
+            raise DataError(f"model input '{vi.name}' is not a tensor; onnxprune can only feed tensor inputs")
+        tt = vi.type.tensor_type
+        shape = tuple(_dim(d) for d in tt.shape.dim) if tt.HasField("shape") else None
+        specs.append(InputSpec(vi.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), shape))
+    return specs
+
+
+def _specs(model_inputs: onnx.ModelProto | Sequence[InputSpec]) -> tuple[InputSpec, ...]:
+    return tuple(input_specs(model_inputs) if isinstance(model_inputs, onnx.ModelProto) else model_inputs)
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Arrays of one source file, all as [samples, *feed_shape]."""
+
+    arrays: dict[str, np.ndarray]
+    n: int
+    batchable: bool  # samples may be concatenated along axis 0 into one feed
+
+    def feed(self, local: np.ndarray) -> dict[str, np.ndarray]:
+        lo, hi = int(local[0]), int(local[-1]) + 1
+        out = {}
+        for name, a in self.arrays.items():
+            part = a[lo:hi] if hi - lo == len(local) else a[local]  # a view when contiguous
+            part = part.reshape((-1,) + a.shape[2:]) if self.batchable else part[0]
+            out[name] = np.ascontiguousarray(part)
+        return out
+
+
+def _check_dims(where: str, spec: InputSpec, got: tuple[int, ...], want: Sequence[Dim], a: np.ndarray) -> None:
+    if any(isinstance(w, int) and g != w for g, w in zip(got, want)):
+        raise DataError(
+            f"{where}: input '{spec.name}' expects {spec.describe()}, got {a.dtype.name}{list(a.shape)}; "
+            "the fixed dims must match (axis 0 counts samples)"
+        )
+
+
+def _as_feeds(where: str, spec: InputSpec, a: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The array as [samples, *feed_shape] and whether its samples can share a feed."""
+    if a.dtype != spec.dtype:
+        raise DataError(
+            f"{where}: input '{spec.name}' has dtype {a.dtype.name}, the model expects {spec.describe()}; "
+            f"convert it with .astype(np.{spec.dtype.name})"
+        )
+    if spec.rank is None:
+        if a.ndim == 0:
+            raise DataError(f"{where}: input '{spec.name}' has no shape in the model; give a leading sample axis")
+        return a, False
+    if spec.rank == 0 and a.ndim == 0:
+        return a.reshape(1), False
+    if spec.rank and a.ndim == spec.rank:
+        _check_dims(where, spec, a.shape[1:], spec.shape[1:], a)
+        unit = spec.shape[0] if isinstance(spec.shape[0], int) else 1
+        if unit == 0 or a.shape[0] % unit:
+            raise DataError(
+                f"{where}: input '{spec.name}' has {a.shape[0]} rows, not a multiple of the model's fixed "
+                f"batch {unit} ({spec.describe()})"
+            )
+        return a.reshape((a.shape[0] // unit, unit) + a.shape[1:]), unit == 1 and spec.batch_dynamic
+    if a.ndim == spec.rank + 1:
+        _check_dims(where, spec, a.shape[1:], spec.shape, a)
+        return a, False
+    raise DataError(
+        f"{where}: input '{spec.name}' expects {spec.describe()} (rows along the batch axis) or one more "
+        f"leading axis of complete feeds; got {a.dtype.name}{list(a.shape)}"
+    )
+
+
+def _block(where: str, arrays: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> _Block:
+    names = [s.name for s in specs]
+    for key in arrays:
+        if key not in names:
+            raise DataError(f"{where}: '{key}' is not a model input (inputs: {', '.join(names)})")
+    for s in specs:
+        if s.name not in arrays:
+            raise DataError(f"{where}: missing input '{s.name}' ({s.describe()})")
+    feeds = {s.name: _as_feeds(where, s, np.asarray(arrays[s.name])) for s in specs}
+    counts = {name: a.shape[0] for name, (a, _) in feeds.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        raise DataError(f"{where}: inputs have different sample counts ({listed}); give each the same count")
+    n = next(iter(counts.values()), 0)
+    if n == 0:
+        raise DataError(f"{where}: no samples")
+    return _Block({k: a for k, (a, _) in feeds.items()}, n, all(b for _, b in feeds.values()))
+
+
+def _read(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+    try:
+        if path.suffix == ".npy":
+            if len(specs) != 1:
+                raise DataError(
+                    f"{path}: .npy files only work for single-input models; this one has inputs "
+                    f"{', '.join(s.name for s in specs)}: use .npz files keyed by input name"
+                )
+            return {specs[0].name: np.load(path, mmap_mode="r", allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot read it as numpy data ({e})") from e
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: cannot read labels; give an .npy file of integers, one per sample ({e})") from e
+    if not isinstance(labels, np.ndarray):
+        labels.close()
+        raise DataError(f"{path}: labels must be an .npy file (one integer array), not an .npz archive")
+    return labels
+
+
+def _files(source: Path) -> list[Path]:
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+        if not files:
+            raise DataError(f"{source}: no .npz or .npy files in this folder")
+        return files
+    if source.is_file() and source.suffix in (".npz", ".npy"):
+        return [source]
+    if source.exists():
+        raise DataError(f"{source}: unsupported data file; give an .npz file or a folder of .npz/.npy files")
+    raise DataError(f"{source}: no such file or folder; give an .npz file or a folder of .npz/.npy files")
+
+
+def _check_labels(where: str, labels: np.ndarray, n: int) -> np.ndarray:
+    if labels.dtype.kind not in "iu" or labels.ndim == 0:
+        raise DataError(f"{where}: labels must be an integer array with one entry per sample, got "
+                        f"{labels.dtype.name}{list(labels.shape)}")
+    if labels.shape[0] != n:
+        raise DataError(f"{where}: {labels.shape[0]} labels for {n} samples; give one label entry per sample")
+    return labels
+
+
+def _random(rng: np.random.Generator, spec: InputSpec, shape: tuple[int, ...], lohi: tuple[int, int]) -> np.ndarray:
+    kind = spec.dtype.kind
+    if kind == "b":
+        return rng.random(shape) < 0.5
+    if kind in "iu":
+        lo, hi = lohi
+        info = np.iinfo(spec.dtype)
+        if not info.min <= lo <= hi <= info.max:
+            raise OptionError(f"--int-range {lo},{hi} for input '{spec.name}' does not fit {spec.dtype.name} "
+                              f"({info.min}..{info.max}); give LO <= HI within it")
+        return rng.integers(lo, hi, size=shape, dtype=spec.dtype, endpoint=True)
+    if kind in "USO":
+        raise DataError(f"input '{spec.name}' ({spec.describe()}) cannot be generated; pass real data with --data")
+    return rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype)
+
+
+def _feed_shape(spec: InputSpec, given: Sequence[int] | None) -> tuple[int, ...]:
+    if given is None:
+        if spec.shape is None:
+            raise DataError(f"input '{spec.name}' has no shape in the model; "
+                            f"give one with --shape {spec.name}=D1xD2...")
+        return tuple(d if isinstance(d, int) else 1 for d in spec.shape)
+    given = tuple(int(d) for d in given)
+    if spec.shape is not None and (
+        len(given) != len(spec.shape) or any(isinstance(w, int) and g != w for g, w in zip(given, spec.shape))
+    ):
+        raise OptionError(f"--shape {spec.name}={'x'.join(map(str, given))} does not fit {spec.describe()}; "
+                          "keep the rank and the fixed dims")
+    if any(d < 0 for d in given):
+        raise OptionError(f"--shape {spec.name}: dims must be >= 0")
+    return given
+
+
+class Batch(NamedTuple):
+    feed: dict[str, np.ndarray]
+    labels: np.ndarray | None  # labels of these samples, axis 0 = samples
+    size: int  # samples in this feed
+
+
+class Dataset:
+    """Samples to feed a model, with optional labels; `split`/`subset` share the arrays."""
+
+    def __init__(self, specs: Sequence[InputSpec], blocks: Sequence[_Block], *, source: str,
+                 labels: np.ndarray | None = None, synthetic: bool = False, seed: int | None = None,
+                 index: np.ndarray | None = None):
+        self.specs = tuple(specs)
+        self.source = source
+        self.synthetic = synthetic
+        self.seed = seed
+        self._blocks = tuple(blocks)
+        self._starts = np.cumsum([0] + [b.n for b in self._blocks])
+        self._all_labels = labels
+        self._index = np.arange(self._starts[-1]) if index is None else index
+
+    @classmethod
+    def from_source(cls, source: str | os.PathLike, model_inputs: onnx.ModelProto | Sequence[InputSpec],
+                    labels: str | os.PathLike | np.ndarray | None = None) -> "Dataset":
+        """Read an .npz file or a folder of .npz/.npy files (sorted by name, one block each)."""
+        specs = _specs(model_inputs)
+        blocks, key_labels = [], []
+        for path in _files(Path(source)):
+            arrays = _read(path, specs)
+            if LABELS_KEY in arrays and LABELS_KEY not in {s.name for s in specs}:
+                key_labels.append(np.asarray(arrays.pop(LABELS_KEY)))
+            blocks.append(_block(str(path), arrays, specs))
+        n = sum(b.n for b in blocks)
+        if labels is not None:
+            where = "labels" if isinstance(labels, np.ndarray) else str(labels)
+            labels = _check_labels(where, labels if isinstance(labels, np.ndarray) else _read_labels(Path(labels)), n)
+        elif key_labels:
+            if len(key_labels) != len(blocks):
+                raise DataError(f"{source}: some files have a '{LABELS_KEY}' array and some do not; "
+                                "give labels in every file or none")
+            labels = _check_labels(str(source), np.concatenate(key_labels), n)
+        return cls(specs, blocks, source=str(source), labels=labels)
+
+    @classmethod
+    def synthetic(cls, model_inputs: onnx.ModelProto | Sequence[InputSpec], n: int = DEFAULT_SAMPLES, *,
+                  shapes: Mapping[str, Sequence[int]] | None = None,
+                  int_range: tuple[int, int] = DEFAULT_INT_RANGE,
+                  int_ranges: Mapping[str, tuple[int, int]] | None = None, seed: int = 0) -> "Dataset":
+        """n random feeds from the input spec: floats ~ N(0, 1), integers uniform in LO..HI (inclusive),
+        bools fair coin; dynamic dims are 1 unless `shapes` gives the whole feed shape."""
+        specs = _specs(model_inputs)
+        names = [s.name for s in specs]
+        shapes, int_ranges = dict(shapes or {}), dict(int_ranges or {})
+        for what, given in (("--shape", shapes), ("--int-range", int_ranges)):
+            for key in given:
+                if key not in names:
+                    raise OptionError(f"{what} names '{key}', which is not a model input (inputs: {', '.join(names)})")
+        if n < 1:
+            raise OptionError(f"synthetic data needs at least 1 sample, got {n}")
+        rng = np.random.default_rng(seed)
+        arrays = {s.name: _random(rng, s, (n,) + _feed_shape(s, shapes.get(s.name)), int_ranges.get(s.name, int_range))
+                  for s in specs}
+        return cls(specs, [_Block(arrays, n, False)], source="synthetic", synthetic=True, seed=seed)
+
+    def _derive(self, index: np.ndarray) -> "Dataset":
+        return Dataset(self.specs, self._blocks, source=self.source, labels=self._all_labels,
+                       synthetic=self.synthetic, seed=self.seed, index=index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self._all_labels is None else self._all_labels[self._index]
+
+    def subset(self, n: int) -> "Dataset":
+        """The first n samples."""
+        if n < 1:
+            raise OptionError(f"a subset needs at least 1 sample, got {n}")
+        return self._derive(self._index[:n])
+
+    def split(self, part: float | int, seed: int = 0) -> tuple["Dataset", "Dataset"]:
+        """Disjoint (calibration, evaluation) sets: a random `part` (fraction in (0, 1) or a count) and the rest."""
+        n = len(self)
+        k = int(round(part * n)) if isinstance(part, float) else int(part)
+        if not 0 < k < n:
+            raise DataError(f"cannot split {n} samples {part!r} ways: both parts need at least one sample")
+        perm = np.random.default_rng(seed).permutation(n)
+        return self._derive(np.sort(self._index[perm[:k]])), self._derive(np.sort(self._index[perm[k:]]))
+
+    def iter_batches(self, batch_size: int = 1) -> Iterator[Batch]:
+        """Feeds in sample order: up to batch_size samples concatenated along axis 0 where the data and the
+        model's dynamic batch dim allow it, else one feed per sample."""
+        if batch_size < 1:
+            raise OptionError(f"batch size must be >= 1, got {batch_size}")
+        block_of = np.searchsorted(self._starts, self._index, side="right") - 1
+        cuts = np.flatnonzero(np.diff(block_of)) + 1
+        for pos in np.split(np.arange(len(self._index)), cuts):
+            if not len(pos):
+                continue
+            b = int(block_of[pos[0]])
+            block = self._blocks[b]
+            step = batch_size if block.batchable else 1
+            for j in range(0, len(pos), step):
+                glob = self._index[pos[j:j + step]]
+                labels = None if self._all_labels is None else self._all_labels[glob]
+                yield Batch(block.feed(glob - self._starts[b]), labels, len(glob))
+
+    def batches(self, batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
+        """Feed dicts only (see iter_batches)."""
+        return (b.feed for b in self.iter_batches(batch_size))
+
+    def describe(self) -> dict:
+        """For reports: where the data came from and what it feeds."""
+        return {
+            "source": self.source,
+            "synthetic": self.synthetic,
+            "seed": self.seed if self.synthetic else None,
+            "samples": len(self),
+            "labels": self._all_labels is not None,
+            "inputs": {s.name: s.describe() for s in self.specs},
+        }
+
+
+def load_dataset(model_inputs: onnx.ModelProto | Sequence[InputSpec], data: str | os.PathLike | None = None, *,
+                 labels: str | os.PathLike | None = None, samples: int | None = None,
+                 shapes: Mapping[str, Sequence[int]] | None = None, int_range: tuple[int, int] = DEFAULT_INT_RANGE,
+                 int_ranges: Mapping[str, tuple[int, int]] | None = None, seed: int = 0) -> Dataset:
+    """Data from `data` (the first `samples` of it), or `samples` synthetic feeds when no data is given."""
+    if data is None:
+        if labels is not None:
+            raise OptionError("labels need real inputs: give --data with --labels")
+        return Dataset.synthetic(model_inputs, samples or DEFAULT_SAMPLES, shapes=shapes, int_range=int_range,
+                                 int_ranges=int_ranges, seed=seed)
+    ds = Dataset.from_source(data, model_inputs, labels=labels)
+    return ds.subset(samples) if samples else ds
+
+
+def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """'name=1x3x224x224' -> ('name', (1, 3, 224, 224)); 'name=' is a scalar."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split("x")) if dims else ()
+    except ValueError:
+        shape = None
+    if not sep or not name or shape is None:
+        raise OptionError(f"--shape '{text}': expected NAME=D1xD2..., e.g. input=1x3x224x224")
+    return name, shape
+
+
+def parse_int_range(text: str) -> tuple[str | None, tuple[int, int]]:
+    """'LO,HI' -> (None, (LO, HI)) for every integer input; 'name=LO,HI' for one input."""
+    name, _, span = text.rpartition("=")
+    try:
+        lo, hi = (int(v) for v in span.split(","))
+    except ValueError:
+        lo = hi = None
+    if lo is None or lo > hi:
+        raise OptionError(f"--int-range '{text}': expected [NAME=]LO,HI with LO <= HI, e.g. 0,255 or ids=0,30521")
+    return name or None, (lo, hi)

@@ -1,0 +1,125 @@
+"""`onnxprune check ORIGINAL CANDIDATE`: the accuracy parity gate (exit 0 pass, 1 parity failed, 2 input error).
+
+Other commands that run the gate stack the same option bundles (`data_options`, `threshold_options`,
+`run_options`) and call `run_check` with the collected option values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Mapping
+
+import click
+import onnx
+
+from onnxprune.check.data import DEFAULT_INT_RANGE, Dataset, load_dataset, parse_int_range, parse_shape
+from onnxprune.check.parity import ModelSource, ParityReport, compare, thresholds_from_options
+from onnxprune.model import Model
+
+
+def _stack(*options):
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+data_options = _stack(
+    click.option("--data", type=click.Path(), help="Inputs: an .npz keyed by input name (axis 0 = samples) or a "
+                 "folder of .npz/.npy files. Without it, random inputs from the model's input spec."),
+    click.option("--labels", type=click.Path(dir_okay=False), help="Integer class labels (.npy), one per sample; "
+                 "or a 'labels' array in the .npz files."),
+    click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2...",
+                 help="Feed shape of a synthetic input (dynamic dims default to 1), e.g. input=1x3x224x224."),
+    click.option("--int-range", "int_ranges", multiple=True, metavar="[NAME=]LO,HI",
+                 help=f"Synthetic integer values, inclusive (default {DEFAULT_INT_RANGE[0]},{DEFAULT_INT_RANGE[1]}); "
+                 "NAME= limits it to one input."),
+    click.option("--samples", type=click.IntRange(min=1),
+                 help="Use the first N samples (synthetic: generate N, default 16)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic inputs."),
+)
+
+threshold_options = _stack(
+    click.option("--min-cosine", type=float, help="Least mean cosine similarity per output (default 0.99 when "
+                 "no threshold is given)."),
+    click.option("--max-rel-l2", type=float, help="Largest ||cand - ref|| / ||ref|| per output."),
+    click.option("--min-top1-agreement", type=float, help="Least fraction of equal argmaxes (classifier outputs)."),
+    click.option("--max-accuracy-drop", type=float, help="Largest accuracy drop against the labels (0.01 = 1 point)."),
+    click.option("--atol", type=float, help="Elementwise: pass iff |cand - ref| <= atol + rtol*|ref| everywhere."),
+    click.option("--rtol", type=float, help="See --atol (either alone checks with the other at 0)."),
+    click.option("--min-snr-db", type=float, help="Least signal-to-noise ratio in dB per output."),
+    click.option("--max-abs", type=float, help="Largest |cand - ref| per output."),
+    click.option("--min-exact-match", type=float, help="Least fraction of equal elements (non-float outputs)."),
+    click.option("--output-threshold", "output_thresholds", multiple=True, metavar="OUTPUT:KEY=VALUE[,KEY=VALUE]",
+                 help="Override thresholds for one output, e.g. 'logits:min_cosine=0.995'."),
+)
+
+run_options = _stack(
+    click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Samples per run, where the data and the model's batch dim allow batching."),
+    click.option("--provider", default="CPUExecutionProvider", show_default=True,
+                 help="onnxruntime execution provider."),
+    click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="onnxruntime intra-op threads (fixed, for repeatable results)."),
+)
+
+_THRESHOLD_KEYS = ("min_cosine", "max_rel_l2", "min_top1_agreement", "max_accuracy_drop", "atol", "rtol",
+                   "min_snr_db", "max_abs", "min_exact_match", "output_thresholds")
+
+
+def dataset_from_options(model: onnx.ModelProto, opts: Mapping) -> Dataset:
+    """The Dataset the data_options values describe, for `model`'s inputs."""
+    int_range, int_ranges = DEFAULT_INT_RANGE, {}
+    for name, span in map(parse_int_range, opts.get("int_ranges", ())):
+        if name is None:
+            int_range = span
+        else:
+            int_ranges[name] = span
+    return load_dataset(model, opts.get("data"), labels=opts.get("labels"), samples=opts.get("samples"),
+                        shapes=dict(map(parse_shape, opts.get("shapes", ()))), int_range=int_range,
+                        int_ranges=int_ranges, seed=opts.get("seed", 0))
+
+
+def _proto(model: ModelSource) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    return (model if isinstance(model, Model) else Model.load(model)).proto
+
+
+def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, dataset: Dataset | None = None,
+              report_path: str | os.PathLike | None = None, quiet: bool = False) -> ParityReport:
+    """The gate from option values: data (unless `dataset` is given) and thresholds, compare, print the
+    table (with `quiet`, the verdict only), write the JSON report. The caller exits 1 when `not report.passed`."""
+    spec_model = _proto(original)
+    _proto(candidate)  # a missing or unreadable candidate fails here with a one-line error
+    dataset = dataset_from_options(spec_model, opts) if dataset is None else dataset
+    thresholds = thresholds_from_options(**{k: opts.get(k) for k in _THRESHOLD_KEYS if opts.get(k) is not None})
+    show = not quiet and sys.stderr.isatty()
+    bar = (click.progressbar(length=len(dataset), label="checking", file=sys.stderr) if show
+           else contextlib.nullcontext())
+    with bar as b:
+        report = compare(original, candidate, dataset, thresholds, batch_size=opts.get("batch_size", 1),
+                         providers=[opts.get("provider") or "CPUExecutionProvider"], threads=opts.get("threads", 1),
+                         progress=None if b is None else b.update)
+    if report_path:
+        report.write(report_path)
+    click.echo(report.verdict() if quiet else report.render())
+    return report
+
+
+@click.command("check")
+@click.argument("original", type=click.Path(dir_okay=False))
+@click.argument("candidate", type=click.Path(dir_okay=False))
+@data_options
+@threshold_options
+@run_options
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--quiet", is_flag=True, help="Print only the verdict line.")
+def command(original: str, candidate: str, report_path: str | None, quiet: bool, **opts) -> None:
+    """Compare CANDIDATE with ORIGINAL in onnxruntime on the same inputs; exit 1 if a threshold fails."""
+    report = run_check(original, candidate, opts, report_path=report_path, quiet=quiet)
+    if not report.passed:
+        click.get_current_context().exit(1)
