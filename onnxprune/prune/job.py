@@ -1,0 +1,107 @@
+"""A whole pruning job as one options object: the same for the CLI, the Python API and recipes.
+
+`PruneOptions` -> `build_pipeline` (fold, then for each schedule step: prune, then the
+fine-tuning hooks) -> `prune_model` runs it and returns the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from onnxprune.analyze.fold import FoldConstantsPass
+from onnxprune.model import Model
+from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
+from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS
+from onnxprune.prune.masks import MaskSet
+from onnxprune.prune.prune_pass import PrunePass
+from onnxprune.prune.schedule import schedule
+from onnxprune.repair.hooks import HookPass
+
+
+@dataclass
+class PruneOptions:
+    sparsity: float | None = None  # default: 1 - N/M for N:M, else 0.5
+    pattern: str = "unstructured"
+    scope: str = "layer"
+    criterion: str = "magnitude"
+    overrides: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
+    min_params: int = DEFAULT_MIN_PARAMS
+    nm_remainder: str = "skip"
+    steps: int = 1
+    initial_sparsity: float = 0.0
+    t0: int = 0
+    dt: int = 1
+    hooks: list[str] = field(default_factory=list)
+    fold_constants: bool = False
+
+    def final_sparsity(self) -> float:
+        from onnxprune.prune.patterns import Pattern
+
+        fixed = Pattern.parse(self.pattern).fixed_sparsity
+        return self.sparsity if self.sparsity is not None else (fixed if fixed is not None else 0.5)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def sha256(self) -> str:
+        return options_hash(self.to_dict())
+
+
+def build_pipeline(opts: PruneOptions) -> Pipeline:
+    passes: list[Pass] = [FoldConstantsPass()] if opts.fold_constants else []
+    plan = schedule(opts.final_sparsity(), opts.steps, opts.initial_sparsity, opts.t0, opts.dt)
+    for st in plan:
+        passes.append(PrunePass(st.sparsity, opts.pattern, opts.scope, opts.criterion, opts.overrides, opts.skip,
+                                opts.min_params, opts.nm_remainder, step=st.index))
+        if opts.hooks:
+            passes.append(HookPass(opts.hooks, st.index, len(plan), st.t, st.sparsity))
+    return Pipeline(passes)
+
+
+def prune_model(model: Model, opts: PruneOptions, data=None, masks: MaskSet | None = None,
+                progress: bool = True, on_step=None) -> tuple[Context, dict]:
+    """Run the pruning job on `model` in place; returns the context and the report.
+
+    `on_step(ctx, result)` is called after each pass (e.g. to evaluate accuracy per step)."""
+    ctx = Context(model, masks or MaskSet(), data, progress=progress)
+    build_pipeline(opts).run(model, ctx, on_step)
+    stamp(model, opts.to_dict())
+    return ctx, summarize(ctx, opts)
+
+
+def summarize(ctx: Context, opts: PruneOptions) -> dict:
+    """Per-weight and overall achieved sparsity over all prunable weights."""
+    rows = []
+    total = pruned = 0
+    for w in ctx.analysis.weights:
+        sparsity = ctx.masks.sparsity(w.key) if w.key in ctx.masks else 0.0
+        skipped = next((r.weights[w.key]["skipped"] for r in reversed(ctx.results)
+                        if r.pass_name == "prune" and "skipped" in r.weights.get(w.key, {})), None)
+        zeros = int(np.count_nonzero(ctx.model.read(w.key) == 0)) if w.quant is None else None
+        rows.append({"name": w.key, "op": w.op, "params": w.params, "sparsity": sparsity,
+                     "zeros": zeros, "skipped": skipped})
+        total += w.params
+        pruned += int(round(sparsity * w.params))
+    selected = [r for r in rows if not r["skipped"]]
+    sel_total = sum(r["params"] for r in selected)
+    sel_pruned = sum(int(round(r["sparsity"] * r["params"])) for r in selected)
+    return {
+        "options": opts.to_dict(),
+        "options_sha256": opts.sha256(),
+        "weights": rows,
+        "totals": {
+            "prunable_params": total,
+            "pruned_params": pruned,
+            "sparsity_of_prunable": pruned / total if total else 0.0,
+            "selected_params": sel_total,
+            "sparsity_of_selected": sel_pruned / sel_total if sel_total else 0.0,
+            "requested_sparsity": opts.final_sparsity(),
+        },
+        "passes": [r.to_dict() for r in ctx.results],
+        "speed_note": ("Unstructured and N:M zeros inside dense weights buy size (after packing or compression) "
+                       "and sparse-accelerator eligibility, not CPU speed: a dense runtime does the same work. "
+                       "Only structured pruning (fewer channels) is faster on a plain CPU."),
+    }

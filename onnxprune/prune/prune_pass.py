@@ -1,0 +1,158 @@
+"""The pruning pass: decide masks for one schedule step and write the masked weights."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+from onnxprune.analyze.weights import Weight
+from onnxprune.pipeline import Context, Pass, PassResult
+from onnxprune.prune import criteria, patterns
+from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, allocate, parse_override
+from onnxprune.prune.patterns import Pattern
+
+PROGRESS_MIN_PARAMS = 5_000_000  # show a progress bar above this many prunable parameters
+
+
+def apply_mask(weight: Weight, stored: np.ndarray, keep: np.ndarray, model) -> np.ndarray:
+    """Stored values with pruned entries set to zero (or to the zero point when quantized)."""
+    return np.where(keep, stored, criteria.zero_value(weight, model)).astype(stored.dtype, copy=False)
+
+
+def write_masked(ctx: Context, weight: Weight, keep: np.ndarray) -> int:
+    """Write the masked weight into the model; returns how many stored values changed."""
+    stored = ctx.model.read(weight.key)
+    masked = apply_mask(weight, stored, keep, ctx.model)
+    changed = int(np.count_nonzero(np.any(masked.view(np.uint8).reshape(-1, masked.itemsize)
+                                          != stored.view(np.uint8).reshape(-1, stored.itemsize), axis=1)))
+    if changed:
+        ctx.model.write(weight.key, masked)
+    return changed
+
+
+class PrunePass(Pass):
+    """Prune every selected weight to `sparsity` in `pattern`, ranking by `criterion`.
+
+    scope "layer": each weight reaches the sparsity; "global": one ranking over all selected
+    weights (except N:M, which is per group by definition). Existing masks only shrink."""
+
+    name = "prune"
+
+    def __init__(self, sparsity: float | None = None, pattern: str = "unstructured", scope: str = "layer",
+                 criterion: str = "magnitude", overrides: list[str] = (), skip: list[str] = (),
+                 min_params: int = DEFAULT_MIN_PARAMS, nm_remainder: str = "skip", step: int = 1):
+        self.pattern = str(Pattern.parse(pattern))
+        fixed = Pattern.parse(pattern).fixed_sparsity
+        self.sparsity = float(sparsity if sparsity is not None else (fixed if fixed is not None else 0.5))
+        self.scope = scope
+        self.criterion = criterion
+        criteria.get(criterion)
+        self.overrides = list(overrides)
+        for o in self.overrides:
+            parse_override(o)
+        self.skip = list(skip)
+        self.min_params = int(min_params)
+        self.nm_remainder = nm_remainder
+        self.step = int(step)
+
+    def call(self, model, ctx: Context) -> PassResult:
+        pattern = Pattern.parse(self.pattern)
+        score = criteria.get(self.criterion)
+        weights = ctx.analysis.weights
+        alloc = allocate(weights, self.sparsity, pattern, self.scope, [parse_override(o) for o in self.overrides],
+                         self.skip, self.min_params, self.nm_remainder)
+        by_key = ctx.analysis.by_key()
+        result = PassResult(self.name, False)
+        for key, reason in alloc.skipped.items():
+            result.weights[key] = {"skipped": reason}
+        total = sum(by_key[k].params for k in list(alloc.targets) + alloc.global_keys)
+        bar = tqdm(total=total, desc=f"prune {self.pattern} step {self.step}", unit="w", unit_scale=True,
+                   disable=not ctx.progress or total < PROGRESS_MIN_PARAMS or not sys.stderr.isatty(), leave=False)
+        global_prune = self._global_counts(ctx, [by_key[k] for k in alloc.global_keys], pattern, score)
+        for key in [w.key for w in weights if w.key in alloc.targets or w.key in global_prune]:
+            w = by_key[key]
+            stored = ctx.model.read(key)
+            keep = ctx.masks.get(key) if key in ctx.masks else np.ones(w.shape, dtype=bool)
+            before = 1 - keep.mean()
+            scores = w.matrix(score(w, stored, ctx))
+            keep_m = w.matrix(keep)
+            if key in global_prune:
+                new = patterns.apply(pattern, scores, keep_m, (int((~keep_m).sum()) + global_prune[key]) / w.params,
+                                     w.group_axis_len)
+            else:
+                new = patterns.apply(pattern, scores, keep_m, alloc.targets[key], w.group_axis_len)
+            keep = w.unmatrix(new)
+            ctx.masks.set(key, keep, self.pattern, self.step)
+            changed = write_masked(ctx, w, keep)
+            result.modified |= changed > 0
+            result.weights[key] = {"pattern": self.pattern, "target": alloc.targets.get(key, "global"),
+                                   "sparsity_before": float(before), "sparsity": float(1 - keep.mean()),
+                                   "params": w.params, "values_zeroed": changed}
+            bar.update(w.params)
+        bar.close()
+        return result
+
+    def _global_counts(self, ctx, weights: list[Weight], pattern: Pattern, score) -> dict[str, int]:
+        """How many more entries each weight prunes so the set reaches the sparsity together."""
+        if not weights:
+            return {}
+        total = sum(w.params for w in weights)
+        masks = {w.key: (ctx.masks.get(w.key) if w.key in ctx.masks else np.ones(w.shape, dtype=bool)) for w in weights}
+        already = sum(int((~m).sum()) for m in masks.values())
+        need = int(round(self.sparsity * total)) - already
+        if need <= 0:
+            return {w.key: 0 for w in weights}
+        if pattern.kind == "block":
+            return self._global_blocks(ctx, weights, masks, pattern, score, need)
+        return _global_unstructured(ctx, weights, masks, score, need)
+
+    def _global_blocks(self, ctx, weights, masks, pattern, score, need) -> dict[str, int]:
+        means, sizes, owners = [], [], []
+        for i, w in enumerate(weights):
+            s = w.matrix(score(w, ctx.model.read(w.key), ctx))
+            keep_m = w.matrix(masks[w.key])
+            mean, size, _ = patterns.block_scores(s, keep_m, pattern.a, pattern.b)
+            alive = patterns._block_view(keep_m, pattern.a, pattern.b, True).all(axis=(2, 3))
+            means.append(mean[alive])
+            sizes.append(size[alive])
+            owners.append(np.full(int(alive.sum()), i))
+        mean, size, owner = map(np.concatenate, (means, sizes, owners))
+        order = np.argsort(mean, kind="stable")
+        cum = np.concatenate([[0], np.cumsum(size[order])])
+        n = int(np.argmin(np.abs(cum - need)))
+        counts = np.bincount(owner[order[:n]], weights=size[order[:n]], minlength=len(weights))
+        return {w.key: int(c) for w, c in zip(weights, counts)}
+
+
+def _global_unstructured(ctx, weights, masks, score, need) -> dict[str, int]:
+    """Exact global k-smallest over all alive entries in two O(weights) passes: a histogram of the
+    top 16 bits of the float32 score bit patterns (monotone for scores >= 0), then an exact
+    selection inside the boundary bucket (ties: weight order, then flat index)."""
+    hist = np.zeros(1 << 16, dtype=np.int64)
+    for w in weights:
+        bits = _score_bits(w, ctx, score, masks[w.key])
+        hist += np.bincount(bits >> 16, minlength=1 << 16)
+    cum = np.cumsum(hist)
+    bucket = int(np.searchsorted(cum, need))  # first bucket where the cumulative count reaches need
+    below = int(cum[bucket - 1]) if bucket else 0
+    counts, boundary = {}, []
+    for w in weights:
+        bits = _score_bits(w, ctx, score, masks[w.key])
+        top = bits >> 16
+        counts[w.key] = int(np.count_nonzero(top < bucket))
+        boundary.append(np.sort(bits[top == bucket]))
+    remaining = need - below
+    if remaining > 0:
+        allbits = np.concatenate(boundary)
+        owner = np.concatenate([np.full(len(b), i) for i, b in enumerate(boundary)])
+        order = np.lexsort((owner, allbits))[:remaining]
+        for i, c in zip(*np.unique(owner[order], return_counts=True)):
+            counts[weights[i].key] += int(c)
+    return counts
+
+
+def _score_bits(w: Weight, ctx, score, keep: np.ndarray) -> np.ndarray:
+    s = np.abs(score(w, ctx.model.read(w.key), ctx).astype(np.float32)).reshape(-1)
+    return s[keep.reshape(-1)].view(np.uint32)

@@ -1,0 +1,111 @@
+"""Fine-tuning hooks that run between pruning steps, and the pass that calls them.
+
+A hook is any callable `hook(ctx: HookContext) -> dict[str, np.ndarray] | None`, loaded from a
+Python entry point `module:function` or `path/to/file.py:function`. It may train with any
+framework. It returns updated tensors by initializer name (prunable weights, and other tensors
+such as biases) or None. The pipeline checks names, shapes and dtypes, re-applies the masks to
+prunable weights (a pruned weight stays exactly zero), and writes the tensors into the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from onnxprune.errors import HookError, OptionError
+from onnxprune.pipeline import Context, Pass, PassResult
+from onnxprune.prune.prune_pass import apply_mask
+
+
+@dataclass
+class HookContext:
+    """What a hook sees. `t` is in the hook's own units (training steps): t0 + k * dt."""
+
+    step: int
+    steps: int
+    t: int
+    sparsity: float
+    weights: dict[str, np.ndarray]  # current masked prunable weights (stored layout, copies)
+    masks: dict[str, np.ndarray]  # True = kept
+    model: onnx.ModelProto
+    data: Any  # the calibration Dataset (iterate data.batches(n) for feed dicts) or None
+
+
+def load_hook(spec: str | Callable) -> Callable:
+    """Resolve `module:function` or `file.py:function` (or pass a callable through)."""
+    if callable(spec):
+        return spec
+    target, sep, func = spec.rpartition(":")
+    if not sep or not target or not func:
+        raise OptionError(f"hook {spec!r}: use module:function or path/to/file.py:function")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise OptionError(f"hook {spec!r}: file {target} not found")
+            mod_spec = importlib.util.spec_from_file_location(f"onnxprune_hook_{path.stem}", path)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except OptionError:
+        raise
+    except Exception as e:
+        raise OptionError(f"hook {spec!r}: cannot import {target} ({type(e).__name__}: {e})") from e
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise OptionError(f"hook {spec!r}: {target} has no callable {func!r}")
+    return fn
+
+
+class HookPass(Pass):
+    """Run fine-tuning hooks after a pruning step and write back what they return, masked."""
+
+    name = "hooks"
+
+    def __init__(self, hooks: list[str | Callable], step: int = 1, steps: int = 1, t: int = 0, sparsity: float = 0.0):
+        self.hooks = [h if isinstance(h, str) else getattr(h, "__qualname__", repr(h)) for h in hooks]
+        self._fns = [load_hook(h) for h in hooks]
+        self.step, self.steps, self.t, self.sparsity = step, steps, t, sparsity
+
+    def call(self, model, ctx: Context) -> PassResult:
+        result = PassResult(self.name, False)
+        by_key = ctx.analysis.by_key()
+        for spec, fn in zip(self.hooks, self._fns):
+            weights = {k: np.array(model.read(k)) for k in ctx.masks.keys()}
+            masks = {k: ctx.masks.get(k) for k in ctx.masks.keys()}
+            hctx = HookContext(self.step, self.steps, self.t, self.sparsity, weights, masks, model.proto, ctx.data)
+            try:
+                updates = fn(hctx)
+            except Exception as e:
+                raise HookError(f"hook {spec} failed at step {self.step}: {type(e).__name__}: {e}") from e
+            for name, values in (updates or {}).items():
+                changed = self._write(model, ctx, by_key, spec, name, values)
+                if changed:
+                    result.modified = True
+                    result.weights.setdefault(name, {"updated_by": []})["updated_by"].append(spec)
+        return result
+
+    @staticmethod
+    def _write(model, ctx: Context, by_key, spec: str, name: str, values: Any) -> bool:
+        key = model.key_for(name)
+        if key is None:
+            raise HookError(f"hook {spec} returned {name!r}, which is no constant tensor of the model")
+        current = model.read(key)
+        values = np.asarray(values)
+        if values.shape != current.shape:
+            raise HookError(f"hook {spec} returned {name!r} with shape {values.shape}; the model has {current.shape}")
+        if values.dtype != current.dtype:
+            raise HookError(f"hook {spec} returned {name!r} as {values.dtype}; the model stores {current.dtype}")
+        if key in ctx.masks and key in by_key:
+            values = apply_mask(by_key[key], values, ctx.masks.get(key), model)
+        if np.array_equal(values.view(np.uint8), np.ascontiguousarray(current).view(np.uint8)):
+            return False
+        model.write(key, values)
+        return True
