@@ -19,6 +19,7 @@ COMMANDS = {
     "inspect": "inspect_cmd",
     "check": "check_cmd",
     "prune": "prune_cmd",
+    "sweep": "sweep_cmd",
 }
 
 

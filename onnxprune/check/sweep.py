@@ -1,0 +1,91 @@
+"""Sparsity sweeps: prune at several levels, run the parity gate at each, find the highest that passes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from onnxprune.check.parity import ParityReport, Thresholds, compare
+from onnxprune.model import Model
+from onnxprune.prune.job import PruneOptions, prune_model
+
+HEADLINE = ("top1_agreement", "cosine_mean", "rel_l2", "snr_db", "accuracy_drop")
+
+
+def _point(sparsity: float, report: ParityReport, achieved: float) -> dict:
+    first = report.to_dict()["outputs"][0]
+    return {"sparsity": sparsity, "achieved_sparsity": achieved, "passed": report.passed,
+            "output": first["name"], **{k: first["metrics"].get(k) for k in HEADLINE if k in first["metrics"]},
+            "failures": report.failures()}
+
+
+def prune_and_check(model_path: str | Path, opts: PruneOptions, sparsity: float, dataset, thresholds: Thresholds,
+                    calibration=None, **compare_kw) -> dict:
+    original = Model.load(model_path)
+    candidate = Model.load(model_path)
+    _, summary = prune_model(candidate, dataclasses.replace(opts, sparsity=sparsity), calibration, progress=False)
+    report = compare(original, candidate, dataset, thresholds, **compare_kw)
+    return _point(sparsity, report, summary["totals"]["sparsity_of_selected"])
+
+
+def sweep(model_path, opts: PruneOptions, sparsities: list[float], dataset, thresholds: Thresholds,
+          calibration=None, on_point: Callable[[dict], None] | None = None, **compare_kw) -> list[dict]:
+    points = []
+    for s in sparsities:
+        points.append(prune_and_check(model_path, opts, s, dataset, thresholds, calibration, **compare_kw))
+        if on_point:
+            on_point(points[-1])
+    return points
+
+
+def find_max(model_path, opts: PruneOptions, dataset, thresholds: Thresholds, calibration=None, lo: float = 0.0,
+             hi: float = 0.99, resolution: float = 0.01, on_point=None, **compare_kw) -> tuple[float | None, list[dict]]:
+    """Bisect for the highest sparsity that passes (assumes quality falls as sparsity rises)."""
+    points: list[dict] = []
+    best = None
+
+    def probe(s: float) -> bool:
+        p = prune_and_check(model_path, opts, round(s, 4), dataset, thresholds, calibration, **compare_kw)
+        points.append(p)
+        if on_point:
+            on_point(p)
+        return p["passed"]
+
+    if probe(hi):
+        return hi, points
+    while hi - lo > resolution:
+        mid = (lo + hi) / 2
+        if probe(mid):
+            best, lo = round(mid, 4), mid
+        else:
+            hi = mid
+    return best, sorted(points, key=lambda p: p["sparsity"])
+
+
+def plot(points: list[dict], path: str | Path, title: str) -> None:
+    """A PNG of the metric curve (needs the optional matplotlib extra)."""
+    from onnxprune.errors import OptionError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise OptionError("--plot needs matplotlib: pip install 'onnxprune[plot]'") from e
+    from onnxprune.atomic import atomic_open
+
+    pts = sorted(points, key=lambda p: p["sparsity"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("top1_agreement", "cosine_mean"):
+        if any(p.get(key) is not None for p in pts):
+            ax.plot([p["sparsity"] for p in pts], [p.get(key) for p in pts], marker="o", label=key)
+    ax.set_xlabel("sparsity")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)

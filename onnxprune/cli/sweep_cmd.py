@@ -1,0 +1,66 @@
+"""`onnxprune sweep MODEL --sparsities 0.3,0.5,0.7,0.9 --data D [--find-max] [thresholds]`"""
+
+from __future__ import annotations
+
+import click
+
+from onnxprune.check.parity import thresholds_from_options
+from onnxprune.check.sweep import HEADLINE, find_max, plot, sweep
+from onnxprune.cli.check_cmd import _THRESHOLD_KEYS, data_options, dataset_from_options, run_options, threshold_options
+from onnxprune.cli.prune_cmd import prune_options
+from onnxprune.errors import OptionError
+from onnxprune.model import Model
+from onnxprune.prune.job import PruneOptions
+from onnxprune.report import table, write_json
+
+
+def _sparsities(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 0 <= v < 1 for v in values):
+        raise OptionError(f"--sparsities {text!r}: give comma-separated values in [0, 1), e.g. 0.3,0.5,0.7,0.9")
+    return values
+
+
+@click.command("sweep")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--sparsities", default="0.3,0.5,0.7,0.9", show_default=True, help="Comma-separated sparsity levels.")
+@click.option("--find-max", "bisect", is_flag=True, help="Bisect for the highest sparsity that passes the thresholds.")
+@prune_options
+@data_options
+@threshold_options
+@run_options
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON curve here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the curve (needs matplotlib).")
+def command(model_path, sparsities, bisect, pattern, scope, criterion, skip, override, min_params, nm_remainder,
+            fold_constants, report_path, plot_path, **rest):
+    """Prune at each sparsity level and report the parity metric curve."""
+    opts = PruneOptions(pattern=pattern, scope=scope, criterion=criterion, overrides=list(override),
+                        skip=list(skip), min_params=min_params, nm_remainder=nm_remainder, fold_constants=fold_constants)
+    model = Model.load(model_path)
+    dataset = dataset_from_options(model.proto, rest)
+    thresholds = thresholds_from_options(**{k: rest.get(k) for k in _THRESHOLD_KEYS if rest.get(k) is not None})
+    kw = {"batch_size": rest.get("batch_size", 1), "providers": [rest.get("provider") or "CPUExecutionProvider"],
+          "threads": rest.get("threads", 1)}
+
+    def echo(p: dict) -> None:
+        click.echo(f"  sparsity {p['sparsity']:.3f}: {'PASS' if p['passed'] else 'FAIL'}", err=True)
+
+    if bisect:
+        best, points = find_max(model_path, opts, dataset, thresholds, on_point=echo, **kw)
+    else:
+        best, points = None, sweep(model_path, opts, _sparsities(sparsities), dataset, thresholds, on_point=echo, **kw)
+    cols = [k for k in HEADLINE if any(p.get(k) is not None for p in points)]
+    click.echo(table(["sparsity", "achieved", *cols, "verdict"],
+                     [(p["sparsity"], p["achieved_sparsity"], *(p.get(k) for k in cols), "PASS" if p["passed"] else "FAIL")
+                      for p in points]))
+    if bisect:
+        click.echo(f"highest passing sparsity: {best if best is not None else 'none (even the lowest probed fails)'}")
+    if report_path:
+        write_json(report_path, {"model": model_path, "options": opts.to_dict(), "inputs": dataset.describe(),
+                                 "thresholds": thresholds.to_dict(), "points": points, "max_passing": best}, "sweep")
+    if plot_path:
+        plot(points, plot_path, f"{model_path} ({pattern})")
+
