@@ -99,9 +99,9 @@ class Pipeline:
         return ctx
 
 
-def stamp(model: Model, settings: Any) -> None:
-    """Record the tool version and a hash of the options in the model's metadata_props."""
-    props = {"onnxprune.version": __version__, "onnxprune.options_sha256": options_hash(settings)}
+def stamp(model: Model, settings: Any, extra: dict[str, str] | None = None) -> None:
+    """Record the tool version, a hash of the options (and `extra`) in the model's metadata_props."""
+    props = {"onnxprune.version": __version__, "onnxprune.options_sha256": options_hash(settings), **(extra or {})}
     existing = {p.key: p for p in model.proto.metadata_props}
     for key, value in props.items():
         if key in existing:

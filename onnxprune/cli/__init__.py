@@ -20,6 +20,7 @@ COMMANDS = {
     "check": "check_cmd",
     "prune": "prune_cmd",
     "sweep": "sweep_cmd",
+    "run": "run_cmd",
 }
 
 

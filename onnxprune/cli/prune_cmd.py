@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from onnxprune.analyze.weights import find_weights
-from onnxprune.cli.check_cmd import data_options, dataset_from_options, run_check, run_options, threshold_options
-from onnxprune.errors import OptionError
-from onnxprune.model import Model
-from onnxprune.prune.job import PruneOptions, prune_model
-from onnxprune.prune.masks import MaskSet
-from onnxprune.report import table, write_json
-
-
-def render_summary(report: dict) -> str:
-    rows = [(r["name"], r["op"], r["params"], f"{r['sparsity']:.1%}", r["skipped"] or "")
-            for r in report["weights"]]
-    t = report["totals"]
-    lines = [table(["weight", "op", "params", "sparsity", "note"], rows),
-             f"\npruned {t['pruned_params']:,} of {t['prunable_params']:,} prunable params "
-             f"({t['sparsity_of_prunable']:.2%}; {t['sparsity_of_selected']:.2%} of the selected weights, "
-             f"requested {t['requested_sparsity']:.2%})",
-             report["speed_note"]]
-    return "\n".join(lines)
+from onnxprune.atomic import atomic_write_text
+from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
+from onnxprune.prune.job import PruneOptions
+from onnxprune.recipe import Recipe
+from onnxprune.run import run_recipe
 
 
 def prune_options(f):
@@ -64,45 +48,29 @@ def prune_options(f):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--external-data", is_flag=True, help="Store weights in OUT.data beside the model (automatic above 2 GiB).")
 @click.option("--quiet", is_flag=True, help="No table, no progress bar.")
+@click.option("--dump-recipe", type=click.Path(dir_okay=False), help="Write the recipe equivalent to these flags (then run it).")
 def command(model_path, output, sparsity, pattern, scope, criterion, skip, override, min_params, nm_remainder,
             fold_constants, steps, initial_sparsity, t0, dt, hooks, eval_data, run_gate, masks_in, masks_out,
-            report_path, external_data, quiet, **data_and_gate):
+            report_path, external_data, quiet, dump_recipe, **data_and_gate):
     """Prune MODEL's weights and write the result to OUT (the input file is never written)."""
-    if Path(output).resolve() == Path(model_path).resolve():
-        raise OptionError(f"{output}: the output would overwrite the input model; choose another -o path")
     opts = PruneOptions(sparsity=sparsity, pattern=pattern, scope=scope, criterion=criterion,
                         overrides=list(override), skip=list(skip), min_params=min_params, nm_remainder=nm_remainder,
                         steps=steps, initial_sparsity=initial_sparsity, t0=t0, dt=dt, hooks=list(hooks),
                         fold_constants=fold_constants)
-    model = Model.load(model_path)
-    calib = dataset_from_options(model.proto, data_and_gate) if data_and_gate.get("data") else None
-    evaluation = None
-    if run_gate:
-        calib, evaluation = _calibration_and_evaluation(model, calib, eval_data, opts, data_and_gate)
-    masks = None
-    if masks_in:
-        masks = MaskSet.load(masks_in, {w.key: w.shape for w in find_weights(model).weights})
-    ctx, report = prune_model(model, opts, calib, masks, progress=not quiet)
-    model.save(output, external_data=True if external_data else None)
-    if masks_out:
-        ctx.masks.save(masks_out)
-    report.update(input=str(Path(model_path).resolve()), output=str(Path(output).resolve()))
-    if not quiet:
-        click.echo(render_summary(report))
-    parity = None
-    if run_gate:
-        parity = run_check(Model.load(model_path), output, data_and_gate, dataset=evaluation, quiet=quiet)
-        report["parity"] = parity.to_dict()
-    if report_path:
-        write_json(report_path, report, "prune")
-    if parity is not None and not parity.passed:
-        click.get_current_context().exit(1)
-
-
-def _calibration_and_evaluation(model: Model, calib, eval_data, opts: PruneOptions, data_opts: dict):
-    """(calibration, evaluation) data, disjoint when pruning itself reads the data."""
-    if eval_data:
-        return calib, dataset_from_options(model.proto, {**data_opts, "data": eval_data})
-    if calib is not None and opts.criterion != "magnitude":
-        return calib.split(0.5, seed=0)
-    return calib, (calib if calib is not None else dataset_from_options(model.proto, data_opts))
+    g = data_and_gate
+    recipe = Recipe(
+        prune=opts,
+        input={"model": model_path},
+        data={"calibration": g.pop("data"), "evaluation": eval_data, "labels": g.pop("labels"),
+              "samples": g.pop("samples"), "seed": g.pop("seed"), "shapes": list(g.pop("shapes")),
+              "int_ranges": list(g.pop("int_ranges"))},
+        check={"enabled": run_gate or None, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}}
+        if run_gate else {},
+        output={"model": output, "report": report_path, "masks": masks_out, "masks_in": masks_in,
+                "external_data": external_data or None},
+    )
+    if dump_recipe:
+        atomic_write_text(dump_recipe, recipe.dumps())
+    result = run_recipe(recipe, quiet=quiet)
+    if result.exit_code:
+        click.get_current_context().exit(result.exit_code)

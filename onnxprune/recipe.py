@@ -1,0 +1,202 @@
+"""Recipes: a whole job as data (TOML), schema-validated, and the one function that runs a job.
+
+The `prune` flags and a recipe file both become a `Recipe`; `run_job` runs it. So flags and
+recipes cannot drift: `prune ... --dump-recipe F` followed by `run F` gives the same bytes.
+
+Sections and keys (relative paths are taken from the current directory, like CLI flags):
+
+  [job]     name, description
+  [input]   model
+  [prune]   the PruneOptions fields: sparsity, pattern, scope, criterion, overrides, skip,
+            min_params, nm_remainder, steps, initial_sparsity, t0, dt, hooks, fold_constants
+  [data]    calibration, evaluation, labels, samples, seed, shapes, int_ranges
+  [check]   enabled, the thresholds (min_cosine, max_rel_l2, min_top1_agreement,
+            max_accuracy_drop, atol, rtol, min_snr_db, max_abs, min_exact_match,
+            output_thresholds), batch_size, provider, threads
+  [output]  model, report, masks, masks_in, external_data
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+from onnxprune.errors import OptionError
+from onnxprune.prune.job import PruneOptions
+
+_FLOAT, _INT, _BOOL, _STR, _STRS = (int, float), int, bool, str, list
+
+SCHEMA: dict[str, dict[str, Any]] = {
+    "job": {"name": _STR, "description": _STR},
+    "input": {"model": _STR},
+    "prune": {
+        "sparsity": _FLOAT, "pattern": _STR, "scope": _STR, "criterion": _STR, "overrides": _STRS, "skip": _STRS,
+        "min_params": _INT, "nm_remainder": _STR, "steps": _INT, "initial_sparsity": _FLOAT, "t0": _INT,
+        "dt": _INT, "hooks": _STRS, "fold_constants": _BOOL,
+    },
+    "data": {"calibration": _STR, "evaluation": _STR, "labels": _STR, "samples": _INT, "seed": _INT,
+             "shapes": _STRS, "int_ranges": _STRS},
+    "check": {"enabled": _BOOL, "min_cosine": _FLOAT, "max_rel_l2": _FLOAT, "min_top1_agreement": _FLOAT,
+              "max_accuracy_drop": _FLOAT, "atol": _FLOAT, "rtol": _FLOAT, "min_snr_db": _FLOAT, "max_abs": _FLOAT,
+              "min_exact_match": _FLOAT, "output_thresholds": _STRS, "batch_size": _INT, "provider": _STR,
+              "threads": _INT},
+    "output": {"model": _STR, "report": _STR, "masks": _STR, "masks_in": _STR, "external_data": _BOOL},
+}
+
+
+@dataclass
+class Recipe:
+    prune: PruneOptions = field(default_factory=PruneOptions)
+    job: dict = field(default_factory=dict)
+    input: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    check: dict = field(default_factory=dict)
+    output: dict = field(default_factory=dict)
+    source: str = "<flags>"
+
+    def to_dict(self) -> dict:
+        """The resolved recipe, without empty values (what --dump-recipe writes)."""
+        out: dict[str, dict] = {}
+        for section in SCHEMA:
+            values = dataclasses.asdict(self.prune) if section == "prune" else getattr(self, section)
+            kept = {k: v for k, v in values.items() if v is not None and v != [] and k in SCHEMA[section]}
+            if kept:
+                out[section] = kept
+        return out
+
+    def dumps(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.dumps().encode()).hexdigest()
+
+    def model_part(self) -> str:
+        """The sections that determine the output model's bytes (not paths of outputs or checks)."""
+        full = self.to_dict()
+        return tomli_w.dumps({k: full[k] for k in ("prune", "data") if k in full})
+
+
+def _line_of(text: str, section: str, key: str | None) -> int | None:
+    """Line number of `key` in `[section]` (or of the section header), for error messages."""
+    current = None
+    for no, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if m := re.fullmatch(r"\[\s*([A-Za-z0-9_.-]+)\s*\]", s):
+            current = m[1]
+            if key is None and current == section:
+                return no
+        elif current == section and key is not None and re.match(rf"{re.escape(key)}\s*=", s):
+            return no
+    return None
+
+
+def _err(source: str, text: str, section: str, key: str | None, what: str) -> OptionError:
+    line = _line_of(text, section, key)
+    where = f"{source}:{line}" if line else source
+    name = f"{section}.{key}" if key else f"[{section}]"
+    return OptionError(f"{where}: {name}: {what}")
+
+
+def _check_type(value: Any, kind: Any) -> bool:
+    if kind is _BOOL:
+        return isinstance(value, bool)
+    if kind is _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is _FLOAT:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is _STRS:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, str)
+
+
+_KIND_NAMES = {_BOOL: "true or false", _INT: "an integer", _FLOAT: "a number", _STRS: "a list of strings",
+               _STR: "a string"}
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def from_dict(data: dict, source: str = "<recipe>", text: str = "") -> Recipe:
+    """Validate a parsed recipe; every error names the file, line and key."""
+    recipe = Recipe(source=source)
+    prune: dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in SCHEMA:
+            raise _err(source, text, section, None, f"unknown section; use one of {', '.join(SCHEMA)}")
+        if not isinstance(values, dict):
+            raise _err(source, text, section, None, "must be a table")
+        for key, value in values.items():
+            kind = SCHEMA[section].get(key)
+            if kind is None:
+                raise _err(source, text, section, key, f"unknown key; [{section}] takes {', '.join(SCHEMA[section])}")
+            if not _check_type(value, kind):
+                raise _err(source, text, section, key, f"must be {_KIND_NAMES[kind]}, got {value!r}")
+            if section == "prune":
+                prune[key] = float(value) if kind is _FLOAT else value
+            else:
+                getattr(recipe, section)[key] = value
+    try:
+        recipe.prune = PruneOptions(**prune)
+        from onnxprune.prune.job import build_pipeline
+
+        build_pipeline(recipe.prune)  # validates values (pattern, scope, schedule, hooks)
+    except OptionError as e:
+        key = next((k for k in prune if k.replace("_", "-") in str(e) or k in str(e)), None)
+        line = _line_of(text, "prune", key) if key else _line_of(text, "prune", None)
+        raise OptionError(f"{source}:{line}: prune{'.' + key if key else ''}: {e}" if line else f"{source}: {e}") from e
+    return recipe
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file by path, or a shipped recipe by name (passes/NAME.toml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    raise OptionError(f"recipe {name_or_path!r}: no such file or shipped recipe; shipped: {', '.join(sorted(shipped))}")
+
+
+def shipped_recipes() -> dict[str, Path]:
+    try:
+        folder = Path(str(resources.files("onnxprune.recipes")))
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parents[1] / "passes"
+    if not folder.is_dir():
+        folder = Path(__file__).resolve().parents[1] / "passes"
+    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+
+
+def load_recipe(name_or_path: str, sets: list[str] = ()) -> Recipe:
+    """Read and validate a recipe; `sets` are `section.key=value` overrides (TOML values)."""
+    path = find_recipe(name_or_path)
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise OptionError(f"{path}: not valid TOML ({e})") from e
+    for item in sets:
+        dotted, sep, value = item.partition("=")
+        section, dot, key = dotted.strip().partition(".")
+        if not sep or not dot or not key:
+            raise OptionError(f"--set {item!r}: use section.key=value, e.g. prune.sparsity=0.6")
+        data.setdefault(section, {})[key] = _parse_value(value.strip())
+    return from_dict(data, str(path), text)

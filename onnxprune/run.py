@@ -1,0 +1,99 @@
+"""Run a job (a `Recipe`): load, prune, save, then optionally check parity. The CLI's `prune`
+and `run` commands and the Python API all end here."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from onnxprune.analyze.weights import find_weights
+from onnxprune.check.data import Dataset
+from onnxprune.errors import OptionError
+from onnxprune.model import Model
+from onnxprune.pipeline import stamp
+from onnxprune.prune.job import prune_model
+from onnxprune.prune.masks import MaskSet
+from onnxprune.recipe import Recipe
+from onnxprune.report import table, write_json
+
+
+@dataclass
+class JobResult:
+    report: dict
+    passed: bool | None  # None when no parity check ran
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.passed is False else 0
+
+
+def render_summary(report: dict) -> str:
+    rows = [(r["name"], r["op"], r["params"], f"{r['sparsity']:.1%}", r["skipped"] or "") for r in report["weights"]]
+    t = report["totals"]
+    return "\n".join([
+        table(["weight", "op", "params", "sparsity", "note"], rows),
+        f"\npruned {t['pruned_params']:,} of {t['prunable_params']:,} prunable params "
+        f"({t['sparsity_of_prunable']:.2%}; {t['sparsity_of_selected']:.2%} of the selected weights, "
+        f"requested {t['requested_sparsity']:.2%})",
+        report["speed_note"],
+    ])
+
+
+def _dataset(model: Model, recipe: Recipe, path: str | None) -> Dataset:
+    from onnxprune.cli.check_cmd import dataset_from_options
+
+    d = recipe.data
+    return dataset_from_options(model.proto, {"data": path, "labels": d.get("labels"), "samples": d.get("samples"),
+                                              "seed": d.get("seed", 0), "shapes": d.get("shapes", []),
+                                              "int_ranges": d.get("int_ranges", [])})
+
+
+def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
+    """Execute the job the recipe describes; returns the report and the parity verdict."""
+    model_path = recipe.input.get("model")
+    output = recipe.output.get("model")
+    if not model_path:
+        raise OptionError(f"{recipe.source}: no input model; give MODEL on the command line or input.model")
+    if not output:
+        raise OptionError(f"{recipe.source}: no output path; give -o/--output or output.model")
+    if Path(output).resolve() == Path(model_path).resolve():
+        raise OptionError(f"{output}: the output would overwrite the input model; choose another output path")
+    model = Model.load(model_path)
+    calibration_path, evaluation_path = recipe.data.get("calibration"), recipe.data.get("evaluation")
+    calib = _dataset(model, recipe, calibration_path) if calibration_path else None
+    gate = recipe.check.get("enabled", False)
+    evaluation = None
+    if gate:
+        if evaluation_path:
+            evaluation = _dataset(model, recipe, evaluation_path)
+        elif calib is not None and recipe.prune.criterion != "magnitude":
+            calib, evaluation = calib.split(0.5, seed=0)  # pruning reads the data: keep them disjoint
+        else:
+            evaluation = calib if calib is not None else _dataset(model, recipe, None)
+    masks = None
+    if recipe.output.get("masks_in"):
+        masks = MaskSet.load(recipe.output["masks_in"], {w.key: w.shape for w in find_weights(model).weights})
+    ctx, report = prune_model(model, recipe.prune, calib, masks, progress=not quiet)
+    part = recipe.model_part()
+    stamp(model, recipe.prune.to_dict(), {"onnxprune.recipe": part,
+                                          "onnxprune.recipe_sha256": hashlib.sha256(part.encode()).hexdigest()})
+    model.save(output, external_data=True if recipe.output.get("external_data") else None)
+    if recipe.output.get("masks"):
+        ctx.masks.save(recipe.output["masks"])
+    report.update(input=str(Path(model_path).resolve()), output=str(Path(output).resolve()),
+                  recipe=recipe.to_dict(), recipe_sha256=recipe.sha256())
+    if not quiet:
+        click.echo(render_summary(report))
+    passed = None
+    if gate:
+        from onnxprune.cli.check_cmd import run_check
+
+        parity = run_check(Model.load(model_path), output, recipe.check, dataset=evaluation, quiet=quiet)
+        report["parity"] = parity.to_dict()
+        passed = parity.passed
+    if recipe.output.get("report"):
+        write_json(recipe.output["report"], report, "prune")
+    return JobResult(report, passed)
