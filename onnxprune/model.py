@@ -43,7 +43,19 @@ def np_dtype(elem_type: int) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
 
 
-def _walk_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
+def unique_path(path: str, seen: set[str]) -> str:
+    """A subgraph's path, made unique: graph names may repeat (two Ifs with "then_branch"s), and
+    the second gets "#2". Every walker visits subgraphs depth first in node and attribute order."""
+    unique, n = path, 1
+    while unique in seen:
+        n += 1
+        unique = f"{path}#{n}"
+    seen.add(unique)
+    return unique
+
+
+def _walk_graphs(graph: onnx.GraphProto, path: str = "", seen: set[str] | None = None) -> Iterator[tuple[str, onnx.GraphProto]]:
+    seen = {path} if seen is None else seen
     yield path, graph
     for node in graph.node:
         for attr in node.attribute:
@@ -54,7 +66,7 @@ def _walk_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, 
                 sub = list(attr.graphs)
             for i, g in enumerate(sub):
                 name = g.name or f"{node.name or node.op_type}.{attr.name}{i if len(sub) > 1 else ''}"
-                yield from _walk_graphs(g, f"{path}/{name}" if path else name)
+                yield from _walk_graphs(g, unique_path(f"{path}/{name}" if path else name, seen), seen)
 
 
 class Model:
@@ -66,6 +78,7 @@ class Model:
         self.base_dir = self.path.parent if self.path else Path.cwd()
         self._refs: dict[str, TensorRef] | None = None
         self._maps: dict[str, mmap.mmap] = {}
+        self._sources: set[Path] = {self.path} if self.path else set()  # files never to overwrite
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -86,7 +99,7 @@ class Model:
         model._check_opsets()
         for ref in model.tensors():
             if _is_external(ref.proto):
-                model._external_file(ref)  # validates location, existence, and bounds
+                model._sources.add(model._external_file(ref)[0])  # validates location, existence, bounds
         return model
 
     def _check_opsets(self) -> None:
@@ -187,11 +200,14 @@ class Model:
             raise ExternalDataError(f"{where} resolves outside the model's folder ({file}); refusing to read it")
         if not file.is_file():
             raise ExternalDataError(f"{where}: file not found next to the model; copy the .data file with the model")
-        offset = int(info.get("offset", 0))
         t = ref.proto
         need = int(np.prod(tuple(t.dims), dtype=np.int64)) * np_dtype(t.data_type).itemsize
-        length = int(info.get("length", need))
-        if length < need or offset + length > file.stat().st_size:
+        try:
+            offset, length = int(info.get("offset", 0)), int(info.get("length", need))
+        except ValueError:
+            raise ExternalDataError(f"{where}: offset {info.get('offset')!r} / length {info.get('length')!r} "
+                                    "are not integers; the model file is corrupt") from None
+        if offset < 0 or length < need or offset + length > file.stat().st_size:
             raise ExternalDataError(f"{where}: offset {offset} + length {length} is beyond the file or too short; the data file is truncated")
         return file, offset, need
 
@@ -214,7 +230,7 @@ class Model:
         """Write atomically. External data (`<name>.data` beside it) when asked or above 2 GiB."""
         path = Path(path)
         out = path.resolve()
-        inputs = {self.path} if self.path else set()
+        inputs = set(self._sources) | ({self.path} if self.path else set())
         inputs |= {self._external_file(r)[0] for r in self.tensors() if _is_external(r.proto)}
         data_path = out.with_name(out.name + ".data")
         if out in inputs or data_path in inputs:
@@ -241,6 +257,9 @@ class Model:
                     t = ref.proto
                     raw = self.tensor_bytes(ref)
                     if len(raw) < 1024:
+                        if _is_external(t):  # small: inline it, its old data file is not copied along
+                            saved.append((t, None, [(e.key, e.value) for e in t.external_data], int(t.data_location)))
+                            self.write(ref.key, self.read(ref.key))
                         continue
                     pad = (-data.tell()) % align
                     data.write(b"\0" * pad)
@@ -263,6 +282,7 @@ class Model:
                     e = t.external_data.add()
                     e.key, e.value = k, v
                 t.data_location = loc
+                t.ClearField("raw_data")
                 if raw is not None:
                     t.raw_data = raw
             raise
@@ -274,6 +294,8 @@ class Model:
         """The model as an onnx-graphsurgeon graph (constants stay lazily tied to these protos)."""
         import onnx_graphsurgeon as gs
 
+        # its logger prints on stdout (e.g. a warning per bfloat16 tensor): keep stdout for reports
+        gs.logger.G_LOGGER.severity = max(gs.logger.G_LOGGER.severity, gs.logger.G_LOGGER.ERROR)
         return gs.import_onnx(self.proto)
 
     def replace_proto(self, proto: onnx.ModelProto) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
 from onnxprune.errors import AnalysisError
@@ -21,20 +23,62 @@ def fold_constants(model: Model) -> bool:
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
     try:
         graph = model.graph()
+        _load_folded_external(graph, str(model.base_dir))
         graph.fold_constants(recurse_subgraphs=True, fold_shapes=False, error_ok=True)
         graph.cleanup(recurse_subgraphs=True)
         folded = gs.export_onnx(graph, do_type_check=False)
+        folded.ir_version = model.proto.ir_version
+        del folded.metadata_props[:]
+        folded.metadata_props.extend(model.proto.metadata_props)
+        folded.producer_name, folded.producer_version = model.proto.producer_name, model.proto.producer_version
+        # the checker looks for external data relative to the working directory: Model.load checked it
+        if folded.ByteSize() < 2**31 - 1 and not _has_external(folded):
+            onnx.checker.check_model(folded)
     except Exception as e:  # the folder reports many error types
         raise AnalysisError(f"{model.path}: constant folding failed ({type(e).__name__}: {e}); run without --fold-constants") from e
-    folded.ir_version = model.proto.ir_version
-    del folded.metadata_props[:]
-    folded.metadata_props.extend(model.proto.metadata_props)
-    folded.producer_name, folded.producer_version = model.proto.producer_name, model.proto.producer_version
-    onnx.checker.check_model(folded) if folded.ByteSize() < 2**31 - 1 else None
     if folded.SerializeToString() == before:
         return False
     model.replace_proto(folded)
     return True
+
+
+def _is_lazy_external(c) -> bool:
+    lazy = getattr(c, "_values", None)
+    return (isinstance(c, gs.Constant) and isinstance(lazy, gs.ir.tensor.LazyValues)
+            and not isinstance(lazy, gs.ir.tensor.SparseValues) and lazy.tensor.data_location == onnx.TensorProto.EXTERNAL)
+
+
+def _load_folded_external(graph: gs.Graph, base_dir: str) -> None:
+    """Load the external-data constants the folder will evaluate, relative to the model's folder.
+
+    onnx-graphsurgeon reads external data relative to the working directory and exports lazy
+    constants as they are (still external) to the onnxruntime session that folds, which then
+    cannot find the data. Weights that only feed run-time nodes stay memory-mapped and untouched."""
+    derived: set[int] = set()  # tensors computed from constants only
+
+    def load(t) -> None:
+        producer = t.inputs[0] if isinstance(t, gs.Variable) and t.inputs else None
+        if producer is not None and producer.op == "Constant":
+            t = producer.attrs.get("value")
+        if _is_lazy_external(t):
+            t.values = np.array(onnx.numpy_helper.to_array(t._values.tensor, base_dir=base_dir))
+
+    def walk(g: gs.Graph) -> None:
+        for node in g.nodes:  # topological order
+            subs = [g for v in node.attrs.values() for g in (v if isinstance(v, list) else [v]) if isinstance(g, gs.Graph)]
+            for sub in subs:
+                walk(sub)
+            ins = [t for t in node.inputs if t.name]
+            if node.op == "Constant" or (not subs and ins and all(isinstance(t, gs.Constant) or id(t) in derived for t in ins)):
+                derived.update(id(t) for t in node.outputs)
+                for t in ins:
+                    load(t)
+
+    walk(graph)
+
+
+def _has_external(proto: onnx.ModelProto) -> bool:
+    return any(r.proto.data_location == onnx.TensorProto.EXTERNAL for r in Model(proto).tensors())
 
 
 class FoldConstantsPass(Pass):

@@ -6,14 +6,25 @@ from collections import Counter
 
 import numpy as np
 
-from onnxprune.analyze.weights import Analysis, find_weights
+from onnxprune.analyze.weights import Analysis, Weight, find_weights
 from onnxprune.model import Model, _walk_graphs
 from onnxprune.report import table
 
 
-def zero_fraction(model: Model, key: str) -> float:
+def zero_fraction(model: Model, key: str, weight: Weight | None = None) -> float:
+    """Share of the stored values that mean zero: 0, or the zero point of a quantized weight."""
     values = model.read(key)
-    return float(np.count_nonzero(values == 0)) / max(values.size, 1)
+    zero = np.zeros((), values.dtype)
+    q = weight.quant if weight is not None else None
+    if q is not None and q.zero_point is not None:
+        for step in weight.chain[:weight.chain.index(q)]:  # to the DequantizeLinear input's layout
+            values = step.forward(values)
+        zero = model.read(q.zero_point)
+        if zero.ndim == 1 and values.ndim > 1:  # per axis
+            shape = [1] * values.ndim
+            shape[q.axis % values.ndim] = zero.size
+            zero = zero.reshape(shape)
+    return float(np.count_nonzero(values == zero)) / max(values.size, 1)
 
 
 def inspect_model(model: Model, analysis: Analysis | None = None) -> dict:
@@ -24,7 +35,7 @@ def inspect_model(model: Model, analysis: Analysis | None = None) -> dict:
     weights = []
     zeros = 0
     for w in analysis.weights:
-        z = zero_fraction(model, w.key)
+        z = zero_fraction(model, w.key, w)
         zeros += int(round(z * w.params))
         weights.append({**w.describe(), "zero_fraction": z})
     prunable = sum(w.params for w in analysis.weights)

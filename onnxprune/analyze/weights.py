@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.model import Model, np_dtype
+from onnxprune.model import Model, np_dtype, unique_path
 
 # op -> weight input indices and their role names
 PRUNABLE_INPUTS = {
@@ -234,6 +234,7 @@ class _Tracer:
         self.graph = graph
         self.graph_of: dict[int, str] = {}  # id(node) -> graph path
         self.node_list: list[gs.Node] = []
+        self._seen: set[str] = {""}
         self._collect(graph, "")
 
     def _collect(self, graph: gs.Graph, path: str) -> None:
@@ -245,7 +246,7 @@ class _Tracer:
                 subs = [s for s in subs if isinstance(s, gs.Graph)]
                 for i, sub in enumerate(subs):
                     name = sub.name or f"{node.name or node.op}.{attr_name}{i if len(subs) > 1 else ''}"
-                    self._collect(sub, f"{path}/{name}" if path else name)
+                    self._collect(sub, unique_path(f"{path}/{name}" if path else name, self._seen))
 
     def storage_of(self, tensor, graph_path: str) -> str | None:
         """Key of the constant this tensor *is* (an initializer or a Constant node's output)."""
@@ -268,8 +269,11 @@ class _Tracer:
                 return key, steps, ""
             if not isinstance(tensor, gs.Variable) or not tensor.inputs:
                 steps.reverse()
-                is_input = any(tensor is i for i in self.graph.inputs)
-                return None, steps, "is a graph input" if is_input else "is computed at run time"
+                if not any(tensor is i for i in self.graph.inputs):
+                    return None, steps, "is computed at run time"
+                if steps:  # e.g. the Transpose of an input
+                    return None, steps, f"is computed at run time from graph input {tensor.name!r}"
+                return None, steps, "is a graph input"
             node = tensor.inputs[0]
             if node.op not in PASS_THROUGH:
                 steps.reverse()
@@ -387,13 +391,15 @@ def find_weights(model: Model) -> Analysis:
         roles = PRUNABLE_INPUTS.get(node.op)
         if not roles:
             continue
+        constant_a = False
         for index, role in roles.items():
             if index >= len(node.inputs) or not node.inputs[index].name:
                 continue
             tensor = node.inputs[index]
             key, steps, reason = tracer.trace(tensor, path)
+            constant_a = constant_a or (role == "A" and key is not None)
             if key is None:
-                if role == "A":
+                if role == "A" or constant_a:
                     continue  # the activation side of a matmul, not a weight
                 foldable, why = tracer.constant_cone(tensor)
                 if foldable:

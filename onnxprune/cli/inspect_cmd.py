@@ -9,7 +9,7 @@ from onnxprune.report import to_json
 
 
 @click.command("inspect")
-@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.argument("model_path", metavar="MODEL", type=click.Path())  # Model.load reports a bad path in one line
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema onnxprune.inspect v1).")
 @click.option("--fold-constants", "fold", is_flag=True, help="Fold constant subexpressions first, so weights built from constants become prunable.")
 def command(model_path: str, as_json: bool, fold: bool) -> None:

@@ -1,0 +1,345 @@
+"""Model: load errors (one line, the right class, from Python and the CLI), external data (checked,
+memory-mapped, round-tripped), atomic and deterministic saves that never touch the input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import builders as B
+import realmodels
+from onnxprune.cli import main
+from onnxprune.errors import ExternalDataError, ModelLoadError, OnnxPruneError
+from onnxprune.model import Model
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _cli_fails_cleanly(path, *fragments):
+    """`onnxprune inspect PATH` exits 2 with one stderr line naming what is wrong, and no traceback."""
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxprune: error: "), result.stderr
+    assert "Traceback" not in result.output and result.stdout == ""
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def _load_fails(path, cls, *fragments):
+    with pytest.raises(cls) as info:
+        Model.load(path)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    _cli_fails_cleanly(path, *fragments)
+    return message
+
+
+# ------------------------------------------------------------------------------- load errors
+
+def test_missing_file(tmp_path):
+    _load_fails(tmp_path / "nope.onnx", ModelLoadError, "nope.onnx", "no such file")
+
+
+def test_directory(tmp_path):
+    (tmp_path / "dir.onnx").mkdir()
+    _load_fails(tmp_path / "dir.onnx", ModelLoadError, "dir.onnx", "not a file")
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / "notes.onnx"
+    path.write_text("this is a text file, not an ONNX model\n" * 3)
+    _load_fails(path, ModelLoadError, "notes.onnx", "not a valid ONNX model")
+
+
+def test_protobuf_that_is_not_a_model(tmp_path):
+    path = tmp_path / "tensor.onnx"
+    path.write_bytes(onnx.numpy_helper.from_array(np.zeros(3, np.float32), "t").SerializeToString())
+    _load_fails(path, ModelLoadError, "tensor.onnx", "not a valid ONNX model")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"")
+    _load_fails(path, ModelLoadError, "empty.onnx", "not a valid ONNX model")
+
+
+def test_truncated_file(tmp_path):
+    data = B.save(B.small_net(), tmp_path / "full.onnx").read_bytes()
+    path = tmp_path / "half.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    _load_fails(path, ModelLoadError, "half.onnx", "not a valid ONNX model")
+
+
+@pytest.mark.real
+def test_truncated_real_file(tmp_path):
+    data = realmodels.model_path("silero_vad_16k_sequence").read_bytes()
+    path = tmp_path / "silero_half.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    _load_fails(path, ModelLoadError, "silero_half.onnx", "truncated")
+
+
+def test_opset_newer_than_onnx_knows(tmp_path):
+    proto = B.matmul_2d()
+    newer = onnx.defs.onnx_opset_version() + 1
+    proto.opset_import[0].version = newer
+    path = B.save(proto, tmp_path / "future.onnx")
+    _load_fails(path, ModelLoadError, "future.onnx", f"opset {newer} is newer")
+
+
+# ------------------------------------------------------------------------ external data errors
+
+@pytest.fixture
+def ext(tmp_path) -> Path:
+    return B.external_data_model(tmp_path / "m")
+
+
+def _set_location(path: Path, tensor: str, **entries) -> None:
+    proto = onnx.load(str(path), load_external_data=False)
+    for t in proto.graph.initializer:
+        if t.name == tensor:
+            info = {e.key: e.value for e in t.external_data} | entries
+            del t.external_data[:]
+            for k, v in info.items():
+                e = t.external_data.add()
+                e.key, e.value = k, v
+    onnx.save_model(proto, str(path))
+
+
+def test_external_data_missing(ext):
+    (ext.parent / "model.onnx.data").unlink()
+    msg = _load_fails(ext, ExternalDataError, "'conv.W'", "'model.onnx.data'", "not found")
+    assert str(ext) in msg
+
+
+def test_external_data_absolute_location(ext):
+    _set_location(ext, "fc.W", location=str(ext.parent / "model.onnx.data"))
+    _load_fails(ext, ExternalDataError, "'fc.W'", repr(str(ext.parent / "model.onnx.data")), "relative path")
+
+
+def test_external_data_location_with_dotdot(ext):
+    outside = ext.parent.parent / "outside.data"
+    outside.write_bytes((ext.parent / "model.onnx.data").read_bytes())
+    _set_location(ext, "fc.W", location="../outside.data")
+    _load_fails(ext, ExternalDataError, "'fc.W'", "'../outside.data'", "inside the model's folder")
+
+
+def test_external_data_symlink_outside(ext):
+    data = ext.parent / "model.onnx.data"
+    outside = ext.parent.parent / "elsewhere" / "real.data"
+    outside.parent.mkdir()
+    outside.write_bytes(data.read_bytes())
+    data.unlink()
+    data.symlink_to(outside)
+    _load_fails(ext, ExternalDataError, "'conv.W'", "'model.onnx.data'", "outside the model's folder")
+
+
+def test_external_data_symlink_inside_is_fine(ext):
+    data = ext.parent / "model.onnx.data"
+    data.rename(ext.parent / "real.data")
+    data.symlink_to("real.data")
+    model = Model.load(ext)
+    assert model.read("fc.W").shape == (10, 64)
+
+
+def test_external_data_truncated(ext):
+    data = ext.parent / "model.onnx.data"
+    content = data.read_bytes()
+    data.write_bytes(content[: len(content) - 8])
+    _load_fails(ext, ExternalDataError, "'head.W'", "'model.onnx.data'", "truncated")
+
+
+def test_external_data_bad_offset(ext):
+    _set_location(ext, "fc.W", offset="twelve")
+    _load_fails(ext, ExternalDataError, "'fc.W'", "'model.onnx.data'", "not integers")
+
+
+# -------------------------------------------------------------------------- external round trip
+
+def test_external_data_round_trip(ext, tmp_path):
+    data = ext.parent / "model.onnx.data"
+    hashes = {p: _sha(p) for p in (ext, data)}
+    feeds = B.feeds(B.small_net())
+    model = Model.load(ext)
+    keys = [r.key for r in model.tensors()]
+    assert keys == ["conv.W", "conv.B", "fc.W", "fc.B", "head.W"]
+    original = {k: np.array(model.read(k)) for k in keys}
+    fc = model.read("fc.W")
+    assert not fc.flags.writeable  # a read-only memory map of the data file
+    assert str(data) in model._maps
+    for k, v in original.items():
+        assert np.array_equal(v, onnx.numpy_helper.to_array(B.small_net().graph.initializer[keys.index(k)]))
+
+    new_fc = original["fc.W"].copy()
+    new_fc[:, ::2] = 0
+    model.write("fc.W", new_fc)
+    expected = dict(original, **{"fc.W": new_fc})
+    reference = B.small_net()
+    reference.graph.initializer[2].CopyFrom(onnx.numpy_helper.from_array(new_fc, "fc.W"))
+    want = B.run(reference, feeds)[0]
+
+    internal = model.save(tmp_path / "out_int" / "model.onnx", external_data=False)
+    external = model.save(tmp_path / "out_ext" / "model.onnx", external_data=True)
+    assert sorted(os.listdir(internal.parent)) == ["model.onnx"]
+    assert sorted(os.listdir(external.parent)) == ["model.onnx", "model.onnx.data"]
+    for path in (internal, external):
+        again = Model.load(path)
+        assert [r.key for r in again.tensors()] == keys
+        for k in keys:
+            got = again.read(k)
+            assert got.dtype == expected[k].dtype and np.array_equal(got, expected[k]), (path, k)
+        np.testing.assert_array_equal(B.run(path, feeds)[0], want)
+    assert {p: _sha(p) for p in hashes} == hashes  # the input files are untouched
+
+
+def test_saving_over_the_input_is_refused(ext, tmp_path):
+    model = Model.load(ext)
+    before = _sha(ext)
+    with pytest.raises(OnnxPruneError, match="refusing to overwrite the input"):
+        model.save(ext)
+    with pytest.raises(OnnxPruneError, match="refusing to overwrite the input"):
+        model.save(ext.parent / "." / "model.onnx", external_data=True)
+    # after an external save elsewhere the model reads that copy, but the input stays protected
+    model.save(tmp_path / "copy" / "model.onnx", external_data=True)
+    with pytest.raises(OnnxPruneError, match="refusing to overwrite the input"):
+        model.save(ext, external_data=False)
+    assert _sha(ext) == before
+    inline = B.save(B.small_net(), tmp_path / "inline.onnx")
+    with pytest.raises(OnnxPruneError, match="refusing to overwrite"):
+        Model.load(inline).save(inline)
+
+
+def test_external_save_inlines_small_tensors_of_an_external_input(ext, tmp_path):
+    # small_net's biases are < 1 KiB: they cannot keep pointing at the input's data file
+    model = Model.load(ext)
+    out = model.save(tmp_path / "o" / "renamed.onnx", external_data=True)
+    proto = onnx.load(str(out), load_external_data=False)
+    where = {t.name: {e.key: e.value for e in t.external_data}.get("location") for t in proto.graph.initializer}
+    assert where == {"conv.W": None, "conv.B": None, "fc.W": "renamed.onnx.data", "fc.B": None, "head.W": None}
+    assert np.array_equal(Model.load(out).read("conv.B"), Model.load(ext).read("conv.B"))
+
+
+def test_write_checks_shape_and_casts():
+    model = Model(B.matmul_cast_fp16())
+    with pytest.raises(OnnxPruneError, match="shape"):
+        model.write("W", np.zeros((4, 8)))
+    model.write("W", np.ones((8, 4), np.float64))
+    assert model.read("W").dtype == np.float16 and np.all(model.read("W") == 1)
+    with pytest.raises(OnnxPruneError, match="no constant tensor named 'V'"):
+        model.read("V")
+
+
+# ------------------------------------------------------------------------------- atomic save
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _failing_atomic_open(real, after: int):
+    """atomic_open whose files raise after `after` bytes were written."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def wrapped(path, mode="wb"):
+        with real(path, mode) as f:
+            class Writer:
+                def __init__(self):
+                    self.n = 0
+
+                def write(self, b):
+                    if self.n + len(b) > after:
+                        f.write(bytes(b)[: max(after - self.n, 0)])
+                        raise _Boom("disk full")
+                    self.n += len(b)
+                    return f.write(b)
+
+                def tell(self):
+                    return f.tell()
+
+            yield Writer()
+    return wrapped
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_failed_write_leaves_nothing(ext, tmp_path, monkeypatch, external):
+    import onnxprune.model as M
+
+    model = Model.load(ext)
+    before = {r.key: np.array(model.read(r.key)) for r in model.tensors()}
+    out = tmp_path / "out" / "model.onnx"
+    monkeypatch.setattr(M, "atomic_open", _failing_atomic_open(M.atomic_open, after=1500))
+    with pytest.raises(_Boom):
+        model.save(out, external_data=external)
+    assert os.listdir(out.parent) == []
+    # the model in memory is as it was, and still reads its (external) data
+    assert all(np.array_equal(model.read(k), v) for k, v in before.items())
+    monkeypatch.undo()
+    model.save(out, external_data=external)
+    assert all(np.array_equal(Model.load(out).read(k), v) for k, v in before.items())
+
+
+def test_failed_tensor_serialization_midway_leaves_nothing(ext, tmp_path, monkeypatch):
+    model = Model.load(ext)
+    proto_before = model.proto.SerializeToString()
+    calls = []
+    real = Model.tensor_bytes
+
+    def flaky(self, ref):
+        calls.append(ref.key)
+        if len(calls) == 3:
+            raise _Boom(f"cannot serialise {ref.key}")
+        return real(self, ref)
+
+    monkeypatch.setattr(Model, "tensor_bytes", flaky)
+    out = tmp_path / "out" / "model.onnx"
+    with pytest.raises(_Boom):
+        model.save(out, external_data=True)
+    assert os.listdir(out.parent) == []
+    assert model.proto.SerializeToString() == proto_before  # external references put back
+    assert model.path == ext.resolve()
+
+
+def test_failed_proto_serialization_leaves_nothing(tmp_path, monkeypatch):
+    model = Model(B.small_net())
+    real = model.proto
+
+    class Failing:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def SerializeToString(self):
+            raise _Boom("serialisation failed")
+
+    monkeypatch.setattr(model, "proto", Failing())
+    out = tmp_path / "out" / "model.onnx"
+    out.parent.mkdir()
+    with pytest.raises(_Boom):
+        model.save(out, external_data=False)
+    assert os.listdir(out.parent) == []
+
+
+def test_two_saves_give_identical_bytes(ext, tmp_path):
+    model = Model.load(ext)
+    model.write("head.W", np.zeros((10, 3), np.float32))
+    a = model.save(tmp_path / "a" / "m.onnx", external_data=False)
+    b = model.save(tmp_path / "b" / "m.onnx", external_data=False)
+    assert a.read_bytes() == b.read_bytes()
+    model = Model.load(ext)
+    a = model.save(tmp_path / "c" / "m.onnx", external_data=True)
+    b = model.save(tmp_path / "d" / "m.onnx", external_data=True)
+    for name in ("m.onnx", "m.onnx.data"):
+        assert (a.parent / name).read_bytes() == (b.parent / name).read_bytes()
+    assert Model.load(ext).save(tmp_path / "e" / "m.onnx").read_bytes() == Model.load(ext).save(
+        tmp_path / "f" / "m.onnx").read_bytes()
