@@ -21,6 +21,8 @@ COMMANDS = {
     "prune": "prune_cmd",
     "sweep": "sweep_cmd",
     "run": "run_cmd",
+    "targets": "targets_cmd",
+    "pack": "pack_cmd",
 }
 
 

@@ -1,9 +1,12 @@
 """Portable decoders: store a packed weight in an ONNX model and rebuild it at load with standard ops.
 
 `decoder_graph` returns initializers holding the packed arrays and nodes whose output is the dense
-weight, so any runtime (onnxruntime 1.17+) runs the smaller file. The ops used (BitShift, NonZero,
-ScatterND, ScatterElements, Range, ReduceSum with axes as input, ...) need opset 13 to 18. The dense
-weight is rebuilt bit for bit: values are only copied, never converted.
+weight, so any runtime (onnxruntime 1.17+) runs the smaller file. The ops used (BitShift, CumSum, Gather,
+ScatterND, ScatterElements, Range, ReduceSum, Unsqueeze, ...) need opset 11 or later; pass the model's
+opset as `opset` so ReduceSum/Unsqueeze take their axes the way that opset wants (attribute below 13,
+input from 13). The dense weight is rebuilt bit for bit: values are only copied, never converted. Every
+decoder has static output shapes (no NonZero), so onnxruntime constant-folds it at session creation and
+the weight reaches its op as an initializer, exactly as in the dense model (same kernels, same outputs).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from onnxprune.pack.formats.base import PackedTensor
 class _Builder:
     """Collects initializers and nodes under one name prefix."""
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, opset: int = 13):
         self.prefix = prefix
+        self.opset = opset
         self.inits: list[onnx.TensorProto] = []
         self.nodes: list[onnx.NodeProto] = []
         self._ints: dict[tuple, str] = {}
@@ -43,6 +47,16 @@ class _Builder:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
         return out
 
+    def reduce_sum(self, tensor: str, axes: list[int], keepdims: int) -> str:
+        if self.opset >= 13:
+            return self.op("ReduceSum", [tensor, self.i64(axes)], keepdims=keepdims)
+        return self.op("ReduceSum", [tensor], axes=list(axes), keepdims=keepdims)
+
+    def unsqueeze(self, tensor: str, axes: list[int]) -> str:
+        if self.opset >= 13:
+            return self.op("Unsqueeze", [tensor, self.i64(axes)])
+        return self.op("Unsqueeze", [tensor], axes=list(axes))
+
     def int64(self, tensor: str) -> str:
         return self.op("Cast", [tensor], to=onnx.TensorProto.INT64)
 
@@ -58,13 +72,18 @@ class _Builder:
 
 
 def _bitmask(b: _Builder, packed: PackedTensor) -> str:
+    """dense[i] = [0, values...][bit[i] * cumsum(bits)[i]]: no NonZero, whose data-dependent shape keeps
+    onnxruntime from constant-folding the decoder (the weight would then feed its op as a run-time
+    tensor and the op could pick another kernel, changing the model's outputs)."""
     size = int(np.prod(packed.shape))
     mask = b.const("mask", packed.arrays["mask"].reshape(-1, 1))
     flat = b.op("Reshape", [b.unpack_bits(mask), b.i64([-1])])
-    bits = b.op("Slice", [flat, b.i64([0]), b.i64([size])])
-    where = b.op("NonZero", [b.op("Cast", [bits], to=onnx.TensorProto.BOOL)])
-    idx = b.op("Transpose", [where], perm=[1, 0])
-    return b.op("ScatterND", [b.zeros((size,), packed.dtype), idx, b.const("values", packed.arrays["values"])])
+    bits = b.int64(b.op("Slice", [flat, b.i64([0]), b.i64([size])]))
+    rank = b.op("CumSum", [bits, b.i64(0)])
+    idx = b.op("Mul", [bits, rank])
+    values = packed.arrays["values"]
+    padded = np.concatenate([np.zeros(1, dtype=values.dtype), values.reshape(-1)])
+    return b.op("Gather", [b.const("values", padded), idx], axis=0)
 
 
 def _coo(b: _Builder, packed: PackedTensor) -> str:
@@ -85,7 +104,7 @@ def _nm(b: _Builder, packed: PackedTensor) -> str:
     bits = b.op("Slice", [bits, b.i64([0]), b.i64([count * width]), b.i64([1])])
     bits = b.int64(b.op("Reshape", [bits, b.i64([rows, count, width])]))
     weighted = b.op("Mul", [bits, b.i64(1 << np.arange(width))])
-    pos = b.op("ReduceSum", [weighted, b.i64([-1])], keepdims=0)
+    pos = b.reduce_sum(weighted, [-1], keepdims=0)
     slot = b.op("Range", [b.i64(0), b.i64(count), b.i64(1)])
     base = b.op("Mul", [b.op("Div", [slot, b.i64(n)]), b.i64(m)])
     col = b.op("Add", [pos, base])
@@ -99,9 +118,10 @@ def _bsr(b: _Builder, packed: PackedTensor) -> str:
     br, bc = -(-rows // r), -(-cols // c)
     nblocks = len(packed.arrays["indices"])
     ends = b.op("Slice", [b.int64(b.const("indptr", packed.arrays["indptr"])), b.i64([1]), b.i64([br + 1])])
-    k = b.op("Unsqueeze", [b.op("Range", [b.i64(0), b.i64(nblocks), b.i64(1)]), b.i64([1])])
-    block_row = b.op("ReduceSum", [b.int64(b.op("GreaterOrEqual", [k, ends])), b.i64([1])], keepdims=1)
-    block_col = b.op("Unsqueeze", [b.int64(b.const("indices", packed.arrays["indices"])), b.i64([1])])
+    k = b.unsqueeze(b.op("Range", [b.i64(0), b.i64(nblocks), b.i64(1)]), [1])
+    past = b.op("Not", [b.op("Less", [k, ends])])  # k >= end of the block row (GreaterOrEqual needs opset 12)
+    block_row = b.reduce_sum(b.int64(past), [1], keepdims=1)
+    block_col = b.unsqueeze(b.int64(b.const("indices", packed.arrays["indices"])), [1])
     idx = b.op("Concat", [block_row, block_col], axis=1)
     blocks = b.const("blocks", packed.arrays["blocks"])
     tiles = b.op("ScatterND", [b.zeros((br, bc, r, c), packed.dtype), idx, blocks])
@@ -112,11 +132,16 @@ def _bsr(b: _Builder, packed: PackedTensor) -> str:
 _DECODERS = {"bitmask": _bitmask, "coo": _coo, "nm": _nm, "bsr": _bsr}
 
 
+MIN_OPSET = 11
+
+
 def decoder_graph(
-    packed: PackedTensor, out_name: str, out_shape_nd: tuple, prefix: str, perm: tuple | None = None
+    packed: PackedTensor, out_name: str, out_shape_nd: tuple, prefix: str, perm: tuple | None = None,
+    opset: int = 13,
 ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
     """Initializers and nodes that rebuild `packed` as `out_name`: the matrix reshaped to `out_shape_nd`,
-    then transposed by `perm` when given. All names start with `prefix`."""
+    then transposed by `perm` when given. All names start with `prefix`. `opset` is the default-domain
+    opset of the model the nodes go into (11 or later)."""
     if packed.format not in _DECODERS:
         known = ", ".join(_DECODERS)
         raise TargetError(f"{prefix}: format {packed.format!r} has no portable decoder; use one of {known}")
@@ -124,7 +149,10 @@ def decoder_graph(
         raise TargetError(
             f"{prefix}: shape {tuple(out_shape_nd)} does not hold the {packed.shape} matrix; pass the weight's own shape"
         )
-    b = _Builder(prefix)
+    if opset < MIN_OPSET:
+        raise TargetError(f"{prefix}: portable decoders need opset {MIN_OPSET} or later, the model has {opset}; "
+                          "convert it with onnx.version_converter or emit dense")
+    b = _Builder(prefix, opset)
     dense = _DECODERS[packed.format](b, packed)
     shape = b.i64(list(out_shape_nd))
     if perm is None:

@@ -1,0 +1,67 @@
+"""`onnxprune pack MODEL --target NAME -o OUT_DIR`: enforce the target's pattern, pack, emit the artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onnxprune.errors import OptionError
+from onnxprune.model import Model
+from onnxprune.pack.passes import DEFAULT_MAX_INCREASE, pack_model, render_report
+from onnxprune.pack.targets import EMIT_MODES, load_target
+from onnxprune.report import write_json
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        shape = ()
+    if not sep or not name or not shape or any(d < 1 for d in shape):
+        raise OptionError(f"--input-shape {text!r}: use NAME=D1,D2,... with positive dims, e.g. input1=1,1,64,192")
+    return name, shape
+
+
+@click.command("pack")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--target", "target_name", required=True, metavar="NAME",
+              help="Accelerator target (`onnxprune targets` lists them) or the path of a target .toml file.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
+@click.option("--emit", type=click.Choice(EMIT_MODES), default=None,
+              help="model.onnx form: dense (with zeros), sparse-initializer (ONNX COO) or portable (packed + decoder ops). Default: the target's.")
+@click.option("--block", default=None, metavar="RxC", help="Block shape for block targets (e.g. 8x1).")
+@click.option("--enforce/--no-enforce", default=True, show_default=True,
+              help="Re-prune weights that break the target's pattern (magnitude within the pattern, masks only shrink).")
+@click.option("--max-increase", default=DEFAULT_MAX_INCREASE, show_default=True, type=float,
+              help="Enforcement leaves a weight alone if it would need more extra sparsity than this.")
+@click.option("--masks", "masks_in", type=click.Path(dir_okay=False), help="Masks of the pruning run (.npz + .json) for exact pattern checks.")
+@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
+              help="Static input shape for MAC counts where the model's input dims are symbolic. Repeatable.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report (schema onnxprune.pack) here.")
+@click.option("--no-gzip", is_flag=True, help="Skip measuring gzip of the dense model (slow on large models).")
+@click.option("--all-rows", is_flag=True, help="Print every layer (default: the first 60).")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+def command(model_path, target_name, output, emit, block, enforce, max_increase, masks_in, input_shapes, report_path,
+            no_gzip, all_rows, quiet):
+    """Pack a pruned MODEL for an accelerator target into OUT_DIR: model.onnx, weights.bin, manifest.json.
+
+    Prints, per layer, whether it will run sparse on the target and if not why, the share of weights and
+    MACs that run sparse, and the sizes against the information bound. The input file is never written."""
+    target = load_target(target_name, block=block)
+    shapes = dict(parse_input_shape(s) for s in input_shapes)
+    model = Model.load(model_path)
+    masks = None
+    if masks_in:
+        from onnxprune.analyze.weights import find_weights
+        from onnxprune.prune.masks import MaskSet
+
+        masks = MaskSet.load(masks_in, {w.key: w.shape for w in find_weights(model).weights})
+    _, report = pack_model(model, target, output, emit=emit, enforce=enforce, masks=masks, input_shapes=shapes or None,
+                           max_increase=max_increase, measure_gzip=not no_gzip, progress=not quiet)
+    report["output"] = str(Path(output).resolve())
+    if report_path:
+        write_json(report_path, report, "pack")
+    if not quiet:
+        click.echo(render_report(report, None if all_rows else 60))
