@@ -42,6 +42,7 @@ class Context:
     data: Any = None  # onnxprune.check.data.Dataset used for calibration, or None
     results: list[PassResult] = field(default_factory=list)
     progress: bool = True
+    state: dict[str, Any] = field(default_factory=dict)  # per-family pass state, e.g. "target"
     _analysis: Analysis | None = None
 
     @property

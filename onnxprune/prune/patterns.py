@@ -135,14 +135,14 @@ def blocks(scores: np.ndarray, keep: np.ndarray, r: int, c: int, sparsity: float
     """Whole r x c blocks kept or pruned (edge blocks are smaller); the pruned element count
     is the closest reachable to `sparsity`. A block with any pruned entry is pruned whole."""
     mean, size, alive = block_scores(scores, keep, r, c)
-    block_keep = alive & _block_view(keep, r, c, True).all(axis=(2, 3))
+    block_keep = np.ascontiguousarray(alive & _block_view(keep, r, c, True).all(axis=(2, 3)))
     target = int(round(sparsity * scores.size))
     already = int(size[~block_keep].sum())
     idx = np.flatnonzero(block_keep)
     order = idx[np.argsort(mean.reshape(-1)[idx], kind="stable")]
     cum = already + np.concatenate([[0], np.cumsum(size.reshape(-1)[order])])
     n_blocks = int(np.argmin(np.abs(cum - target)))
-    block_keep.reshape(-1)[order[:n_blocks]] = False
+    block_keep.reshape(-1)[order[:n_blocks]] = False  # a view: block_keep is contiguous
     return expand_blocks(block_keep, scores.shape, r, c) & keep
 
 
