@@ -13,6 +13,8 @@ Sections and keys (relative paths are taken from the current directory, like CLI
   [check]   enabled, the thresholds (min_cosine, max_rel_l2, min_top1_agreement,
             max_accuracy_drop, atol, rtol, min_snr_db, max_abs, min_exact_match,
             output_thresholds), batch_size, provider, threads
+  [target]  name (a targets/ file or path), emit, block, enforce, out (artifact folder);
+            without prune.pattern, pruning uses the target's pattern
   [output]  model, report, masks, masks_in, external_data
 """
 
@@ -53,6 +55,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
               "max_accuracy_drop": _FLOAT, "atol": _FLOAT, "rtol": _FLOAT, "min_snr_db": _FLOAT, "max_abs": _FLOAT,
               "min_exact_match": _FLOAT, "output_thresholds": _STRS, "batch_size": _INT, "provider": _STR,
               "threads": _INT},
+    "target": {"name": _STR, "emit": _STR, "block": _STR, "enforce": _BOOL, "out": _STR},
     "output": {"model": _STR, "report": _STR, "masks": _STR, "masks_in": _STR, "external_data": _BOOL},
 }
 
@@ -64,6 +67,7 @@ class Recipe:
     input: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     check: dict = field(default_factory=dict)
+    target: dict = field(default_factory=dict)
     output: dict = field(default_factory=dict)
     source: str = "<flags>"
 
@@ -152,6 +156,13 @@ def from_dict(data: dict, source: str = "<recipe>", text: str = "") -> Recipe:
                 prune[key] = float(value) if kind is _FLOAT else value
             else:
                 getattr(recipe, section)[key] = value
+    if recipe.target.get("name") and "pattern" not in prune:
+        from onnxprune.pack.targets import load_target
+
+        try:
+            prune["pattern"] = str(load_target(recipe.target["name"], block=recipe.target.get("block")).pattern)
+        except OptionError as e:
+            raise _err(source, text, "target", "name", str(e)) from e
     try:
         recipe.prune = PruneOptions(**prune)
         from onnxprune.prune.job import build_pipeline

@@ -6,6 +6,7 @@ import click
 
 from onnxprune.atomic import atomic_write_text
 from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
+from onnxprune.pack.targets import load_target
 from onnxprune.prune.job import PruneOptions
 from onnxprune.recipe import Recipe
 from onnxprune.run import run_recipe
@@ -14,7 +15,7 @@ from onnxprune.run import run_recipe
 def prune_options(f):
     """The pruning options, shared by `prune` and `sweep`."""
     opts = [
-        click.option("--pattern", default="unstructured", show_default=True, help="unstructured, N:M (e.g. 2:4) or RxC blocks (e.g. 4x4)."),
+        click.option("--pattern", default=None, help="unstructured (default), N:M (e.g. 2:4) or RxC blocks (e.g. 4x4); with --target, the target's pattern."),
         click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True, help="layer: every weight reaches the sparsity; global: one ranking over all selected weights."),
         click.option("--criterion", default="magnitude", show_default=True, help="Weight importance score."),
         click.option("--skip", multiple=True, metavar="GLOB", help="Leave weights (or their nodes) matching GLOB dense. Repeatable."),
@@ -48,11 +49,17 @@ def prune_options(f):
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
 @click.option("--external-data", is_flag=True, help="Store weights in OUT.data beside the model (automatic above 2 GiB).")
 @click.option("--quiet", is_flag=True, help="No table, no progress bar.")
+@click.option("--target", "target_name", metavar="NAME", help="Prune in this target's pattern (only the layers it can use), then pack for it (see onnxprune targets).")
+@click.option("--emit", type=click.Choice(["dense", "sparse-initializer", "portable"]), help="With --target: the artifact's ONNX form (default: the target's).")
+@click.option("--block", metavar="RxC", help="With a block target: the block shape.")
+@click.option("--target-out", type=click.Path(file_okay=False), help="With --target: the artifact folder (default: OUT without .onnx + .TARGET).")
 @click.option("--dump-recipe", type=click.Path(dir_okay=False), help="Write the recipe equivalent to these flags (then run it).")
 def command(model_path, output, sparsity, pattern, scope, criterion, skip, override, min_params, nm_remainder,
             fold_constants, steps, initial_sparsity, t0, dt, hooks, eval_data, run_gate, masks_in, masks_out,
-            report_path, external_data, quiet, dump_recipe, **data_and_gate):
+            report_path, external_data, quiet, target_name, emit, block, target_out, dump_recipe, **data_and_gate):
     """Prune MODEL's weights and write the result to OUT (the input file is never written)."""
+    if pattern is None:
+        pattern = str(load_target(target_name, block=block).pattern) if target_name else "unstructured"
     opts = PruneOptions(sparsity=sparsity, pattern=pattern, scope=scope, criterion=criterion,
                         overrides=list(override), skip=list(skip), min_params=min_params, nm_remainder=nm_remainder,
                         steps=steps, initial_sparsity=initial_sparsity, t0=t0, dt=dt, hooks=list(hooks),
@@ -66,6 +73,7 @@ def command(model_path, output, sparsity, pattern, scope, criterion, skip, overr
               "int_ranges": list(g.pop("int_ranges"))},
         check={"enabled": run_gate or None, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}}
         if run_gate else {},
+        target={"name": target_name, "emit": emit, "block": block, "out": target_out} if target_name else {},
         output={"model": output, "report": report_path, "masks": masks_out, "masks_in": masks_in,
                 "external_data": external_data or None},
     )

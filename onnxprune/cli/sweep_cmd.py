@@ -37,6 +37,7 @@ def _sparsities(text: str) -> list[float]:
 def command(model_path, sparsities, bisect, pattern, scope, criterion, skip, override, min_params, nm_remainder,
             fold_constants, report_path, plot_path, **rest):
     """Prune at each sparsity level and report the parity metric curve."""
+    pattern = pattern or "unstructured"
     opts = PruneOptions(pattern=pattern, scope=scope, criterion=criterion, overrides=list(override),
                         skip=list(skip), min_params=min_params, nm_remainder=nm_remainder, fold_constants=fold_constants)
     model = Model.load(model_path)
