@@ -1,3 +1,58 @@
-"""onnxprune: a model-compression compiler for ONNX graphs."""
+"""onnxprune: a model-compression compiler for ONNX graphs.
+
+The public Python API (the CLI is a thin layer over the same objects)::
+
+    import onnxprune as op
+    model = op.Model.load("model.onnx")
+    analysis = op.find_weights(model)                      # prunable weights, reduction axes
+    ctx, report = op.prune_model(model, op.PruneOptions(sparsity=0.5, pattern="2:4"))
+    model.save("out.onnx")
+    parity = op.compare("model.onnx", model, op.Dataset.from_source("eval.npz", model.proto))
+    ctx, packed = op.pack_model(model, "nvidia-2to4", "out/artifact", ctx=ctx)
+    result = op.run_recipe(op.load_recipe("passes/nvidia-2to4.toml", ["input.model=\\"m.onnx\\""]))
+
+Names load lazily, so `import onnxprune` stays fast for the CLI.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Model": "onnxprune.model",
+    "load_model": "onnxprune.model",
+    "find_weights": "onnxprune.analyze.weights",
+    "fold_constants": "onnxprune.analyze.fold",
+    "inspect_model": "onnxprune.analyze.inspect",
+    "Pass": "onnxprune.pipeline",
+    "PassResult": "onnxprune.pipeline",
+    "Pipeline": "onnxprune.pipeline",
+    "Context": "onnxprune.pipeline",
+    "PruneOptions": "onnxprune.prune.job",
+    "build_pipeline": "onnxprune.prune.job",
+    "prune_model": "onnxprune.prune.job",
+    "PrunePass": "onnxprune.prune.prune_pass",
+    "MaskSet": "onnxprune.prune.masks",
+    "schedule": "onnxprune.prune.schedule",
+    "HookPass": "onnxprune.repair.hooks",
+    "HookContext": "onnxprune.repair.hooks",
+    "Dataset": "onnxprune.check.data",
+    "Thresholds": "onnxprune.check.parity",
+    "compare": "onnxprune.check.parity",
+    "sweep": "onnxprune.check.sweep",
+    "find_max": "onnxprune.check.sweep",
+    "load_target": "onnxprune.pack.targets",
+    "pack_model": "onnxprune.pack.passes",
+    "Recipe": "onnxprune.recipe",
+    "load_recipe": "onnxprune.recipe",
+    "run_recipe": "onnxprune.run",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnxprune' has no attribute {name!r}")
+    return getattr(import_module(module), name)
