@@ -44,7 +44,22 @@ def magnitude(weight: Weight, stored: np.ndarray, ctx) -> np.ndarray:
     return np.abs(stored.astype(np.float32, copy=False))
 
 
-CRITERIA: dict[str, Callable] = {"magnitude": magnitude}
+def wanda(weight: Weight, stored: np.ndarray, ctx) -> np.ndarray:
+    """|W_ij| * ||X_j||_2 from calibration data (prune/calibrated.py; needs ctx.data)."""
+    from onnxprune.prune.calibrated import wanda as score
+
+    return score(weight, stored, ctx)
+
+
+def sparsegpt(weight: Weight, stored: np.ndarray, ctx) -> np.ndarray:
+    """OBS saliency w^2 / [H^-1]_jj^2 (prune/calibrated.py); the full SparseGPT with weight
+    updates runs in CalibratedPrunePass."""
+    from onnxprune.prune.calibrated import sparsegpt_score as score
+
+    return score(weight, stored, ctx)
+
+
+CRITERIA: dict[str, Callable] = {"magnitude": magnitude, "wanda": wanda, "sparsegpt": sparsegpt}
 
 
 def get(name: str) -> Callable:

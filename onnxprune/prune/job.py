@@ -17,7 +17,11 @@ from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS
 from onnxprune.prune.masks import MaskSet
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import schedule
+from onnxprune.errors import OptionError
+from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
+from onnxprune.repair.capture import CalibrationPass
 from onnxprune.repair.hooks import HookPass
+from onnxprune.repair.reconstruct import REPAIR_METHODS, RepairPass
 
 
 @dataclass
@@ -36,12 +40,19 @@ class PruneOptions:
     dt: int = 1
     hooks: list[str] = field(default_factory=list)
     fold_constants: bool = False
+    calib_samples: int | None = None  # calibration samples taken from the data (None: all of it)
+    sequential: bool = False  # recapture calibration statistics stage by stage from the partly pruned model
+    repair: str = "none"  # after every pruning step: none | lstsq | bias | lstsq+bias (needs data)
 
     def final_sparsity(self) -> float:
         from onnxprune.prune.patterns import Pattern
 
         fixed = Pattern.parse(self.pattern).fixed_sparsity
         return self.sparsity if self.sparsity is not None else (fixed if fixed is not None else 0.5)
+
+    def uses_calibration(self) -> bool:
+        """Does pruning itself read the data (so evaluation data must be kept apart)?"""
+        return self.criterion != "magnitude" or self.repair != "none" or bool(self.hooks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,12 +64,32 @@ class PruneOptions:
 def build_pipeline(opts: PruneOptions) -> Pipeline:
     passes: list[Pass] = [FoldConstantsPass()] if opts.fold_constants else []
     plan = schedule(opts.final_sparsity(), opts.steps, opts.initial_sparsity, opts.t0, opts.dt)
+    calibrated = calibration_passes(opts)
+    passes += calibrated
     for st in plan:
-        passes.append(PrunePass(st.sparsity, opts.pattern, opts.scope, opts.criterion, opts.overrides, opts.skip,
-                                opts.min_params, opts.nm_remainder, step=st.index))
+        if calibrated and opts.criterion in CALIBRATED_CRITERIA:
+            passes.append(CalibratedPrunePass(st.sparsity, opts.pattern, opts.scope, opts.criterion, opts.overrides,
+                                              opts.skip, opts.min_params, opts.nm_remainder, step=st.index,
+                                              sequential=opts.sequential))
+        else:
+            passes.append(PrunePass(st.sparsity, opts.pattern, opts.scope, opts.criterion, opts.overrides, opts.skip,
+                                    opts.min_params, opts.nm_remainder, step=st.index))
+        if opts.repair != "none":
+            passes.append(RepairPass(opts.repair, sequential=opts.sequential))
         if opts.hooks:
             passes.append(HookPass(opts.hooks, st.index, len(plan), st.t, st.sparsity))
     return Pipeline(passes)
+
+
+def calibration_passes(opts: PruneOptions) -> list[Pass]:
+    """[CalibrationPass] when the job uses calibration data (criterion, repair or a built-in repair
+    hook), else []; it copies the dense weights before the first pruning step."""
+    if opts.repair not in REPAIR_METHODS:
+        raise OptionError(f"repair {opts.repair!r}: use one of {', '.join(REPAIR_METHODS)}")
+    builtin_hook = any(isinstance(h, str) and h.startswith("onnxprune.repair.reconstruct:") for h in opts.hooks)
+    if opts.criterion not in CALIBRATED_CRITERIA and opts.repair == "none" and not builtin_hook:
+        return []
+    return [CalibrationPass(opts.calib_samples)]
 
 
 def prune_model(model: Model, opts: PruneOptions, data=None, masks: MaskSet | None = None,
