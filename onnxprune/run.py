@@ -79,7 +79,7 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     if gate:
         if evaluation_path:
             evaluation = _dataset(model, recipe, evaluation_path)
-        elif calib is not None and recipe.prune.criterion != "magnitude":
+        elif calib is not None and recipe.prune.uses_calibration():
             calib, evaluation = calib.split(0.5, seed=0)  # pruning reads the data: keep them disjoint
         else:
             evaluation = calib if calib is not None else _dataset(model, recipe, None)

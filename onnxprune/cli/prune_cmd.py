@@ -17,7 +17,10 @@ def prune_options(f):
     opts = [
         click.option("--pattern", default=None, help="unstructured (default), N:M (e.g. 2:4) or RxC blocks (e.g. 4x4); with --target, the target's pattern."),
         click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True, help="layer: every weight reaches the sparsity; global: one ranking over all selected weights."),
-        click.option("--criterion", default="magnitude", show_default=True, help="Weight importance score."),
+        click.option("--criterion", type=click.Choice(["magnitude", "wanda", "sparsegpt"]), default="magnitude", show_default=True, help="Weight importance: magnitude, or calibration-aware wanda / sparsegpt (need --data)."),
+        click.option("--calib-samples", type=click.IntRange(min=1), help="Calibration samples to use from --data (default: all)."),
+        click.option("--sequential", is_flag=True, help="Recapture calibration statistics layer by layer from the partly pruned model."),
+        click.option("--repair", type=click.Choice(["none", "lstsq", "bias", "lstsq+bias"]), default="none", show_default=True, help="Built-in repair after each pruning step from calibration data: masked least squares and/or bias correction."),
         click.option("--skip", multiple=True, metavar="GLOB", help="Leave weights (or their nodes) matching GLOB dense. Repeatable."),
         click.option("--override", multiple=True, metavar="GLOB=S", help="Per-name sparsity, e.g. 'conv1*=0.3'. Repeatable."),
         click.option("--min-params", default=1024, show_default=True, type=int, help="Weights smaller than this stay dense."),
@@ -54,7 +57,7 @@ def prune_options(f):
 @click.option("--block", metavar="RxC", help="With a block target: the block shape.")
 @click.option("--target-out", type=click.Path(file_okay=False), help="With --target: the artifact folder (default: OUT without .onnx + .TARGET).")
 @click.option("--dump-recipe", type=click.Path(dir_okay=False), help="Write the recipe equivalent to these flags (then run it).")
-def command(model_path, output, sparsity, pattern, scope, criterion, skip, override, min_params, nm_remainder,
+def command(model_path, output, sparsity, pattern, scope, criterion, calib_samples, sequential, repair, skip, override, min_params, nm_remainder,
             fold_constants, steps, initial_sparsity, t0, dt, hooks, eval_data, run_gate, masks_in, masks_out,
             report_path, external_data, quiet, target_name, emit, block, target_out, dump_recipe, **data_and_gate):
     """Prune MODEL's weights and write the result to OUT (the input file is never written)."""
@@ -63,7 +66,8 @@ def command(model_path, output, sparsity, pattern, scope, criterion, skip, overr
     opts = PruneOptions(sparsity=sparsity, pattern=pattern, scope=scope, criterion=criterion,
                         overrides=list(override), skip=list(skip), min_params=min_params, nm_remainder=nm_remainder,
                         steps=steps, initial_sparsity=initial_sparsity, t0=t0, dt=dt, hooks=list(hooks),
-                        fold_constants=fold_constants)
+                        fold_constants=fold_constants, calib_samples=calib_samples, sequential=sequential,
+                        repair=repair)
     g = data_and_gate
     recipe = Recipe(
         prune=opts,

@@ -34,14 +34,18 @@ def _sparsities(text: str) -> list[float]:
 @run_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON curve here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the curve (needs matplotlib).")
-def command(model_path, sparsities, bisect, pattern, scope, criterion, skip, override, min_params, nm_remainder,
+def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_samples, sequential, repair, skip, override, min_params, nm_remainder,
             fold_constants, report_path, plot_path, **rest):
     """Prune at each sparsity level and report the parity metric curve."""
     pattern = pattern or "unstructured"
     opts = PruneOptions(pattern=pattern, scope=scope, criterion=criterion, overrides=list(override),
-                        skip=list(skip), min_params=min_params, nm_remainder=nm_remainder, fold_constants=fold_constants)
+                        skip=list(skip), min_params=min_params, nm_remainder=nm_remainder, fold_constants=fold_constants,
+                        calib_samples=calib_samples, sequential=sequential, repair=repair)
     model = Model.load(model_path)
     dataset = dataset_from_options(model.proto, rest)
+    calibration = None
+    if opts.uses_calibration():
+        calibration, dataset = dataset.split(0.5, seed=0)  # disjoint calibration and evaluation halves
     thresholds = thresholds_from_options(**{k: rest.get(k) for k in _THRESHOLD_KEYS if rest.get(k) is not None})
     kw = {"batch_size": rest.get("batch_size", 1), "providers": [rest.get("provider") or "CPUExecutionProvider"],
           "threads": rest.get("threads", 1)}
@@ -50,9 +54,10 @@ def command(model_path, sparsities, bisect, pattern, scope, criterion, skip, ove
         click.echo(f"  sparsity {p['sparsity']:.3f}: {'PASS' if p['passed'] else 'FAIL'}", err=True)
 
     if bisect:
-        best, points = find_max(model_path, opts, dataset, thresholds, on_point=echo, **kw)
+        best, points = find_max(model_path, opts, dataset, thresholds, calibration, on_point=echo, **kw)
     else:
-        best, points = None, sweep(model_path, opts, _sparsities(sparsities), dataset, thresholds, on_point=echo, **kw)
+        best, points = None, sweep(model_path, opts, _sparsities(sparsities), dataset, thresholds, calibration,
+                                     on_point=echo, **kw)
     cols = [k for k in HEADLINE if any(p.get(k) is not None for p in points)]
     click.echo(table(["sparsity", "achieved", *cols, "verdict"],
                      [(p["sparsity"], p["achieved_sparsity"], *(p.get(k) for k in cols), "PASS" if p["passed"] else "FAIL")
