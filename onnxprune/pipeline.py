@@ -77,8 +77,15 @@ class Pass(ABC):
         return result
 
 
+def _stable(value: Any) -> str:
+    """JSON fallback without memory addresses: callables (hooks passed from Python) by module:qualname."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}:{value.__qualname__}"
+    return str(value)
+
+
 def options_hash(settings: Any) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=_stable).encode()).hexdigest()
 
 
 class Pipeline:

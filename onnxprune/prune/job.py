@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from onnxprune.analyze.fold import FoldConstantsPass
+from onnxprune.errors import OptionError
 from onnxprune.model import Model
 from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS
@@ -43,6 +44,20 @@ class PruneOptions:
     calib_samples: int | None = None  # calibration samples taken from the data (None: all of it)
     sequential: bool = False  # recapture calibration statistics stage by stage from the partly pruned model
     repair: str = "none"  # after every pruning step: none | lstsq | bias | lstsq+bias (needs data)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option (raises OptionError) without touching a model or importing hooks, so
+        a bad option fails before a large model is loaded."""
+        if self.scope not in ("layer", "global"):
+            raise OptionError(f"scope {self.scope!r}: use layer or global")
+        if self.nm_remainder not in ("skip", "pad"):
+            raise OptionError(f"nm remainder {self.nm_remainder!r}: use skip or pad")
+        PrunePass(self.sparsity, self.pattern, self.scope, self.criterion, self.overrides, self.skip,
+                  self.min_params, self.nm_remainder)  # pattern, criterion, overrides, N:M sparsity
+        schedule(self.final_sparsity(), self.steps, self.initial_sparsity, self.t0, self.dt)
 
     def final_sparsity(self) -> float:
         from onnxprune.prune.patterns import Pattern

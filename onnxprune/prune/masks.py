@@ -95,16 +95,33 @@ class MaskSet:
             arrays = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise OptionError(f"{path}: cannot read masks ({e}); expected an .npz with its .json manifest beside it") from e
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            raise OptionError(f"{path}: not an .npz archive; masks are an .npz (one boolean array per weight) plus a .json manifest")
+        entries = manifest.get("masks") if isinstance(manifest, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in entries):
+            arrays.close()
+            raise OptionError(f"{path}.json: expected {{\"masks\": [{{\"name\": ..., \"shape\": ..., ...}}, ...]}}; "
+                              f"every entry needs a weight name")
         masks = cls()
-        for m in manifest.get("masks", []):
-            name, array = m["name"], m.get("array", m["name"])
-            if array not in arrays:
-                raise OptionError(f"{path}: manifest names mask {name!r} (array {array!r}) but the .npz lacks it")
-            keep = arrays[array].astype(bool)
-            if expected is not None:
-                if name not in expected:
-                    raise OptionError(f"{path}: mask {name!r} matches no prunable weight of the model")
-                if tuple(expected[name]) != keep.shape:
-                    raise OptionError(f"{path}: mask {name!r} has shape {keep.shape}, the weight has {tuple(expected[name])}")
-            masks.set(name, keep, m.get("pattern", "imported"), int(m.get("step", 0)))
+        with arrays:
+            for m in entries:
+                name, array = m["name"], m.get("array", m["name"])
+                if array not in arrays.files:
+                    raise OptionError(f"{path}: manifest names mask {name!r} (array {array!r}) but the .npz lacks it")
+                raw = arrays[array]
+                if raw.dtype != bool and not (raw.dtype.kind in "iuf" and np.isin(raw, (0, 1)).all()):
+                    raise OptionError(f"{path}: mask {name!r} must be boolean (True = kept) or 0/1, not {raw.dtype} values")
+                keep = raw.astype(bool)
+                if "shape" in m and tuple(m["shape"]) != keep.shape:
+                    raise OptionError(f"{path}: mask {name!r} is stored with shape {keep.shape} but the manifest says {tuple(m['shape'])}")
+                if expected is not None:
+                    if name not in expected:
+                        raise OptionError(f"{path}: mask {name!r} matches no prunable weight of the model")
+                    if tuple(expected[name]) != keep.shape:
+                        raise OptionError(f"{path}: mask {name!r} has shape {keep.shape}, the weight has {tuple(expected[name])}")
+                try:
+                    step = int(m.get("step", 0))
+                except (TypeError, ValueError):
+                    raise OptionError(f"{path}: mask {name!r} has step {m.get('step')!r}; expected an integer") from None
+                masks.set(name, keep, str(m.get("pattern", "imported")), step)
         return masks

@@ -50,23 +50,30 @@ class Pattern:
 
 
 def _prune_lowest(scores: np.ndarray, keep: np.ndarray, n_prune: int) -> np.ndarray:
-    """Prune the `n_prune` lowest-scored entries among those still kept (flat, tie: lower index)."""
-    keep = keep.copy()
-    flat_keep = keep.reshape(-1)
-    alive = np.flatnonzero(flat_keep)
-    n_prune = int(min(max(n_prune, 0), alive.size))
+    """Prune the `n_prune` lowest-scored entries among those still kept (flat, tie: lower index).
+
+    Works elementwise in whatever memory layout the matrix view has (often a transposed view of
+    the stored weight), so nothing is copied into row-major order; only ties at the boundary value
+    are ordered by their row-major index."""
+    n_alive = int(np.count_nonzero(keep))
+    n_prune = int(min(max(n_prune, 0), n_alive))
     if n_prune == 0:
-        return keep
-    s = scores.reshape(-1)[alive]
-    if n_prune == alive.size:
-        flat_keep[alive] = False
-        return keep
-    kth = np.partition(s, n_prune - 1)[n_prune - 1]
-    below = s < kth
-    ties = np.flatnonzero(s == kth)[: n_prune - int(below.sum())]
-    flat_keep[alive[below]] = False
-    flat_keep[alive[ties]] = False
-    return keep
+        return keep.copy(order="K")
+    if n_prune == n_alive:
+        return np.zeros_like(keep)
+    # the k-th smallest value does not depend on the order the values are visited in
+    values = np.ravel(scores, order="K") if n_alive == keep.size else scores[keep]
+    kth = np.partition(values, n_prune - 1)[n_prune - 1]
+    below = (scores < kth) & keep
+    ties = (scores == kth) & keep
+    need = n_prune - int(np.count_nonzero(below))
+    new = keep & ~below
+    if int(np.count_nonzero(ties)) == need:
+        new &= ~ties
+    else:
+        first = tuple(ix[:need] for ix in np.nonzero(ties))  # np.nonzero walks row-major: lower index first
+        new[first] = False
+    return new
 
 
 def unstructured(scores: np.ndarray, keep: np.ndarray, sparsity: float) -> np.ndarray:
@@ -84,30 +91,63 @@ def nm_groups(matrix: np.ndarray, group_axis_len: int, m: int, fill) -> np.ndarr
     return runs.reshape(-1, m)
 
 
+def _ascending_rank(groups: np.ndarray) -> np.ndarray:
+    """Rank of each entry within its row (0 = lowest); among equal values the lower position ranks lower."""
+    g, m = groups.shape
+    order = np.argsort(groups, axis=1, kind="stable")
+    rank = np.empty((g, m), dtype=np.int64)
+    rank[np.arange(g)[:, None], order] = np.arange(m)
+    return rank
+
+
+def _nm_candidates_strided(s: np.ndarray, keep: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Candidates when every run is a whole number of groups and M is small: group position j of
+    every group is the strided column view s[:, j::M], so nothing is copied into a group layout (the
+    matrix view is often a transposed view of the stored weight) and the rank of each position
+    comes from M*(M-1) vectorised comparisons (ties: the lower position ranks lower)."""
+    cols = [s[:, j::m] for j in range(m)]
+    candidate = np.zeros_like(keep)  # same memory layout as the views
+    for i in range(m):
+        rank = np.zeros_like(cols[i], dtype=np.int8)
+        for j in range(m):
+            if j < i:
+                rank += cols[j] <= cols[i]
+            elif j > i:
+                rank += cols[j] < cols[i]
+        candidate[:, i::m] = keep[:, i::m] & (rank < m - n)
+    return candidate
+
+
 def nm(scores: np.ndarray, keep: np.ndarray, n: int, m: int, group_axis_len: int, sparsity: float | None = None) -> np.ndarray:
     """At most N kept in each group of M consecutive entries along the group axis.
 
     Padding (when group_axis_len % M != 0) counts as already-pruned positions. With
     `sparsity` below 1 - N/M (a gradual step), only part of the final N:M candidates are
-    pruned: the lowest-scored ones in the whole tensor."""
-    pad = (-group_axis_len) % m
-    s = nm_groups(np.where(keep, scores.astype(np.float64, copy=False), -np.inf), group_axis_len, m, -np.inf)
-    k = nm_groups(keep, group_axis_len, m, False)
-    order = np.argsort(s, axis=1, kind="stable")  # ascending score; on ties the lower position first
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(m)[None, :].repeat(len(order), 0), axis=1)
-    candidate = k & (rank < m - n)  # kept now, but outside the N best of its group (ties: lower index pruned)
-    new_keep = k & ~candidate
+    pruned: the lowest-scored ones in the whole tensor (ties: lower flat index first)."""
+    ftype = np.result_type(scores.dtype, np.float32)  # float32 scores stay float32 (half the memory of float64)
+    s = scores.astype(ftype, copy=False)
+    if not keep.all():
+        s = np.where(keep, s, ftype.type(-np.inf))
+    if group_axis_len % m == 0 and m <= 8:
+        candidate = _nm_candidates_strided(s, keep, n, m)
+    else:
+        pad = (-group_axis_len) % m
+        g = nm_groups(s, group_axis_len, m, -np.inf)
+        k = nm_groups(keep, group_axis_len, m, False)
+        # kept now, but outside the N best of its group (ascending rank; ties: the lower position is pruned)
+        cand = k & (_ascending_rank(g) < m - n)
+        candidate = cand.reshape(-1, group_axis_len + pad)[:, :group_axis_len].reshape(keep.shape)
+    new_keep = keep & ~candidate
     if sparsity is not None and sparsity < 1 - n / m:
         target = int(round(sparsity * keep.size)) - int((~keep).sum())
-        cand_idx = np.flatnonzero(candidate)
+        cand_idx = np.flatnonzero(candidate)  # row-major on the matrix view
         if target < cand_idx.size:
-            cs = s.reshape(-1)[cand_idx]
+            cs = s[candidate]  # boolean indexing walks in the same row-major order
             chosen = cand_idx[np.argsort(cs, kind="stable")[: max(target, 0)]]
-            new_keep = k.copy()
-            new_keep.reshape(-1)[chosen] = False
-    runs = new_keep.reshape(-1, group_axis_len + pad)[:, :group_axis_len]
-    return runs.reshape(keep.shape)
+            pruned = np.zeros(keep.shape, dtype=bool)
+            pruned.reshape(-1)[chosen] = True
+            new_keep = keep & ~pruned
+    return new_keep
 
 
 def _block_view(a: np.ndarray, r: int, c: int, fill) -> np.ndarray:

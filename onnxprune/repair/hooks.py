@@ -37,6 +37,11 @@ class HookContext:
     data: Any  # the calibration Dataset (iterate data.batches(n) for feed dicts) or None
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (the CLI prints errors as one stderr line)."""
+    return " ".join(str(e).split())
+
+
 def load_hook(spec: str | Callable) -> Callable:
     """Resolve `module:function` or `file.py:function` (or pass a callable through)."""
     if callable(spec):
@@ -57,7 +62,7 @@ def load_hook(spec: str | Callable) -> Callable:
     except OptionError:
         raise
     except Exception as e:
-        raise OptionError(f"hook {spec!r}: cannot import {target} ({type(e).__name__}: {e})") from e
+        raise OptionError(f"hook {spec!r}: cannot import {target} ({type(e).__name__}: {_one_line(e)})") from e
     fn = getattr(module, func, None)
     if not callable(fn):
         raise OptionError(f"hook {spec!r}: {target} has no callable {func!r}")
@@ -84,7 +89,7 @@ class HookPass(Pass):
             try:
                 updates = fn(hctx)
             except Exception as e:
-                raise HookError(f"hook {spec} failed at step {self.step}: {type(e).__name__}: {e}") from e
+                raise HookError(f"hook {spec} failed at step {self.step}: {type(e).__name__}: {_one_line(e)}") from e
             for name, values in (updates or {}).items():
                 changed = self._write(model, ctx, by_key, spec, name, values)
                 if changed:
@@ -105,7 +110,8 @@ class HookPass(Pass):
             raise HookError(f"hook {spec} returned {name!r} as {values.dtype}; the model stores {current.dtype}")
         if key in ctx.masks and key in by_key:
             values = apply_mask(by_key[key], values, ctx.masks.get(key), model)
-        if np.array_equal(values.view(np.uint8), np.ascontiguousarray(current).view(np.uint8)):
+        values = np.ascontiguousarray(values)  # hooks may hand back views (transposes, slices)
+        if values.tobytes() == np.ascontiguousarray(current).tobytes():
             return False
         model.write(key, values)
         return True
