@@ -52,6 +52,25 @@ def render_summary(report: dict) -> str:
     ])
 
 
+def _check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
+    """No output may overwrite the input model (or its data) or another output."""
+    written = {"output model": output, "output data": output + ".data"}
+    for key, label in (("report", "report"), ("masks", "masks")):
+        if recipe.output.get(key):
+            written[label] = recipe.output[key]
+    if recipe.output.get("masks"):
+        written["masks manifest"] = recipe.output["masks"] + ".json"
+    protected = {Path(model_path).resolve(), Path(model_path + ".data").resolve()}
+    seen: dict[Path, str] = {}
+    for label, path in written.items():
+        resolved = Path(path).resolve()
+        if resolved in protected:
+            raise OptionError(f"{path}: the {label} would overwrite the input model; choose another path")
+        if resolved in seen:
+            raise OptionError(f"{path}: used for both the {seen[resolved]} and the {label}; choose distinct paths")
+        seen[resolved] = label
+
+
 def _dataset(model: Model, recipe: Recipe, path: str | None) -> Dataset:
     from onnxprune.cli.check_cmd import dataset_from_options
 
@@ -69,8 +88,7 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
         raise OptionError(f"{recipe.source}: no input model; give MODEL on the command line or input.model")
     if not output:
         raise OptionError(f"{recipe.source}: no output path; give -o/--output or output.model")
-    if Path(output).resolve() == Path(model_path).resolve():
-        raise OptionError(f"{output}: the output would overwrite the input model; choose another output path")
+    _check_output_paths(recipe, model_path, output)
     model = Model.load(model_path)
     calibration_path, evaluation_path = recipe.data.get("calibration"), recipe.data.get("evaluation")
     calib = _dataset(model, recipe, calibration_path) if calibration_path else None

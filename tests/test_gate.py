@@ -76,3 +76,12 @@ def test_magika_gate_on_real_files(tmp_path):
     r = run("prune", model, "-o", tmp_path / "m.onnx", "--sparsity", "0.9", "--check", "--data", data,
             "--min-top1-agreement", "0.9", "--batch-size", "16", "--quiet")
     assert r.exit_code == 1
+
+
+def test_no_output_may_overwrite_the_input_or_another_output(tmp_path):
+    before = Path(MLP).read_bytes()
+    for extra in (["--report", MLP], ["--masks-out", MLP], ["--masks-out", str(tmp_path / "p.onnx")]):
+        r = run("prune", MLP, "-o", tmp_path / "p.onnx", *extra)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert Path(MLP).read_bytes() == before
+    assert not (tmp_path / "p.onnx").exists()
