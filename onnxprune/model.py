@@ -1,7 +1,7 @@
 """Loading and atomic saving of ONNX models, external data, and weight access.
 
 A `Model` holds the ONNX `ModelProto` (the weights stay in its TensorProtos; external data is
-memory-mapped, never loaded whole) and gives numpy access to every constant tensor by a stable
+read tensor by tensor, never loaded whole) and gives numpy access to every constant tensor by a stable
 key: initializers of the main graph and of subgraphs (If/Loop/Scan), and `Constant` node values.
 Graph analysis goes through onnx-graphsurgeon (`Model.graph()`), which reads the same protos.
 """
@@ -9,7 +9,6 @@ Graph analysis goes through onnx-graphsurgeon (`Model.graph()`), which reads the
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +76,7 @@ class Model:
         self.path = Path(path).resolve() if path else None
         self.base_dir = self.path.parent if self.path else Path.cwd()
         self._refs: dict[str, TensorRef] | None = None
-        self._maps: dict[str, mmap.mmap] = {}
+        self._fds: dict[str, int] = {}  # open external-data files
         self._sources: set[Path] = {self.path} if self.path else set()  # files never to overwrite
 
     # -- loading -------------------------------------------------------------------------------
@@ -156,17 +155,22 @@ class Model:
             scope = scope.rpartition("/")[0]
 
     def read(self, key: str) -> np.ndarray:
-        """The tensor's values in their stored dtype. External data is a read-only memory map."""
+        """The tensor's values in their stored dtype, read-only. External data is read with pread
+        into a new array (a memory map would leave every touched page resident)."""
         ref = self.ref(key)
         t = ref.proto
         dtype = np_dtype(t.data_type)
         shape = tuple(t.dims)
         if _is_external(t):
-            buf = self._external_buffer(ref)
-            return np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape, dtype=np.int64))).reshape(shape)
-        if t.HasField("raw_data") and dtype.kind != "O" and t.data_type != onnx.TensorProto.STRING:
-            return np.frombuffer(t.raw_data, dtype=dtype).reshape(shape)
-        return onnx.numpy_helper.to_array(t)
+            file, offset, length = self._external_file(ref)
+            values = np.empty(shape, dtype=dtype)
+            _pread_into(self._fd(file), memoryview(values.reshape(-1).view(np.uint8)), offset)
+        elif t.HasField("raw_data") and t.data_type != onnx.TensorProto.STRING:
+            values = np.frombuffer(t.raw_data, dtype=dtype).reshape(shape)
+        else:
+            values = onnx.numpy_helper.to_array(t)
+        values.flags.writeable = False
+        return values
 
     def write(self, key: str, values: np.ndarray) -> None:
         """Replace a tensor's values (same shape; cast to the stored dtype), stored as raw data."""
@@ -182,11 +186,7 @@ class Model:
         t.raw_data = np.ascontiguousarray(values, dtype=dtype).tobytes()
 
     def weight_bytes(self) -> int:
-        total = 0
-        for ref in self.tensors():
-            t = ref.proto
-            total += int(np.prod(tuple(t.dims), dtype=np.int64)) * np_dtype(t.data_type).itemsize
-        return total
+        return sum(_nbytes(ref.proto) for ref in self.tensors())
 
     # -- external data -------------------------------------------------------------------------
     def _external_file(self, ref: TensorRef) -> tuple[Path, int, int]:
@@ -211,19 +211,20 @@ class Model:
             raise ExternalDataError(f"{where}: offset {offset} + length {length} is beyond the file or too short; the data file is truncated")
         return file, offset, need
 
-    def _external_buffer(self, ref: TensorRef) -> memoryview:
-        file, offset, length = self._external_file(ref)
-        mm = self._maps.get(str(file))
-        if mm is None:
-            with open(file, "rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self._maps[str(file)] = mm
-        return memoryview(mm)[offset : offset + length]
+    def _fd(self, file: Path) -> int:
+        fd = self._fds.get(str(file))
+        if fd is None:
+            fd = self._fds[str(file)] = os.open(file, os.O_RDONLY)
+        return fd
 
     def tensor_bytes(self, ref: TensorRef) -> bytes | memoryview:
-        if _is_external(ref.proto):
-            return self._external_buffer(ref)
-        return self.read(ref.key).tobytes() if not ref.proto.HasField("raw_data") else ref.proto.raw_data
+        if ref.proto.HasField("raw_data"):
+            return ref.proto.raw_data
+        return memoryview(np.ascontiguousarray(self.read(ref.key)).reshape(-1).view(np.uint8))
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            os.close(fd)
 
     # -- saving --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, external_data: bool | None = None) -> Path:
@@ -249,45 +250,56 @@ class Model:
         return out
 
     def _save_external(self, out: Path, data_path: Path, align: int = 64) -> None:
-        """Stream every tensor of >= 1 KiB into one data file, then write the model; both atomic."""
-        saved: list[tuple[onnx.TensorProto, bytes | None, list[tuple[str, str]], int]] = []
+        """Stream every tensor of >= 1 KiB into one data file, then point the protos at it and
+        write the model; both files atomic. No copy of the weights is kept for rollback: if the
+        model cannot be written, the protos are restored from the data file just written."""
+        plan: list[tuple[TensorRef, int, int]] = []
+        with atomic_open(data_path) as data:
+            for ref in self.tensors():
+                n = _nbytes(ref.proto)
+                if n < 1024:
+                    continue
+                data.write(b"\0" * ((-data.tell()) % align))
+                plan.append((ref, data.tell(), n))
+                data.write(self.tensor_bytes(ref))
+        undo: list[tuple[onnx.TensorProto, list[tuple[str, str]], int, int | None]] = []
         try:
-            with atomic_open(data_path) as data:
-                for ref in self.tensors():
-                    t = ref.proto
-                    raw = self.tensor_bytes(ref)
-                    if len(raw) < 1024:
-                        if _is_external(t):  # small: inline it, its old data file is not copied along
-                            saved.append((t, None, [(e.key, e.value) for e in t.external_data], int(t.data_location)))
-                            self.write(ref.key, self.read(ref.key))
-                        continue
-                    pad = (-data.tell()) % align
-                    data.write(b"\0" * pad)
-                    offset = data.tell()
-                    data.write(raw)
-                    saved.append((t, t.raw_data if t.HasField("raw_data") else None,
-                                  [(e.key, e.value) for e in t.external_data], int(t.data_location)))
-                    for field in _TYPED_FIELDS + ("raw_data", "external_data"):
-                        t.ClearField(field)
-                    t.data_location = onnx.TensorProto.EXTERNAL
-                    for k, v in (("location", data_path.name), ("offset", str(offset)), ("length", str(len(raw)))):
-                        e = t.external_data.add()
-                        e.key, e.value = k, v
-                with atomic_open(out) as f:
-                    f.write(self.proto.SerializeToString())
+            for ref in self.tensors():
+                t = ref.proto
+                if _is_external(t) and _nbytes(t) < 1024:  # small: inline; its old data file stays behind
+                    undo.append((t, [(e.key, e.value) for e in t.external_data], int(t.data_location), None))
+                    self.write(ref.key, self.read(ref.key))
+            for ref, offset, n in plan:
+                t = ref.proto
+                undo.append((t, [(e.key, e.value) for e in t.external_data], int(t.data_location), offset))
+                for field in _TYPED_FIELDS + ("raw_data", "external_data"):
+                    t.ClearField(field)
+                t.data_location = onnx.TensorProto.EXTERNAL
+                for k, v in (("location", data_path.name), ("offset", str(offset)), ("length", str(n))):
+                    e = t.external_data.add()
+                    e.key, e.value = k, v
+            with atomic_open(out) as f:
+                f.write(self.proto.SerializeToString())
         except BaseException:
-            for t, raw, ext, loc in saved:  # put the model back as it was
-                t.ClearField("external_data")
+            self._restore(undo, data_path)
+            raise
+        self.path, self.base_dir = out, out.parent
+
+    def _restore(self, undo, data_path: Path) -> None:
+        """Put tensors back as they were before a failed external save, then drop its data file."""
+        with open(data_path, "rb") as data:
+            for t, ext, location, offset in reversed(undo):
+                n = _nbytes(t)
+                for field in _TYPED_FIELDS + ("raw_data", "external_data"):
+                    t.ClearField(field)
                 for k, v in ext:
                     e = t.external_data.add()
                     e.key, e.value = k, v
-                t.data_location = loc
-                t.ClearField("raw_data")
-                if raw is not None:
-                    t.raw_data = raw
-            raise
-        self._maps.clear()  # arrays already handed out keep their maps alive
-        self.path, self.base_dir = out, out.parent
+                t.data_location = location
+                if location != onnx.TensorProto.EXTERNAL and offset is not None:
+                    data.seek(offset)
+                    t.raw_data = data.read(n)
+        data_path.unlink(missing_ok=True)
 
     # -- graph ---------------------------------------------------------------------------------
     def graph(self):
@@ -305,6 +317,19 @@ class Model:
 
     def sha256(self) -> str:
         return hashlib.sha256(self.proto.SerializeToString()).hexdigest()
+
+
+def _nbytes(t: onnx.TensorProto) -> int:
+    return int(np.prod(tuple(t.dims), dtype=np.int64)) * np_dtype(t.data_type).itemsize
+
+
+def _pread_into(fd: int, buf: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(buf):
+        n = os.preadv(fd, [buf[done:]], offset + done)
+        if n <= 0:
+            raise ExternalDataError(f"external data ended early at byte {offset + done}; the data file is truncated")
+        done += n
 
 
 def _is_external(t: onnx.TensorProto) -> bool:

@@ -177,8 +177,8 @@ def test_external_data_round_trip(ext, tmp_path):
     assert keys == ["conv.W", "conv.B", "fc.W", "fc.B", "head.W"]
     original = {k: np.array(model.read(k)) for k in keys}
     fc = model.read("fc.W")
-    assert not fc.flags.writeable  # a read-only memory map of the data file
-    assert str(data) in model._maps
+    assert not fc.flags.writeable  # read-only, like every array read() hands out
+    assert str(data) in model._fds
     for k, v in original.items():
         assert np.array_equal(v, onnx.numpy_helper.to_array(B.small_net().graph.initializer[keys.index(k)]))
 
@@ -298,7 +298,7 @@ def test_failed_tensor_serialization_midway_leaves_nothing(ext, tmp_path, monkey
 
     def flaky(self, ref):
         calls.append(ref.key)
-        if len(calls) == 3:
+        if len(calls) == 1:  # fc.W, the one tensor large enough for the data file
             raise _Boom(f"cannot serialise {ref.key}")
         return real(self, ref)
 
