@@ -1,0 +1,1366 @@
+"""Channel-dependency groups: which channels of which tensors must be removed together.
+
+Structured pruning removes whole channels (Conv filters, Gemm/MatMul output units, LSTM/GRU hidden
+units). Removing output channel c of a layer changes every tensor that carries that channel: the
+layer's bias, a following BatchNormalization's four vectors, both inputs of a residual Add (and so
+every other layer feeding it), a slice of a Concat, the input columns of each consumer (one column
+per channel, or a block of H*W columns after a Flatten), and so on. This module finds those
+couplings once and never changes the model.
+
+How (Torch-Pruning's dependency groups, re-done for ONNX graphs):
+- A *dim* is one axis of one tensor: ("v", value name, axis) for activations, ("c", node, input,
+  axis) for one use of a constant (an initializer or Constant node; every use gets its own dim, so
+  two layers that happen to share a deduplicated bias constant are not coupled; the rewrite clones
+  such a constant when its uses end up sliced differently), ("h", node) for the hidden units of an
+  LSTM/GRU/RNN node. Axes of size 1 are inert (broadcast) and get no dim.
+- Each op rule links dims of its inputs and outputs with an index map (identity, an offset for
+  Concat/Split/Slice, a block expansion for Flatten/Reshape (channel c -> columns c*HW..c*HW+HW-1),
+  a stride pattern for channels-last reshapes and LSTM gate blocks). Dims an op does not link are
+  *unhandled* by it; a dim some op cannot handle is blocked (frozen) with that op as the reason, as
+  are the dims of graph inputs and outputs (their shapes are kept).
+- Dims connected by links form components (networkx). A component containing a *root* (the output
+  axis of a layer with constant weights: Conv/ConvTranspose/Gemm/MatMul output units, LSTM/GRU
+  hidden units) is a channel group. Inside it, positions are unified through the index maps into
+  *channels* (connected components over positions): the units that are removed together. A
+  channel that touches a blocked dim or no root is frozen; the others can be pruned.
+- Channels touching the same set of dims form a *segment* (e.g. the two inputs of a Concat are two
+  segments of one group): rounding to a multiple and "never empty a layer" apply per segment.
+- Reductions over a channel axis (ReduceSum/Max/Min/L1/L2/SumSquare/LogSumExp/Mean) end the channel's
+  path: removed channels simply drop out of the sum or max; ReduceMean and a ReduceSum followed by a
+  multiplication with the constant 1/C (a mean, as exporters write LayerNorm) average over the kept
+  channels (the constant is rewritten to 1/kept). Softmax, ArgMax, grouped Conv etc. freeze.
+- A Reshape that merges a channel axis with others (Flatten into Gemm, channels-last flatten) links
+  only the factor that carries channels; one that splits a channel axis into several (attention:
+  d -> heads x head_dim) links one factor, `prefer="inner"` (head_dim, the default) or "outer"
+  (heads). Q/K head dims then couple through Q.K^T, heads through the attention MatMuls.
+- Ops whose rewrite needs more than slicing constants register *fixups*: Conv group counts
+  (depthwise), LSTM/GRU/RNN hidden_size, Split sizes, Slice starts/ends, mean constants (above), and
+  the shape vectors of Reshape/Expand/ConstantOfShape/Resize (traced back to the constant element
+  that holds the size; sizes computed at run time from Shape ops adapt by themselves and are
+  verified after the rewrite).
+
+Shapes come from one onnxruntime run with every tensor exposed (`tensor_shapes`), so Reshape
+targets computed at run time are known exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import networkx as nx
+import numpy as np
+import onnx
+import onnx.helper
+import onnx.numpy_helper
+
+Dim = tuple  # ("v", name, axis) | ("c", node index, input index, axis) | ("h", node index)
+
+INT_MAX = 2**62
+
+ELEMENTWISE = {
+    "Relu", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "LeakyRelu", "Clip", "Elu", "Selu", "Celu", "Softplus",
+    "Softsign", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Cast", "Identity", "Dropout",
+    "Sin", "Cos", "Tan", "Atan", "Asin", "Acos", "Sinh", "Cosh", "Floor", "Ceil", "Round", "Sign", "Mish",
+    "ThresholdedRelu", "Not", "IsNaN", "IsInf", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean",
+    "Where", "PRelu", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod",
+    "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot",
+}
+POOL = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool"}
+# reductions over the channel axis that stay consistent when channels are removed (a removed channel
+# acts as a zero channel); ReduceMean/ReduceProd/... would change their meaning and freeze the group
+# ReduceMean (and a ReduceSum scaled by the constant 1/C, as exporters write a mean; its constant is
+# rewritten to 1/kept) then averages over the kept channels, as a LayerNorm over fewer channels does.
+SINK_REDUCE = {"ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceMax", "ReduceMin", "ReduceLogSumExp",
+               "ReduceMean"}
+REDUCE = SINK_REDUCE | {"ReduceProd", "ReduceLogSum"}
+RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
+
+
+# ------------------------------------------------------------------------------------------ results
+
+@dataclass
+class Member:
+    """One tensor axis in a group and its index mapping: `channel_of[p]` is the group channel that
+    position p of this axis belongs to (every position belongs to exactly one channel)."""
+
+    dim: Dim
+    kind: str  # "value" (activation) | "const" (one use of a constant) | "hidden" (LSTM/GRU/RNN units)
+    tensor: str  # value name or constant name (for "hidden": the node name)
+    axis: int
+    size: int
+    node: str  # const: the node that reads it; value: the node that makes it; hidden: the RNN node
+    op: str
+    role: str  # "out" (layer output units) | "in" (layer input columns) | "hidden" | "param" | "act"
+    channel_of: np.ndarray
+
+    def positions(self, channels: Iterable[int]) -> np.ndarray:
+        """Positions of this axis that belong to `channels` (sorted)."""
+        return np.flatnonzero(np.isin(self.channel_of, np.fromiter(channels, dtype=np.int64)))
+
+    def describe(self) -> dict:
+        per = np.bincount(self.channel_of, minlength=int(self.channel_of.max()) + 1 if self.size else 0)
+        k = int(per[per > 0][0]) if self.size and (per > 0).any() else 0
+        return {"tensor": self.tensor, "kind": self.kind, "axis": self.axis, "size": self.size, "node": self.node,
+                "op": self.op, "role": self.role,
+                "positions_per_channel": k if (per[per > 0] == k).all() else "varies"}
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that are removed together, every tensor axis they live on, and what is frozen."""
+
+    id: int
+    channels: int
+    members: list[Member]
+    segments: list[np.ndarray]  # channel ids per segment (same set of members); rounding works per segment
+    frozen: np.ndarray  # bool per channel
+    reasons: list[str]  # why channels are frozen (empty if none)
+    producers: list[str] = field(default_factory=list)  # nodes whose output units are in the group
+    consumers: list[str] = field(default_factory=list)  # nodes whose input columns are in the group
+
+    @property
+    def prunable(self) -> bool:
+        return bool((~self.frozen).any())
+
+    @property
+    def fully_frozen(self) -> bool:
+        return bool(self.frozen.all())
+
+    def name(self) -> str:
+        return f"g{self.id}:" + (",".join(self.producers[:3]) + ("..." if len(self.producers) > 3 else "")
+                                 if self.producers else "?")
+
+    def describe(self) -> dict:
+        return {"id": self.id, "name": self.name(), "channels": self.channels,
+                "frozen_channels": int(self.frozen.sum()), "reasons": self.reasons,
+                "segments": [len(s) for s in self.segments], "producers": self.producers,
+                "consumers": self.consumers, "members": [m.describe() for m in self.members]}
+
+
+@dataclass
+class Fixup:
+    """A rewrite beyond slicing constants: node `node` needs `kind` updated from the kept sizes of `dims`."""
+
+    kind: str  # conv_group | rnn_hidden | split | slice | shape_vector
+    node: int
+    dims: list[Dim]
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class GroupAnalysis:
+    groups: list[ChannelGroup]
+    fixups: list[Fixup]
+    shapes: dict[str, tuple[int, ...]]  # every value's shape in the analysis run
+    blocked: dict[Dim, str]
+    sizes: dict[Dim, int]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def prunable(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    @property
+    def frozen(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if not g.prunable]
+
+    def describe(self) -> dict:
+        return {"groups": [g.describe() for g in self.groups],
+                "prunable_groups": len(self.prunable), "frozen_groups": len(self.frozen),
+                "prunable_channels": int(sum((~g.frozen).sum() for g in self.groups)),
+                "channels": int(sum(g.channels for g in self.groups)), "notes": self.notes}
+
+    def summary_rows(self) -> list[list]:
+        return [[g.name(), g.channels, int(g.frozen.sum()), "; ".join(g.reasons)[:120]] for g in self.groups]
+
+
+# --------------------------------------------------------------------------------- graph helpers
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
+
+
+def _subgraph_refs(node: onnx.NodeProto) -> set[str]:
+    refs: set[str] = set()
+    for a in node.attribute:
+        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+        for g in subs:
+            local = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                local |= set(n.output)
+            for n in g.node:
+                refs |= {i for i in n.input if i and i not in local}
+                refs |= _subgraph_refs(n) - local
+            refs |= {o.name for o in g.output if o.name not in local}
+    return refs
+
+
+def constant_values(graph: onnx.GraphProto) -> dict[str, tuple[str, Any]]:
+    """name -> ("initializer", TensorProto) | ("constant", (node index, NodeProto)) of the main graph."""
+    consts: dict[str, tuple[str, Any]] = {t.name: ("initializer", t) for t in graph.initializer}
+    for i, n in enumerate(graph.node):
+        if n.op_type == "Constant" and n.output and n.output[0]:
+            consts[n.output[0]] = ("constant", (i, n))
+    return consts
+
+
+def constant_array(entry: tuple[str, Any]) -> np.ndarray:
+    kind, obj = entry
+    if kind == "initializer":
+        return onnx.numpy_helper.to_array(obj)
+    node = obj[1]
+    a = node.attribute[0]
+    if a.name == "value":
+        return onnx.numpy_helper.to_array(a.t)
+    if a.name == "sparse_value":
+        raise ValueError("sparse Constant")
+    v = onnx.helper.get_attribute_value(a)
+    if a.name in ("value_float", "value_int"):
+        return np.array(v, dtype=np.float32 if a.name == "value_float" else np.int64)
+    if a.name in ("value_floats", "value_ints"):
+        return np.array(v, dtype=np.float32 if a.name == "value_floats" else np.int64)
+    raise ValueError(f"Constant attribute {a.name}")
+
+
+def constant_shape(entry: tuple[str, Any]) -> tuple[int, ...]:
+    kind, obj = entry
+    if kind == "initializer":
+        return tuple(obj.dims)
+    a = obj[1].attribute[0]
+    if a.name == "value":
+        return tuple(a.t.dims)
+    if a.name in ("value_floats", "value_ints"):
+        return (len(onnx.helper.get_attribute_value(a)),)
+    return ()
+
+
+def tensor_shapes(proto: onnx.ModelProto, feed: dict[str, np.ndarray], base_dir: str | None = None,
+                  keep_values: int = 64) -> tuple[dict[str, tuple[int, ...]], dict[str, np.ndarray]]:
+    """Run the model once in onnxruntime with every node output exposed: (shapes, small int values)."""
+    import onnxruntime as ort
+
+    g = proto.graph
+    consts = constant_values(g)
+    fetch, seen = [], set(feed)
+    for n in g.node:
+        for o in n.output:
+            if o and o not in seen and o not in consts:
+                seen.add(o)
+                fetch.append(o)
+    p = onnx.ModelProto()
+    p.CopyFrom(proto)
+    del p.graph.output[:]
+    for name in fetch:
+        p.graph.output.add().name = name
+    del p.graph.value_info[:]
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if base_dir:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
+    sess = ort.InferenceSession(p.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    outs = sess.run(names, feed)
+    shapes: dict[str, tuple[int, ...]] = {k: tuple(np.shape(v)) for k, v in feed.items()}
+    values: dict[str, np.ndarray] = {}
+    for name, arr in zip(names, outs):
+        arr = np.asarray(arr)
+        shapes[name] = tuple(arr.shape)
+        if arr.dtype.kind in "iu" and arr.size <= keep_values:
+            values[name] = arr.copy()
+    return shapes, values
+
+
+# -------------------------------------------------------------------------------------- builder
+
+@dataclass
+class _Pending:
+    """A Reshape axis related to several axes on the other side: only one of them may be linked."""
+
+    node: int
+    single: Dim
+    candidates: list[tuple[Dim, np.ndarray | None, bool]]  # (dim, idx, single is the small side)
+    strides: list[int]  # stride of each candidate (inner first when sorted)
+
+
+class _Builder:
+    def __init__(self, proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], values: dict[str, np.ndarray],
+                 prefer: str = "inner"):
+        self.proto = proto
+        self.g = proto.graph
+        self.shapes = shapes
+        self.values = values
+        self.prefer = prefer
+        self.consts = constant_values(self.g)
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.sizes: dict[Dim, int] = {}
+        self.meta: dict[Dim, tuple] = {}  # dim -> (kind, tensor, axis, node name, op)
+        self.links: list[tuple[Dim, Dim, np.ndarray | None]] = []
+        self.roots: set[Dim] = set()
+        self.roles: dict[Dim, str] = {}
+        self.handled: set[tuple[int, Dim]] = set()
+        self.blocked: dict[Dim, str] = {}
+        self.pending: list[_Pending] = []
+        self.fixups: list[Fixup] = []
+        self.notes: list[str] = []
+        self._why: dict[int, tuple[bool, str | None]] = {}
+        self.producer: dict[str, int] = {}
+        for i, n in enumerate(self.g.node):
+            for o in n.output:
+                if o:
+                    self.producer[o] = i
+        self.const_derived: set[str] = set(self.consts)
+        self.shape_derived: set[str] = set()
+        for n in self.g.node:
+            ins = [x for x in n.input if x]
+            has_sub = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)
+            if n.op_type in ("Shape", "Size") or any(x in self.shape_derived for x in ins):
+                self.shape_derived |= {o for o in n.output if o}
+            if ins and not has_sub and all(x in self.const_derived for x in ins):
+                self.const_derived |= {o for o in n.output if o}
+
+    # -- dims --------------------------------------------------------------------------------
+    def shape_of(self, name: str) -> tuple[int, ...] | None:
+        if name in self.consts:
+            return constant_shape(self.consts[name])
+        return self.shapes.get(name)
+
+    def value_of(self, name: str) -> np.ndarray | None:
+        if not name:
+            return None
+        if name in self.consts:
+            try:
+                return constant_array(self.consts[name])
+            except ValueError:
+                return None
+        return self.values.get(name)
+
+    def _dim(self, n: int, name: str, axis: int, input_index: int | None) -> Dim | None:
+        shape = self.shape_of(name)
+        if not name or shape is None or not shape:
+            return None
+        axis = axis % len(shape)
+        size = int(shape[axis])
+        if size <= 1:
+            return None
+        node = self.g.node[n]
+        if name in self.consts and input_index is not None:
+            d = ("c", n, input_index, axis)
+            self.meta.setdefault(d, ("const", name, axis, node.name or f"{node.op_type}#{n}", node.op_type))
+        else:
+            d = ("v", name, axis)
+            p = self.producer.get(name)
+            pn = self.g.node[p] if p is not None else None
+            self.meta.setdefault(d, ("value", name, axis, (pn.name or f"{pn.op_type}#{p}") if pn else name,
+                                     pn.op_type if pn else "input"))
+        self.sizes[d] = size
+        return d
+
+    def I(self, n: int, i: int, axis: int) -> Dim | None:  # noqa: E743 - input dim
+        node = self.g.node[n]
+        if i >= len(node.input) or not node.input[i]:
+            return None
+        return self._dim(n, node.input[i], axis, i)
+
+    def O(self, n: int, j: int, axis: int) -> Dim | None:  # noqa: E743 - output dim
+        node = self.g.node[n]
+        if j >= len(node.output) or not node.output[j]:
+            return None
+        return self._dim(n, node.output[j], axis, None)
+
+    def rank_in(self, n: int, i: int) -> int | None:
+        node = self.g.node[n]
+        if i >= len(node.input) or not node.input[i]:
+            return None
+        s = self.shape_of(node.input[i])
+        return None if s is None else len(s)
+
+    def rank_out(self, n: int, j: int = 0) -> int | None:
+        node = self.g.node[n]
+        if j >= len(node.output) or not node.output[j]:
+            return None
+        s = self.shapes.get(node.output[j])
+        return None if s is None else len(s)
+
+    def link(self, n: int, a: Dim | None, b: Dim | None, idx: np.ndarray | None = None) -> bool:
+        """Link dim a (the small side when idx is given: a's position i <-> b's positions idx[i]) to b."""
+        if a is None or b is None:
+            return False
+        if idx is None:
+            if self.sizes[a] != self.sizes[b]:
+                return False
+        else:
+            idx = np.asarray(idx, dtype=np.int64).reshape(self.sizes[a], -1)
+            if idx.size and (idx.min() < 0 or idx.max() >= self.sizes[b]):
+                return False
+        self.links.append((a, b, idx))
+        self.handled.add((n, a))
+        self.handled.add((n, b))
+        return True
+
+    def handle(self, n: int, d: Dim | None) -> None:
+        if d is not None:
+            self.handled.add((n, d))
+
+    def role(self, d: Dim | None, role: str, root: bool = False) -> None:
+        if d is None:
+            return
+        self.roles.setdefault(d, role)
+        if root:
+            self.roots.add(d)
+
+    # -- traversal ---------------------------------------------------------------------------
+    def touched(self, n: int) -> list[Dim]:
+        node = self.g.node[n]
+        dims = []
+        for i, name in enumerate(node.input):
+            s = self.shape_of(name) if name else None
+            if s:
+                dims += [d for a in range(len(s)) if (d := self.I(n, i, a)) is not None]
+        for j, name in enumerate(node.output):
+            s = self.shapes.get(name) if name else None
+            if s:
+                dims += [d for a in range(len(s)) if (d := self.O(n, j, a)) is not None]
+        for name in sorted(_subgraph_refs(node)):
+            s = self.shape_of(name)
+            if s:
+                dims += [d for a in range(len(s)) if (d := self._dim(n, name, a, None)) is not None]
+        return dims
+
+    def build(self) -> None:
+        for n, node in enumerate(self.g.node):
+            rule = getattr(self, f"op_{node.op_type}", None) if node.domain in ("", "ai.onnx") else None
+            if rule is None and node.op_type in ELEMENTWISE and node.domain in ("", "ai.onnx"):
+                rule = self.elementwise
+            if rule is None and node.op_type in POOL:
+                rule = self.pool
+            if rule is None and node.op_type in REDUCE:
+                rule = self.reduce
+            why = None
+            if rule is not None:
+                try:
+                    why = rule(n, node)
+                except (KeyError, IndexError, ValueError, TypeError) as e:  # shapes or attributes it cannot read
+                    why = f"could not analyse it ({type(e).__name__}: {e})"
+            self._why[n] = (rule is not None, why)
+
+    def finish(self) -> None:
+        """Block every dim an op touches but does not handle (after the reshape choices are made)."""
+        for n, node in enumerate(self.g.node):
+            known, why = self._why.get(n, (False, None))
+            rule = known or None
+            label = f"{node.op_type} node {node.name or '#' + str(n)!r}"
+            for d in self.touched(n):
+                if (n, d) not in self.handled:
+                    reason = why or (f"{label}: op not supported by structured pruning" if rule is None
+                                     else f"{label} cannot follow a change of this axis")
+                    if why:
+                        reason = f"{label}: {why}"
+                    self.blocked.setdefault(d, reason)
+        for vi in self.g.input:
+            if vi.name in self.consts:
+                continue
+            for a in range(len(self.shapes.get(vi.name, ()))):
+                d = self._dim(0, vi.name, a, None) if self.g.node else None
+                if d is not None:
+                    self.blocked[d] = f"graph input {vi.name!r} keeps its shape"
+        for vi in self.g.output:
+            s = self.shapes.get(vi.name) or self.shape_of(vi.name)
+            for a in range(len(s or ())):
+                d = ("v", vi.name, a)
+                if vi.name in self.consts:
+                    continue
+                if d in self.sizes:
+                    self.blocked[d] = f"graph output {vi.name!r} keeps its shape"
+
+    # -- op rules: each returns None, or a reason that applies to every axis it leaves unhandled
+    def elementwise(self, n: int, node) -> str | None:
+        ro = self.rank_out(n, 0)
+        if ro is None:
+            return "output shape unknown"
+        out_shape = self.shapes[node.output[0]]
+        for i, name in enumerate(node.input):
+            r = self.rank_in(n, i)
+            if r is None:
+                continue
+            if node.op_type == "Dropout" and i > 0:
+                continue
+            in_shape = self.shape_of(name)
+            for a in range(r):
+                oa = a + ro - r
+                if oa < 0:
+                    continue
+                if in_shape[a] == out_shape[oa]:
+                    self.link(n, self.I(n, i, a), self.O(n, 0, oa))
+        for j in range(1, len(node.output)):
+            if node.output[j] and self.rank_out(n, j) == ro:
+                for a in range(ro):
+                    self.link(n, self.O(n, j, a), self.O(n, 0, a))
+        return None
+
+    def op_Transpose(self, n, node):
+        r = self.rank_in(n, 0)
+        perm = _attrs(node).get("perm") or list(reversed(range(r)))
+        for o, i in enumerate(perm):
+            self.link(n, self.I(n, 0, i), self.O(n, 0, o))
+
+    def op_Shape(self, n, node):
+        for a in range(self.rank_in(n, 0) or 0):
+            self.handle(n, self.I(n, 0, a))
+
+    op_Size = op_Shape
+
+    def op_Constant(self, n, node):
+        return None
+
+    def op_Concat(self, n, node):
+        r = self.rank_out(n, 0)
+        axis = _attrs(node)["axis"] % r
+        off = 0
+        for i, name in enumerate(node.input):
+            s = self.shape_of(name)
+            if not s:
+                continue
+            for a in range(r):
+                if a == axis:
+                    d = self.I(n, i, a)
+                    if d is not None:
+                        self.link(n, d, self.O(n, 0, a), off + np.arange(s[a]))
+                else:
+                    self.link(n, self.I(n, i, a), self.O(n, 0, a))
+            off += s[axis]
+
+    def op_Split(self, n, node):
+        r = self.rank_in(n, 0)
+        at = _attrs(node)
+        axis = at.get("axis", 0) % r
+        off = 0
+        dims = []
+        for j, name in enumerate(node.output):
+            s = self.shapes.get(name)
+            if s is None:
+                return "an output is not computed"
+            for a in range(r):
+                if a == axis:
+                    d = self.O(n, j, a)
+                    if d is not None:
+                        self.link(n, d, self.I(n, 0, a), off + np.arange(s[a]))
+                    dims.append(d)
+                else:
+                    self.link(n, self.O(n, j, a), self.I(n, 0, a))
+            off += s[axis]
+        if self.I(n, 0, axis) is not None:
+            self.fixups.append(Fixup("split", n, dims, {"axis": axis, "sizes": [self.shapes[o][axis] for o in node.output]}))
+
+    def op_Slice(self, n, node):
+        r = self.rank_in(n, 0)
+        in_shape = self.shape_of(node.input[0])
+        out_shape = self.shapes[node.output[0]]
+        at = _attrs(node)
+        if self.opset < 10:
+            starts, ends = at["starts"], at["ends"]
+            axes = at.get("axes", list(range(len(starts))))
+            steps = [1] * len(starts)
+            src = "attr"
+        else:
+            starts, ends = self.value_of(node.input[1]), self.value_of(node.input[2])
+            axes = self.value_of(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+            steps = self.value_of(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+            if starts is None or ends is None:
+                return "starts/ends unknown"
+            axes = list(range(len(starts))) if axes is None else list(axes)
+            steps = [1] * len(starts) if steps is None else list(steps)
+            src = "input"
+        sliced = {}
+        for k, (a, st, en, sp) in enumerate(zip(axes, starts, ends, steps)):
+            a = int(a) % r
+            sliced[a] = (k, int(st), int(en), int(sp))
+        for a in range(r):
+            if a not in sliced:
+                self.link(n, self.I(n, 0, a), self.O(n, 0, a))
+                continue
+            k, st, en, sp = sliced[a]
+            size = in_shape[a]
+            if sp != 1:
+                continue  # strided: positions cannot follow a removal (the axis stays unhandled)
+            s0 = min(max(st + size if st < 0 else st, 0), size)
+            e0 = min(max(en + size if en < 0 else en, 0), size)
+            din, dout = self.I(n, 0, a), self.O(n, 0, a)
+            if dout is not None:
+                self.link(n, dout, din, s0 + np.arange(out_shape[a]))
+            elif din is not None:
+                if out_shape[a] == 0:
+                    self.handle(n, din)
+                else:
+                    continue  # one position kept of many: leave unhandled
+            if din is not None:
+                data = {"axis": a, "k": k, "start": s0, "end": e0, "orig_start": st, "orig_end": en, "src": src}
+                if src == "input":
+                    data["start_src"] = self.trace_element(n, 1, k)
+                    data["end_src"] = self.trace_element(n, 2, k)
+                self.fixups.append(Fixup("slice", n, [din], data))
+
+    def _squeeze_axes(self, n, node) -> list[int] | None:
+        at = _attrs(node)
+        if "axes" in at:
+            return list(at["axes"])
+        if len(node.input) > 1 and node.input[1]:
+            v = self.value_of(node.input[1])
+            return None if v is None else [int(x) for x in np.ravel(v)]
+        return []
+
+    def op_Squeeze(self, n, node):
+        r = self.rank_in(n, 0)
+        axes = self._squeeze_axes(n, node)
+        in_shape = self.shape_of(node.input[0])
+        if axes is None:
+            return "axes unknown"
+        axes = {a % r for a in axes} if axes else {a for a in range(r) if in_shape[a] == 1}
+        o = 0
+        for a in range(r):
+            if a in axes:
+                continue
+            self.link(n, self.I(n, 0, a), self.O(n, 0, o))
+            o += 1
+
+    def op_Unsqueeze(self, n, node):
+        ro = self.rank_out(n, 0)
+        axes = self._squeeze_axes(n, node)
+        if axes is None:
+            return "axes unknown"
+        axes = {a % ro for a in axes}
+        i = 0
+        for o in range(ro):
+            if o in axes:
+                continue
+            self.link(n, self.I(n, 0, i), self.O(n, 0, o))
+            i += 1
+
+    def op_Flatten(self, n, node):
+        return self._reshape(n, node, with_fixup=False)
+
+    def op_Reshape(self, n, node):
+        return self._reshape(n, node, with_fixup=True)
+
+    def _reshape(self, n, node, with_fixup: bool):
+        in_shape = self.shape_of(node.input[0])
+        out_shape = self.shapes.get(node.output[0])
+        if in_shape is None or out_shape is None:
+            return "shape unknown"
+
+        def ranges(shape):
+            out, stride = [], 1
+            for a in reversed(range(len(shape))):
+                out.append((a, stride, stride * shape[a]))
+                stride *= shape[a]
+            return {a: (lo, hi) for a, lo, hi in out}
+
+        ri, ro = ranges(in_shape), ranges(out_shape)
+        rel_in: dict[int, list] = {a: [] for a in ri}
+        rel_out: dict[int, list] = {a: [] for a in ro}
+        for a, (ilo, ihi) in ri.items():
+            if in_shape[a] <= 1:
+                continue
+            for b, (olo, ohi) in ro.items():
+                if out_shape[b] <= 1:
+                    continue
+                if (ilo, ihi) == (olo, ohi):
+                    rel_in[a].append((b, None, "eq"))
+                    rel_out[b].append((a, None, "eq"))
+                elif olo <= ilo and ihi <= ohi and ilo % olo == 0 and ohi % ihi == 0:  # in axis inside out axis
+                    inner, outer = ilo // olo, ohi // ihi
+                    p = np.arange(in_shape[a])[:, None, None] * inner
+                    idx = (np.arange(outer)[None, :, None] * (in_shape[a] * inner) + p + np.arange(inner)[None, None, :])
+                    rel_in[a].append((b, idx.reshape(in_shape[a], -1), "in_small"))
+                    rel_out[b].append((a, idx.reshape(in_shape[a], -1), "in_small"))
+                elif ilo <= olo and ohi <= ihi and olo % ilo == 0 and ihi % ohi == 0:  # out axis inside in axis
+                    inner, outer = olo // ilo, ihi // ohi
+                    p = np.arange(out_shape[b])[:, None, None] * inner
+                    idx = (np.arange(outer)[None, :, None] * (out_shape[b] * inner) + p + np.arange(inner)[None, None, :])
+                    rel_in[a].append((b, idx.reshape(out_shape[b], -1), "out_small"))
+                    rel_out[b].append((a, idx.reshape(out_shape[b], -1), "out_small"))
+        done = set()
+        for a, rels in rel_in.items():
+            for b, idx, kind in rels:
+                if len(rels) == 1 and len(rel_out[b]) == 1:
+                    din, dout = self.I(n, 0, a), self.O(n, 0, b)
+                    if kind == "out_small":
+                        self.link(n, dout, din, idx)
+                    else:
+                        self.link(n, din, dout, idx)
+                    done.add((a, b))
+        for a, rels in rel_in.items():  # one in axis split over several out axes
+            if len(rels) > 1:
+                cands = [(self.O(n, 0, b), idx, kind == "in_small") for b, idx, kind in rels]
+                self.pending.append(_Pending(n, self.I(n, 0, a), cands, [ro[b][0] for b, _, _ in rels]))
+        for b, rels in rel_out.items():  # several in axes merged into one out axis
+            if len(rels) > 1:
+                cands = [(self.I(n, 0, a), idx, kind == "out_small") for a, idx, kind in rels]
+                self.pending.append(_Pending(n, self.O(n, 0, b), cands, [ri[a][0] for a, _, _ in rels]))
+        if with_fixup:
+            for b in range(len(out_shape)):
+                d = self.O(n, 0, b)
+                if d is None:
+                    continue
+                src = self.trace_element(n, 1, b)
+                self.fixups.append(Fixup("shape_vector", n, [d], {"input": 1, "element": b, "src": src}))
+                if src[0] == "unknown":
+                    self.blocked.setdefault(d, f"Reshape {node.name!r}: target shape element {b} {src[1]}")
+        return None
+
+    def op_Expand(self, n, node):
+        in_shape = self.shape_of(node.input[0])
+        out_shape = self.shapes.get(node.output[0])
+        ri, ro = len(in_shape), len(out_shape)
+        shape_len = len(self.shape_of(node.input[1]) or ())
+        for b in range(ro):
+            a = b - (ro - ri)
+            d = self.O(n, 0, b)
+            if a >= 0 and in_shape[a] == out_shape[b]:
+                self.link(n, self.I(n, 0, a), d)
+            if d is not None:
+                self.handle(n, d)
+                e = b - (ro - shape_len)
+                if e >= 0:
+                    src = self.trace_element(n, 1, e)
+                    self.fixups.append(Fixup("shape_vector", n, [d], {"input": 1, "element": e, "src": src,
+                                                                      "allow_one": a >= 0 and in_shape[a] == out_shape[b]}))
+                    if src[0] == "unknown":
+                        self.blocked.setdefault(d, f"Expand {node.name!r}: shape element {e} {src[1]}")
+
+    def op_ConstantOfShape(self, n, node):
+        for b in range(self.rank_out(n, 0) or 0):
+            d = self.O(n, 0, b)
+            if d is None:
+                continue
+            self.handle(n, d)
+            src = self.trace_element(n, 0, b)
+            self.fixups.append(Fixup("shape_vector", n, [d], {"input": 0, "element": b, "src": src}))
+            if src[0] == "unknown":
+                self.blocked.setdefault(d, f"ConstantOfShape {node.name!r}: shape element {b} {src[1]}")
+
+    def op_Tile(self, n, node):
+        reps = self.value_of(node.input[1])
+        if reps is None:
+            return "repeats unknown"
+        for a, rep in enumerate(np.ravel(reps)):
+            if int(rep) == 1:
+                self.link(n, self.I(n, 0, a), self.O(n, 0, a))
+
+    def op_Pad(self, n, node):
+        r = self.rank_in(n, 0)
+        at = _attrs(node)
+        pads = at.get("pads") if self.opset < 11 else self.value_of(node.input[1]) if len(node.input) > 1 else None
+        if pads is None:
+            return "pads unknown"
+        pads = [int(p) for p in np.ravel(pads)]
+        axes = list(range(r))
+        if len(node.input) > 3 and node.input[3]:
+            v = self.value_of(node.input[3])
+            if v is None:
+                return "axes unknown"
+            axes = [int(a) % r for a in np.ravel(v)]
+        k = len(axes)
+        padded = {ax for j, ax in enumerate(axes) if pads[j] != 0 or pads[j + k] != 0}
+        for a in range(r):
+            if a not in padded:
+                self.link(n, self.I(n, 0, a), self.O(n, 0, a))
+
+    def op_Resize(self, n, node):
+        in_shape = self.shape_of(node.input[0])
+        out_shape = self.shapes.get(node.output[0])
+        at = _attrs(node)
+        if "axes" in at:
+            return "the axes attribute is not supported"
+        sizes_input = 3 if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] else None
+        for a in range(len(in_shape)):
+            if in_shape[a] == out_shape[a]:
+                d = self.O(n, 0, a)
+                self.link(n, self.I(n, 0, a), d)
+                if sizes_input is not None and d is not None:
+                    src = self.trace_element(n, sizes_input, a)
+                    self.fixups.append(Fixup("shape_vector", n, [d], {"input": sizes_input, "element": a, "src": src}))
+                    if src[0] == "unknown":
+                        self.blocked.setdefault(d, f"Resize {node.name!r}: sizes element {a} {src[1]}")
+
+    op_Upsample = op_Resize
+
+    def pool(self, n, node):
+        if len(node.output) > 1 and node.output[1]:
+            return "its Indices output encodes channel positions"
+        self.link(n, self.I(n, 0, 0), self.O(n, 0, 0))
+        self.link(n, self.I(n, 0, 1), self.O(n, 0, 1))
+        if node.op_type.startswith("Global"):
+            for a in range(2, self.rank_in(n, 0)):
+                self.handle(n, self.I(n, 0, a))
+
+    def reduce(self, n, node):
+        r = self.rank_in(n, 0)
+        at = _attrs(node)
+        keep = at.get("keepdims", 1)
+        if "axes" in at:
+            axes = at["axes"]
+        elif len(node.input) > 1 and node.input[1]:
+            v = self.value_of(node.input[1])
+            if v is None:
+                return "axes unknown"
+            axes = [int(x) for x in np.ravel(v)]
+        else:
+            axes = []
+        if not axes:
+            if at.get("noop_with_empty_axes", 0):
+                for a in range(r):
+                    self.link(n, self.I(n, 0, a), self.O(n, 0, a))
+                return None
+            axes = list(range(r))
+        axes = {a % r for a in axes}
+        o = 0
+        for a in range(r):
+            if a in axes:
+                if node.op_type in SINK_REDUCE:
+                    self.handle(n, self.I(n, 0, a))
+                if keep:
+                    o += 1
+                continue
+            self.link(n, self.I(n, 0, a), self.O(n, 0, o))
+            o += 1
+        if node.op_type not in SINK_REDUCE:
+            return f"{node.op_type} over a channel axis cannot follow a removal"
+        if node.op_type == "ReduceSum":
+            self._mean_scale(n, node, [self.I(n, 0, a) for a in sorted(axes)])
+        return None
+
+    def _mean_scale(self, n, node, dims) -> None:
+        """ReduceSum whose every reader multiplies by the scalar constant 1/C (or divides by C): a mean."""
+        dims = [d for d in dims if d is not None]
+        if not dims:
+            return
+        total = int(np.prod([self.sizes[d] for d in dims]))
+        out = node.output[0]
+        readers = [(m, j) for m, nd in enumerate(self.g.node) for j, x in enumerate(nd.input) if x == out]
+        found = []
+        for m, j in readers:
+            nd = self.g.node[m]
+            if nd.op_type not in ("Mul", "Div") or len(nd.input) != 2 or (nd.op_type == "Div" and j != 0):
+                return
+            other = nd.input[1 - j]
+            v = self.value_of(other) if other in self.consts else None
+            if v is None or np.size(v) != 1:
+                return
+            c = float(np.ravel(v)[0])
+            if nd.op_type == "Mul" and abs(c * total - 1) > 1e-3 or nd.op_type == "Div" and abs(c / total - 1) > 1e-3:
+                return
+            found.append((m, 1 - j, nd.op_type, c))
+        if found:
+            self.fixups.append(Fixup("mean_scale", n, dims, {"readers": found, "total": total}))
+
+    def _softmax(self, n, node):
+        r = self.rank_in(n, 0)
+        axis = _attrs(node).get("axis", -1 if self.opset >= 13 else 1) % r
+        for a in range(r):
+            if a < axis or (self.opset >= 13 and a != axis):
+                self.link(n, self.I(n, 0, a), self.O(n, 0, a))
+        return f"{node.op_type} normalises over the axis"
+
+    op_Softmax = op_LogSoftmax = op_Hardmax = _softmax
+
+    def _argreduce(self, n, node):
+        r = self.rank_in(n, 0)
+        at = _attrs(node)
+        axis = at.get("axis", 0) % r
+        keep = at.get("keepdims", 1)
+        o = 0
+        for a in range(r):
+            if a == axis:
+                o += keep
+                continue
+            self.link(n, self.I(n, 0, a), self.O(n, 0, o))
+            o += 1
+        return f"{node.op_type} returns positions along the axis"
+
+    op_ArgMax = op_ArgMin = _argreduce
+
+    def op_BatchNormalization(self, n, node):
+        if len([o for o in node.output if o]) > 1:
+            return "training-mode outputs"
+        for a in range(self.rank_in(n, 0)):
+            self.link(n, self.I(n, 0, a), self.O(n, 0, a))
+        y = self.O(n, 0, 1)
+        for i in range(1, 5):
+            d = self.I(n, i, 0)
+            self.link(n, d, y)
+            self.role(d, "norm" if i == 1 else "param")
+
+    def op_InstanceNormalization(self, n, node):
+        for a in range(self.rank_in(n, 0)):
+            self.link(n, self.I(n, 0, a), self.O(n, 0, a))
+        for i in (1, 2):
+            d = self.I(n, i, 0)
+            self.link(n, d, self.O(n, 0, 1))
+            self.role(d, "norm" if i == 1 else "param")
+
+    def op_LayerNormalization(self, n, node):
+        r = self.rank_in(n, 0)
+        axis = _attrs(node).get("axis", -1) % r
+        for a in range(r):
+            self.link(n, self.I(n, 0, a), self.O(n, 0, a))
+            for j in (1, 2):
+                if self.rank_out(n, j) == r and a < axis:
+                    self.link(n, self.I(n, 0, a), self.O(n, j, a))
+        for i in (1, 2):
+            ri = self.rank_in(n, i)
+            if ri is None:
+                continue
+            for a in range(ri):
+                d = self.I(n, i, a)
+                self.link(n, d, self.O(n, 0, a + r - ri))
+                self.role(d, "norm" if i == 1 else "param")
+        self.notes.append(f"LayerNormalization {node.name!r}: pruning its normalised axis changes its statistics")
+
+    def op_DequantizeLinear(self, n, node):
+        r = self.rank_in(n, 0)
+        for a in range(r):
+            self.link(n, self.I(n, 0, a), self.O(n, 0, a))
+        axis = _attrs(node).get("axis", 1) % max(r, 1)
+        for i in (1, 2):
+            if self.rank_in(n, i) == 1:
+                self.link(n, self.I(n, i, 0), self.O(n, 0, axis))
+
+    op_QuantizeLinear = op_DequantizeLinear
+
+    def op_Gather(self, n, node):
+        data_shape = self.shape_of(node.input[0])
+        idx_shape = self.shape_of(node.input[1])
+        if data_shape is None or idx_shape is None:
+            return "shapes unknown"
+        axis = _attrs(node).get("axis", 0) % len(data_shape)
+        const = node.input[0] in self.const_derived
+        for a in range(len(data_shape)):
+            if a == axis:
+                continue
+            o = a if a < axis else a - 1 + len(idx_shape)
+            d = self.O(n, 0, o)
+            di = self.I(n, 0, a)
+            self.link(n, di, d)
+            if const and node.input[0] not in self.shape_derived:
+                self.role(di, "out", root=False)
+        for a in range(len(idx_shape)):
+            self.link(n, self.I(n, 1, a), self.O(n, 0, axis + a))
+        return "positions along the gathered axis are data"
+
+    # -- layers ------------------------------------------------------------------------------
+    def _is_const(self, name: str) -> bool:
+        return bool(name) and name in self.const_derived and name not in self.shape_derived
+
+    def op_Conv(self, n, node):
+        x, w = node.input[0], node.input[1]
+        ws = self.shape_of(w)
+        xs = self.shape_of(x)
+        g = int(_attrs(node).get("group", 1))
+        const = self._is_const(w)
+        self.link(n, self.I(n, 0, 0), self.O(n, 0, 0))
+        y = self.O(n, 0, 1)
+        if g == 1:
+            dw_in = self.I(n, 1, 1)
+            self.link(n, self.I(n, 0, 1), dw_in)
+            self.role(dw_in, "in")
+            dw = self.I(n, 1, 0)
+            self.link(n, dw, y)
+            self.role(dw, "out")
+            self.role(y, "act", root=const)
+        elif ws[1] == 1 and g == xs[1]:  # depthwise (channel multiplier m = O / C)
+            m = ws[0] // g
+            self.link(n, self.I(n, 0, 1), y, np.arange(g)[:, None] * m + np.arange(m)[None, :])
+            dw = self.I(n, 1, 0)
+            self.link(n, dw, y)
+            self.role(dw, "out")
+            self.fixups.append(Fixup("conv_group", n, [self.I(n, 0, 1)], {"group": g}))
+        else:  # the output channels still form a (frozen) group, so the report names the reason
+            why = f"grouped convolution (group={g}) cannot lose channels evenly per group"
+            dw = self.I(n, 1, 0)
+            self.link(n, dw, y)
+            self.role(dw, "out")
+            self.role(y, "act", root=const)
+            self.link(n, self.I(n, 2, 0), y)
+            if y is not None:
+                self.blocked.setdefault(y, f"Conv node {node.name!r}: {why}")
+            return why
+        db = self.I(n, 2, 0)
+        self.link(n, db, y)
+        self.role(db, "param")
+        return None
+
+    def op_ConvTranspose(self, n, node):
+        x, w = node.input[0], node.input[1]
+        ws = self.shape_of(w)
+        xs = self.shape_of(x)
+        g = int(_attrs(node).get("group", 1))
+        const = self._is_const(w)
+        self.link(n, self.I(n, 0, 0), self.O(n, 0, 0))
+        y = self.O(n, 0, 1)
+        if g == 1:
+            d0 = self.I(n, 1, 0)
+            self.link(n, self.I(n, 0, 1), d0)
+            self.role(d0, "in")
+            d1 = self.I(n, 1, 1)
+            self.link(n, d1, y)
+            self.role(d1, "out")
+            self.role(y, "act", root=const)
+        elif g == xs[1] and ws[1] == 1:
+            self.link(n, self.I(n, 0, 1), y)
+            d0 = self.I(n, 1, 0)
+            self.link(n, d0, y)
+            self.role(d0, "out")
+            self.fixups.append(Fixup("conv_group", n, [self.I(n, 0, 1)], {"group": g}))
+        else:
+            return f"grouped transposed convolution (group={g})"
+        db = self.I(n, 2, 0)
+        self.link(n, db, y)
+        self.role(db, "param")
+        return None
+
+    def op_Gemm(self, n, node):
+        at = _attrs(node)
+        ta, tb = at.get("transA", 0), at.get("transB", 0)
+        a_m, a_k = (1, 0) if ta else (0, 1)
+        b_k, b_n = (1, 0) if tb else (0, 1)
+        a_const, b_const = self._is_const(node.input[0]), self._is_const(node.input[1])
+        ak, bk = self.I(n, 0, a_k), self.I(n, 1, b_k)
+        self.link(n, ak, bk)
+        self.role(bk, "in")
+        self.role(ak, "in")
+        am, bn = self.I(n, 0, a_m), self.I(n, 1, b_n)
+        ym, yn = self.O(n, 0, 0), self.O(n, 0, 1)
+        self.link(n, am, ym)
+        self.link(n, bn, yn)
+        self.role(bn, "out")
+        self.role(yn, "act", root=b_const)
+        self.role(am, "out")
+        self.role(ym, "act", root=a_const)
+        rc = self.rank_in(n, 2)
+        if rc:
+            cs = self.shape_of(node.input[2])
+            ys = self.shapes[node.output[0]]
+            for a in range(rc):
+                if cs[a] == ys[a + 2 - rc]:
+                    d = self.I(n, 2, a)
+                    self.link(n, d, self.O(n, 0, a + 2 - rc))
+                    self.role(d, "param")
+
+    def op_MatMul(self, n, node):
+        ra, rb, ro = self.rank_in(n, 0), self.rank_in(n, 1), self.rank_out(n, 0)
+        if ra is None or rb is None or ro is None:
+            return "shape unknown"
+        a_const, b_const = self._is_const(node.input[0]), self._is_const(node.input[1])
+        if ra == 1 and rb == 1:
+            self.link(n, self.I(n, 0, 0), self.I(n, 1, 0))
+            return None
+        ak = self.I(n, 0, ra - 1)
+        bk = self.I(n, 1, rb - 2) if rb >= 2 else self.I(n, 1, 0)
+        self.link(n, ak, bk)
+        self.role(ak, "in")
+        self.role(bk, "in")
+        if ra >= 2:
+            am, ym = self.I(n, 0, ra - 2), self.O(n, 0, ro - 2 if rb >= 2 else ro - 1)
+            self.link(n, am, ym)
+            self.role(am, "out")
+            self.role(ym, "act", root=a_const and ra == 2)
+        if rb >= 2:
+            bn, yn = self.I(n, 1, rb - 1), self.O(n, 0, ro - 1)
+            self.link(n, bn, yn)
+            self.role(bn, "out")
+            self.role(yn, "act", root=b_const and rb == 2)
+        ys = self.shapes[node.output[0]]
+        nb = ro - (2 if ra >= 2 and rb >= 2 else 1)
+        for i, r in ((0, ra), (1, rb)):
+            s = self.shape_of(node.input[i])
+            for a in range(r - 2):
+                o = a + nb - (r - 2)
+                if o >= 0 and s[a] == ys[o]:
+                    self.link(n, self.I(n, i, a), self.O(n, 0, o))
+        return None
+
+    def _rnn(self, n, node):
+        at = _attrs(node)
+        if at.get("layout", 0):
+            return "layout=1 (batch first) is not supported"
+        gates = RNN_GATES[node.op_type]
+        ws = self.shape_of(node.input[1])
+        hidden = int(at.get("hidden_size", ws[1] // gates))
+        const = self._is_const(node.input[1]) and self._is_const(node.input[2])
+        if hidden <= 1:
+            return "hidden size 1"
+        h: Dim = ("h", n)
+        self.sizes[h] = hidden
+        self.meta[h] = ("hidden", node.name or f"{node.op_type}#{n}", 0, node.name or f"{node.op_type}#{n}", node.op_type)
+        if const:
+            self.roots.add(h)
+        self.roles[h] = "hidden"
+        blocks = lambda k: np.arange(hidden)[:, None] + hidden * np.arange(k)[None, :]  # noqa: E731
+        for i, k in ((1, gates), (2, gates)):
+            d = self.I(n, i, 1)
+            self.link(n, h, d, blocks(k))
+            self.role(d, "hidden")
+        d = self.I(n, 2, 2)
+        self.link(n, h, d)
+        self.role(d, "hidden")
+        d = self.I(n, 3, 1)
+        self.link(n, h, d, blocks(2 * gates))
+        self.role(d, "param")
+        for i in (5, 6):
+            self.link(n, h, self.I(n, i, 2))
+        if node.op_type == "LSTM":
+            d = self.I(n, 7, 1)
+            self.link(n, h, d, blocks(3))
+            self.role(d, "param")
+        self.link(n, h, self.O(n, 0, 3))
+        self.link(n, h, self.O(n, 1, 2))
+        self.link(n, h, self.O(n, 2, 2))
+        xi, wi = self.I(n, 0, 2), self.I(n, 1, 2)
+        self.link(n, xi, wi)
+        self.role(wi, "in")
+        # time, batch and direction axes
+        self.link(n, self.I(n, 0, 0), self.O(n, 0, 0))
+        xb = self.I(n, 0, 1)
+        for d in (self.O(n, 0, 2), self.O(n, 1, 1), self.O(n, 2, 1), self.I(n, 5, 1), self.I(n, 6, 1), self.I(n, 4, 0)):
+            self.link(n, xb, d)
+        dirs = [self.I(n, i, 0) for i in (1, 2, 3, 5, 6, 7)] + [self.O(n, 0, 1), self.O(n, 1, 0), self.O(n, 2, 0)]
+        dirs = [d for d in dirs if d is not None]
+        for d in dirs[1:]:
+            self.link(n, dirs[0], d)
+        self.fixups.append(Fixup("rnn_hidden", n, [h], {"hidden_size": hidden}))
+        return None
+
+    op_LSTM = op_GRU = op_RNN = _rnn
+
+    # -- shape vector provenance -------------------------------------------------------------
+    def trace_element(self, n: int, i: int, element: int, depth: int = 0) -> tuple:
+        """Where element `element` of node n's input i comes from:
+        ("const", const name, flat index, node, input) | ("dynamic",) | ("literal", value) | ("unknown", why)."""
+        node = self.g.node[n]
+        if i >= len(node.input) or not node.input[i]:
+            return ("unknown", "is missing")
+        name = node.input[i]
+        if name in self.consts:
+            try:
+                v = np.ravel(constant_array(self.consts[name]))
+            except ValueError:
+                return ("unknown", "is in a Constant of an unsupported form")
+            if element >= v.size:
+                return ("unknown", "is out of range")
+            return ("const", name, element, n, i, int(v[element]))
+        if depth > 32:
+            return ("unknown", "is computed by a long chain")
+        p = self.producer.get(name)
+        if p is None:
+            return ("unknown", "comes from a graph input")
+        pn = self.g.node[p]
+        op = pn.op_type
+        if op in ("Cast", "Identity"):
+            return self.trace_element(p, 0, element, depth + 1)
+        if op == "Concat":
+            off = 0
+            for k, piece in enumerate(pn.input):
+                s = self.shape_of(piece)
+                if s is None or len(s) != 1:
+                    return ("dynamic",) if name in self.shape_derived else ("unknown", "is built by a Concat of unknown pieces")
+                if element < off + s[0]:
+                    return self.trace_element(p, k, element - off, depth + 1)
+                off += s[0]
+            return ("unknown", "is out of range")
+        if op in ("Unsqueeze", "Squeeze", "Reshape", "Flatten"):
+            s = self.shape_of(pn.input[0])
+            if s is not None and int(np.prod(s)) == 1:
+                return self.trace_element(p, 0, 0, depth + 1)
+        if name in self.shape_derived:
+            return ("dynamic",)
+        return ("unknown", f"is computed at run time by {op} node {pn.name!r}")
+
+    # -- components --------------------------------------------------------------------------
+    def resolve_pending(self) -> None:
+        changed = True
+        while self.pending and changed:
+            changed = False
+            rooted = self._rooted_dims()
+            rest = []
+            for p in self.pending:
+                if p.single is None:
+                    continue
+                cands = [(d, idx, small) for d, idx, small in p.candidates if d is not None]
+                rc = [c for c in cands if c[0] in rooted]
+                pick = None
+                if len(rc) == 1:
+                    pick = rc[0]
+                elif len(rc) > 1:
+                    self.blocked.setdefault(p.single, f"{self.g.node[p.node].op_type} node {self.g.node[p.node].name!r} "
+                                                      "mixes several channel groups into one axis")
+                    changed = True
+                    continue
+                elif p.single in rooted and cands:
+                    order = sorted(range(len(cands)), key=lambda j: p.strides[j])
+                    pick = cands[order[0] if self.prefer == "inner" else order[-1]]
+                if pick is None:
+                    rest.append(p)
+                    continue
+                d, idx, single_small = pick
+                if single_small:
+                    self.link(p.node, p.single, d, idx)
+                else:
+                    self.link(p.node, d, p.single, idx)
+                changed = True
+            self.pending = rest  # what is never decided stays unhandled by its reshape
+
+    def _rooted_dims(self) -> set[Dim]:
+        graph = nx.Graph()
+        graph.add_nodes_from(self.sizes)
+        graph.add_edges_from((a, b) for a, b, _ in self.links)
+        rooted = set()
+        for comp in nx.connected_components(graph):
+            if comp & self.roots:
+                rooted |= comp
+        return rooted
+
+    def groups(self) -> list[ChannelGroup]:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        graph = nx.Graph()
+        graph.add_nodes_from(self.sizes)
+        for a, b, idx in self.links:
+            graph.add_edge(a, b)
+        order = {d: i for i, d in enumerate(self.sizes)}  # graph order of first appearance
+        comps = [sorted(c, key=order.get) for c in nx.connected_components(graph) if set(c) & self.roots]
+        comps.sort(key=lambda c: order[c[0]])
+        out = []
+        for gid, dims in enumerate(comps):
+            base, total = {}, 0
+            for d in dims:
+                base[d] = total
+                total += self.sizes[d]
+            rows, cols = [np.arange(total)], [np.arange(total)]
+            dimset = set(dims)
+            for a, b, idx in self.links:
+                if a not in dimset:
+                    continue
+                if idx is None:
+                    rows.append(base[a] + np.arange(self.sizes[a]))
+                    cols.append(base[b] + np.arange(self.sizes[b]))
+                else:
+                    rows.append(base[a] + np.repeat(np.arange(idx.shape[0]), idx.shape[1]))
+                    cols.append(base[b] + idx.ravel())
+            r, c = np.concatenate(rows), np.concatenate(cols)
+            mat = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(total, total))
+            _, labels = connected_components(mat, directed=False)
+            # channel ids in order of the first root dim's positions
+            roots = [d for d in dims if d in self.roots]
+            first = []
+            for d in roots + dims:
+                first.append(labels[base[d]: base[d] + self.sizes[d]])
+            seq = np.concatenate(first)
+            _, first_pos = np.unique(seq, return_index=True)
+            uniq = np.unique(seq)
+            rank = np.empty(labels.max() + 1, dtype=np.int64)
+            rank[uniq[np.argsort(first_pos)]] = np.arange(len(uniq))
+            labels = rank[labels]
+            nch = len(uniq)
+            frozen = np.zeros(nch, dtype=bool)
+            has_root = np.zeros(nch, dtype=bool)
+            reasons = []
+            members = []
+            sig: list[set] = [set() for _ in range(nch)]
+            for j, d in enumerate(dims):
+                ch = labels[base[d]: base[d] + self.sizes[d]]
+                for cid in np.unique(ch):
+                    sig[cid].add(j)
+                if d in self.roots:
+                    has_root[ch] = True
+                if d in self.blocked:
+                    frozen[ch] = True
+                    if self.blocked[d] not in reasons:
+                        reasons.append(self.blocked[d])
+                kind, tensor, axis, node, op = self.meta[d]
+                role = self.roles.get(d, "act" if kind == "value" else "param")
+                members.append(Member(d, kind, tensor, axis, self.sizes[d], node, op, role, ch))
+            if (~has_root).any():
+                frozen[~has_root] = True
+                reasons.append(f"{int((~has_root).sum())} channel(s) are not produced by a layer with constant weights")
+            segs: dict[tuple, list[int]] = {}
+            for cid in range(nch):
+                segs.setdefault(tuple(sorted(sig[cid])), []).append(cid)
+            producers = list(dict.fromkeys(m.node for m in members if m.role in ("out", "hidden") and
+                                           (m.kind != "value")))
+            consumers = list(dict.fromkeys(m.node for m in members if m.role == "in" and m.kind != "value"))
+            out.append(ChannelGroup(gid, nch, members, [np.array(s) for s in segs.values()], frozen, reasons,
+                                    producers, consumers))
+        return out
+
+
+def analyze_groups(proto: onnx.ModelProto, feed: dict[str, np.ndarray] | None = None, *,
+                   shapes: dict[str, tuple[int, ...]] | None = None, values: dict[str, np.ndarray] | None = None,
+                   base_dir: str | None = None, prefer: str = "inner") -> GroupAnalysis:
+    """Channel groups of the main graph. `feed` (one batch of real or synthetic inputs) gives the
+    shapes of every tensor through one onnxruntime run, unless `shapes`/`values` are given.
+    `prefer`: when a Reshape splits a channel axis into several (heads x head_dim), which factor
+    carries the channels: "inner" (head_dim) or "outer" (heads)."""
+    if shapes is None:
+        if feed is None:
+            raise ValueError("analyze_groups needs a feed (one batch of inputs) or precomputed shapes")
+        shapes, values = tensor_shapes(proto, feed, base_dir)
+    b = _Builder(proto, shapes, values or {}, prefer)
+    b.build()
+    b.resolve_pending()
+    b.finish()
+    groups = b.groups()
+    return GroupAnalysis(groups, b.fixups, shapes, b.blocked, b.sizes, list(dict.fromkeys(b.notes)))
+
+
+def sample_feed(proto: onnx.ModelProto, data=None) -> dict[str, np.ndarray]:
+    """One feed: the first batch of `data` (a Dataset), else a synthetic one from the input spec."""
+    if data is not None:
+        return next(iter(data.batches(1)))
+    from onnxprune.check.data import Dataset
+
+    return next(iter(Dataset.synthetic(proto, 1).batches(1)))
+
+
+def model_macs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Multiply-accumulates per weight layer from concrete shapes (one run with a real input)."""
+    consts = constant_values(proto.graph)
+
+    def shp(name):
+        if name in consts:
+            return constant_shape(consts[name])
+        return shapes.get(name)
+
+    macs = {}
+    for i, n in enumerate(proto.graph.node):
+        key = n.name or f"{n.op_type}#{i}"
+        try:
+            if n.op_type == "Conv":
+                w, y = shp(n.input[1]), shapes[n.output[0]]
+                macs[key] = int(np.prod(y, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
+            elif n.op_type == "ConvTranspose":
+                w, x = shp(n.input[1]), shapes[n.input[0]] if n.input[0] in shapes else shp(n.input[0])
+                macs[key] = int(np.prod(x, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
+            elif n.op_type in ("MatMul", "Gemm"):
+                a, y = shp(n.input[0]), shapes[n.output[0]]
+                at = _attrs(n)
+                k = (a[0] if at.get("transA", 0) else a[-1]) if n.op_type == "Gemm" else a[-1]
+                macs[key] = int(np.prod(y, dtype=np.int64) * k)
+            elif n.op_type in RNN_GATES:
+                x, w, r = shp(n.input[0]), shp(n.input[1]), shp(n.input[2])
+                macs[key] = int(x[0] * x[1] * w[0] * w[1] * (w[2] + r[2]))
+        except (KeyError, IndexError, TypeError):
+            continue
+    return macs
+
+
+def model_params(proto: onnx.ModelProto) -> int:
+    """Elements of every constant (initializers and Constant nodes) of the main graph."""
+    return int(sum(int(np.prod(constant_shape(e), dtype=np.int64)) for e in constant_values(proto.graph).values()))

@@ -1,0 +1,667 @@
+"""Structured (channel) pruning: remove filters, neurons and hidden units, giving a smaller dense model.
+
+Unstructured and N:M zeros only pay off on sparse hardware or after compression; removing whole
+channels makes every runtime faster, CPU included. The steps:
+
+1. groups: `onnxprune.analyze.groups.analyze_groups` (coupled channels, frozen ones with reasons);
+2. importance per channel: the sum over the group's weight slices of their L2 norms (criterion
+   "l2"), or, from calibration activations, sum over the consumers of ||W[:, c]|| * ||X_c||
+   (criterion "activation": the size of the channel's contribution to the next layers);
+3. allocation: scope "layer" removes the ratio from every segment (a producer's output channels,
+   or one input of a Concat); "global" ranks all prunable channels by importance normalised per
+   group. Kept counts are rounded to a multiple of `round_to` (default 8), never below it, and a
+   segment of `round_to` channels or fewer is left whole: no layer is ever emptied;
+4. rewrite (`rewrite`): every constant of the group is sliced (each use of a shared constant on
+   its own; cloned when uses differ), Conv group counts (depthwise), LSTM/GRU hidden_size, Split
+   sizes, Slice starts/ends and the constant elements of Reshape/Expand/ConstantOfShape/Resize
+   shape vectors are updated, stale value_info is dropped, onnx shape inference and the checker
+   run, then the result runs once in onnxruntime and every tensor's shape is compared with the
+   prediction (a group whose run-time shape computation does not follow is frozen and the rewrite
+   redone). The graph's inputs and outputs keep their shapes.
+5. optional repair (least squares from calibration data, `onnxprune.repair.structured_repair`) or
+   `reinit`: the pruned architecture with fresh He-initialised weights for training from scratch.
+
+`ChannelPrunePass` runs it all as a structural pass; `prune_channels` is the one-call API.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx.checker
+import onnx.helper
+import onnx.numpy_helper
+import onnx.shape_inference
+
+from onnxprune.analyze.groups import (
+    ChannelGroup, Dim, GroupAnalysis, _attrs, analyze_groups, constant_array, constant_values, model_macs,
+    model_params, sample_feed, tensor_shapes,
+)
+from onnxprune.errors import OnnxPruneError, OptionError
+from onnxprune.model import Model
+from onnxprune.pipeline import Context, Pass, PassResult
+
+CRITERIA = ("l2", "activation")
+SCOPES = ("layer", "global")
+IMPORTANCE_ROLES = ("out", "in", "hidden", "norm")
+
+
+class RewriteError(OnnxPruneError):
+    """A planned rewrite cannot be carried out; `dims` names the tensor axes involved."""
+
+    def __init__(self, message: str, dims: list[Dim] | None = None):
+        super().__init__(message)
+        self.dims = dims or []
+
+
+# ------------------------------------------------------------------------------------ importance
+
+def _reader(model: Model | None, proto: onnx.ModelProto):
+    consts = constant_values(proto.graph)
+
+    def read(name: str) -> np.ndarray:
+        if model is not None:
+            key = model.key_for(name)
+            if key is not None and model.ref(key).storage == "initializer" and model.ref(key).graph == "":
+                return np.asarray(model.read(key))
+        return constant_array(consts[name])
+
+    return read
+
+
+def l2_importance(group: ChannelGroup, read) -> np.ndarray:
+    """Per channel: the sum over the group's weight slices (layer weights, norm scales) of their L2 norms."""
+    members = [m for m in group.members if m.kind == "const" and m.role in IMPORTANCE_ROLES]
+    if not members:
+        members = [m for m in group.members if m.kind == "const"]
+    imp = np.zeros(group.channels)
+    for m in members:
+        a = np.asarray(read(m.tensor), dtype=np.float64)
+        sq = (np.moveaxis(a, m.axis, 0).reshape(m.size, -1) ** 2).sum(axis=1)
+        imp += np.sqrt(np.bincount(m.channel_of, weights=sq, minlength=group.channels))
+    return imp
+
+
+def _consumer_inputs(proto: onnx.ModelProto, group: ChannelGroup) -> list[tuple[str, int, object]]:
+    """(activation name, channel axis, const member) for each consumer weight in the group."""
+    out = []
+    for m in group.members:
+        if m.kind != "const" or m.role != "in":
+            continue
+        n = m.dim[1]
+        node = proto.graph.node[n]
+        op = node.op_type
+        if op == "Conv" and m.dim[2] == 1:
+            out.append((node.input[0], 1, m))
+        elif op in ("LSTM", "GRU", "RNN") and m.dim[2] == 1:
+            out.append((node.input[0], 2, m))
+        elif op == "Gemm" and m.dim[2] == 1:
+            out.append((node.input[0], 0 if _attrs(node).get("transA", 0) else 1, m))
+        elif op == "MatMul" and m.dim[2] == 1:
+            out.append((node.input[0], -1, m))
+    return out
+
+
+def activation_importance(model: Model, analysis: GroupAnalysis, data, samples: int = 32,
+                          batch_size: int = 8) -> dict[int, np.ndarray]:
+    """Per group and channel: sum over consumers of sqrt(sum_p ||W[:, p]||^2 E[x_p^2]) over the
+    channel's positions p (the expected size of its contribution to each consumer's output)."""
+    from onnxprune.repair.capture import _session, capture_proto
+
+    proto = model.proto
+    read = _reader(model, proto)
+    wanted: dict[int, list] = {g.id: _consumer_inputs(proto, g) for g in analysis.groups if g.prunable}
+    names = sorted({x for lst in wanted.values() for x, _, _ in lst})
+    feeds = set()
+    sumsq: dict[tuple[str, int], np.ndarray] = {}
+    count: dict[tuple[str, int], int] = {}
+    if names and data is not None:
+        ds = data.subset(min(samples, len(data))) if samples else data
+        feeds = {s.name for s in ds.specs}
+        run = [x for x in names if x not in feeds]
+        sess = _session(capture_proto(model, run), model, None) if run else None
+        for feed in ds.batches(batch_size):
+            outs = dict(zip(run, sess.run(run, feed))) if sess else {}
+            outs.update({k: v for k, v in feed.items() if k in names})
+            for lst in wanted.values():
+                for x, axis, _ in lst:
+                    a = np.asarray(outs[x], dtype=np.float64)
+                    ax = axis % a.ndim
+                    key = (x, ax)
+                    s = (np.moveaxis(a, ax, 0).reshape(a.shape[ax], -1) ** 2)
+                    sumsq[key] = sumsq.get(key, 0) + s.sum(axis=1)
+                    count[key] = count.get(key, 0) + s.shape[1]
+    result = {}
+    for g in analysis.groups:
+        if not g.prunable:
+            continue
+        imp = np.zeros(g.channels)
+        got = False
+        for x, axis, m in wanted.get(g.id, []):
+            w = np.asarray(read(m.tensor), dtype=np.float64)
+            wsq = (np.moveaxis(w, m.axis, 0).reshape(m.size, -1) ** 2).sum(axis=1)
+            key = next(((x, a) for (xx, a) in sumsq if xx == x), None)
+            if key is None or len(sumsq[key]) != m.size:
+                continue
+            ex2 = sumsq[key] / max(count[key], 1)
+            imp += np.sqrt(np.bincount(m.channel_of, weights=wsq * ex2, minlength=g.channels))
+            got = True
+        result[g.id] = imp if got else l2_importance(g, read)
+    return result
+
+
+# ------------------------------------------------------------------------------------ allocation
+
+def round_keep(n: int, target: float, round_to: int) -> int:
+    """Kept channels: `target` rounded to a multiple of round_to, at least round_to, at most n."""
+    r = max(int(round_to), 1)
+    low = max(r, 2) if n >= 2 else n
+    if n <= low:
+        return n
+    k = int(np.floor(target / r + 0.5)) * r
+    return int(min(max(k, low), n))
+
+
+def allocate(analysis: GroupAnalysis, importance: dict[int, np.ndarray], sparsity: float, round_to: int = 8,
+             scope: str = "layer", skip_groups: set[int] | None = None) -> dict[int, np.ndarray]:
+    """Channels to remove per group id (sorted ids)."""
+    if not 0 <= sparsity < 1:
+        raise OptionError(f"sparsity {sparsity}: give a fraction of channels to remove in [0, 1)")
+    if scope not in SCOPES:
+        raise OptionError(f"scope {scope!r}: use one of {', '.join(SCOPES)}")
+    skip_groups = skip_groups or set()
+    segs = []  # (group, segment channel ids, importance)
+    for g in analysis.groups:
+        if not g.prunable or g.id in skip_groups:
+            continue
+        imp = importance[g.id]
+        for seg in g.segments:
+            if g.frozen[seg].any():
+                continue
+            segs.append((g, seg, imp[seg]))
+    removed: dict[int, list] = {}
+    if scope == "global":
+        normed = []
+        for g, seg, imp in segs:
+            mean = float(np.mean(importance[g.id][~g.frozen])) or 1.0
+            normed.append(imp / mean)
+        pooled = np.concatenate(normed) if normed else np.zeros(0)
+        k = int(round(sparsity * len(pooled)))
+        thr = np.sort(pooled)[k - 1] if k > 0 else -np.inf
+        for (g, seg, imp), nimp in zip(segs, normed):
+            target = float(np.count_nonzero(nimp > thr))
+            keep = round_keep(len(seg), target, round_to)
+            order = np.argsort(-imp, kind="stable")
+            removed.setdefault(g.id, []).extend(seg[order[keep:]].tolist())
+    else:
+        for g, seg, imp in segs:
+            keep = round_keep(len(seg), len(seg) * (1 - sparsity), round_to)
+            order = np.argsort(-imp, kind="stable")
+            removed.setdefault(g.id, []).extend(seg[order[keep:]].tolist())
+    return {gid: np.array(sorted(ch), dtype=np.int64) for gid, ch in removed.items() if ch}
+
+
+def keep_positions(analysis: GroupAnalysis, removed: dict[int, np.ndarray]) -> dict[Dim, np.ndarray]:
+    """Kept positions of every tensor axis that loses positions."""
+    keep = {}
+    for g in analysis.groups:
+        rem = removed.get(g.id)
+        if rem is None or not len(rem):
+            continue
+        for m in g.members:
+            mask = ~np.isin(m.channel_of, rem)
+            if not mask.all():
+                keep[m.dim] = np.flatnonzero(mask)
+    return keep
+
+
+# --------------------------------------------------------------------------------------- rewrite
+
+@dataclass
+class RewritePlan:
+    analysis: GroupAnalysis
+    removed: dict[int, np.ndarray]
+    keep: dict[Dim, np.ndarray]
+    renamed: dict[tuple[int, int], str] = field(default_factory=dict)  # (node, input) -> new constant name
+
+    def kept(self, d: Dim) -> int:
+        return len(self.keep[d]) if d in self.keep else self.analysis.sizes[d]
+
+
+def _tensor(array: np.ndarray, name: str, like: onnx.TensorProto | None = None) -> onnx.TensorProto:
+    t = onnx.numpy_helper.from_array(np.ascontiguousarray(array), name)
+    if like is not None and like.data_type != t.data_type:
+        t = onnx.helper.make_tensor(name, like.data_type, array.shape, np.ascontiguousarray(array).tobytes(), raw=True)
+    return t
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def _del_attr(node: onnx.NodeProto, name: str) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            return
+
+
+def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
+    """A new ModelProto with the plan applied (the model itself is not changed)."""
+    src = model.proto
+    proto = onnx.ModelProto()
+    proto.CopyFrom(src)
+    g = proto.graph
+    read = _reader(model, src)
+    consts = constant_values(g)
+    an = plan.analysis
+    slicing: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
+    for d, kept in plan.keep.items():
+        if d[0] == "c":
+            slicing.setdefault((d[1], d[2]), []).append((d[3], kept))
+    writes: dict[tuple[int, int], dict[int, int]] = {}
+
+    def write_elem(src_info, value: int, dims):
+        kind = src_info[0]
+        if kind != "const":
+            raise RewriteError(f"shape element {src_info[1] if len(src_info) > 1 else ''} cannot be rewritten", dims)
+        _, name, flat, n, i, old = src_info
+        if old == value:
+            return
+        w = writes.setdefault((n, i), {})
+        if w.get(flat, value) != value:
+            raise RewriteError(f"constant {name!r} element {flat} would need two values ({w[flat]} and {value})", dims)
+        w[flat] = value
+
+    for fx in an.fixups:
+        node = g.node[fx.node]
+        if not any(d in plan.keep for d in fx.dims if d is not None):
+            continue
+        if fx.kind == "conv_group":
+            _set_attr(node, "group", plan.kept(fx.dims[0]))
+        elif fx.kind == "rnn_hidden":
+            _set_attr(node, "hidden_size", plan.kept(fx.dims[0]))
+        elif fx.kind == "split":
+            sizes = [plan.kept(d) if d is not None else s for d, s in zip(fx.dims, fx.data["sizes"])]
+            _del_attr(node, "num_outputs")
+            opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+            if opset >= 13:
+                name = f"{node.output[0]}__split_sizes"
+                g.initializer.append(_tensor(np.array(sizes, dtype=np.int64), name))
+                while len(node.input) < 2:
+                    node.input.append("")
+                node.input[1] = name
+            else:
+                _set_attr(node, "split", sizes)
+        elif fx.kind == "slice":
+            d = fx.dims[0]
+            kept = plan.keep[d]
+            dt = fx.data
+            new_start = int(np.searchsorted(kept, dt["start"]))
+            new_end = int(np.searchsorted(kept, dt["end"]))
+            size = an.sizes[d]
+            orig_start, orig_end = dt["orig_start"], dt["orig_end"]
+            start_ok = orig_start == 0 or (orig_start < 0 and orig_start <= -size) or new_start == orig_start
+            end_ok = orig_end >= size or new_end == orig_end
+            if dt["src"] == "attr":
+                at = _attrs(node)
+                if not start_ok:
+                    starts = list(at["starts"]); starts[dt["k"]] = new_start; _set_attr(node, "starts", starts)
+                if not end_ok:
+                    ends = list(at["ends"]); ends[dt["k"]] = new_end; _set_attr(node, "ends", ends)
+            else:
+                if not start_ok:
+                    write_elem(dt["start_src"], new_start, [d])
+                if not end_ok:
+                    write_elem(dt["end_src"], new_end, [d])
+        elif fx.kind == "mean_scale":
+            kept_total = int(np.prod([plan.kept(d) for d in fx.dims]))
+            for m, j, op, c in fx.data["readers"]:
+                name = g.node[m].input[j]
+                value = 1.0 / kept_total if op == "Mul" else float(kept_total)
+                w = writes.setdefault((m, j), {})
+                if 0 in w and not np.isclose(w[0], value):
+                    raise RewriteError(f"constant {name!r} would need two values", fx.dims)
+                w[0] = value
+        elif fx.kind == "shape_vector":
+            d = fx.dims[0]
+            srci = fx.data["src"]
+            if srci[0] == "dynamic":
+                continue
+            if srci[0] == "const" and (srci[5] in (-1, 0) and node.op_type == "Reshape"
+                                       or srci[5] == 1 and node.op_type == "Expand"):
+                continue
+            write_elem(srci, plan.kept(d), [d])
+    # constants: one new array per modified use
+    uses: dict[str, list[tuple[int, int]]] = {}
+    for n, node in enumerate(g.node):
+        for i, name in enumerate(node.input):
+            if name in consts:
+                uses.setdefault(name, []).append((n, i))
+    outer = {o.name for o in g.output}
+    for n, node in enumerate(g.node):
+        for a in node.attribute:
+            if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                from onnxprune.analyze.groups import _subgraph_refs
+                outer |= _subgraph_refs(node)
+    modified = set(slicing) | set(writes)
+    by_name: dict[str, dict[tuple[int, int], np.ndarray]] = {}
+    for (n, i) in modified:
+        name = g.node[n].input[i]
+        arr = np.asarray(read(name))
+        for axis, kept in sorted(slicing.get((n, i), []), key=lambda t: t[0]):
+            arr = np.take(arr, kept, axis=axis)
+        if (n, i) in writes:
+            arr = np.array(arr)
+            flat = arr.reshape(-1)
+            for k, v in writes[(n, i)].items():
+                flat[k] = v
+        by_name.setdefault(name, {})[(n, i)] = arr
+    init_index = {t.name: k for k, t in enumerate(g.initializer)}
+    removed_consts = []
+    for name, per_use in by_name.items():
+        all_uses = uses.get(name, [])
+        arrays = list(per_use.values())
+        same = all(a.shape == arrays[0].shape and np.array_equal(a, arrays[0]) for a in arrays[1:])
+        kind, obj = consts[name]
+        like = obj if kind == "initializer" else None
+        if same and len(per_use) == len(all_uses) and name not in outer:
+            new = _tensor(arrays[0], name, like)
+            if kind == "initializer":
+                g.initializer[init_index[name]].CopyFrom(new)
+            else:
+                cn = g.node[obj[0]]
+                del cn.attribute[:]
+                cn.attribute.append(onnx.helper.make_attribute("value", new))
+            continue
+        for k, ((n, i), arr) in enumerate(per_use.items()):
+            new_name = f"{name}__pruned{k}" if len(per_use) > 1 else f"{name}__pruned"
+            while new_name in consts or new_name in init_index:
+                new_name += "_"
+            g.initializer.append(_tensor(arr, new_name, like))
+            g.node[n].input[i] = new_name
+            plan.renamed[(n, i)] = new_name
+        if len(per_use) == len(all_uses) and name not in outer:
+            removed_consts.append(name)
+    for name in removed_consts:
+        kind, obj = consts[name]
+        if kind == "initializer":
+            for k, t in enumerate(g.initializer):
+                if t.name == name:
+                    del g.initializer[k]
+                    break
+    # Constant nodes left without readers are harmless (onnxruntime drops them)
+    for vi in g.input:  # initializers also listed as inputs (old IR): keep their declared shapes right
+        if vi.name in init_index or any(t.name == vi.name for t in g.initializer):
+            t = next((t for t in g.initializer if t.name == vi.name), None)
+            if t is not None and vi.type.tensor_type.HasField("shape"):
+                vi.type.tensor_type.shape.Clear()
+                for dim in t.dims:
+                    vi.type.tensor_type.shape.dim.add().dim_value = dim
+    del g.value_info[:]
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:  # inference is an aid, not a requirement: the onnxruntime run below decides
+        pass
+    return proto
+
+
+def predicted_shapes(plan: RewritePlan) -> dict[str, tuple[int, ...]]:
+    shapes = dict(plan.analysis.shapes)
+    for d, kept in plan.keep.items():
+        if d[0] == "v" and d[1] in shapes:
+            s = list(shapes[d[1]])
+            s[d[2]] = len(kept)
+            shapes[d[1]] = tuple(s)
+    return shapes
+
+
+def verify(model: Model, proto: onnx.ModelProto, plan: RewritePlan, feed: dict) -> tuple[dict, list[tuple[str, tuple, tuple]]]:
+    """Run the rewritten model once; returns (its shapes, [(tensor, expected, got)] mismatches)."""
+    import onnxruntime as ort
+
+    try:
+        shapes, _ = tensor_shapes(proto, feed, str(model.base_dir))
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+            ort.capi.onnxruntime_pybind11_state.RuntimeException, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
+        raise RewriteError(f"the rewritten model does not run in onnxruntime: {str(e).splitlines()[0][:300]}") from e
+    want = predicted_shapes(plan)
+    bad = [(k, want[k], v) for k, v in shapes.items() if k in want and tuple(want[k]) != tuple(v)]
+    return shapes, bad
+
+
+# --------------------------------------------------------------------------------------- reinit
+
+def reinit_weights(proto: onnx.ModelProto, seed: int = 0) -> list[str]:
+    """Fresh weights for every layer: He-normal Conv/ConvTranspose/Gemm/MatMul weights (std sqrt(2/fan_in)),
+    zero biases, BatchNormalization scale 1 / bias 0 / mean 0 / var 1, LSTM/GRU/RNN weights uniform in
+    +-1/sqrt(hidden) (the PyTorch default), zero RNN biases. Returns the tensors rewritten."""
+    rng = np.random.default_rng(seed)
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    done = []
+
+    def put(name, arr):
+        t = inits.get(name)
+        if t is None or name in done:
+            return
+        t.CopyFrom(_tensor(arr.astype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)), name, t))
+        done.append(name)
+
+    def shape(name):
+        return tuple(inits[name].dims) if name in inits else None
+
+    for node in g.node:
+        op, ins = node.op_type, list(node.input)
+        at = _attrs(node)
+        if op in ("Conv", "ConvTranspose") and shape(ins[1]):
+            w = shape(ins[1])
+            fan_in = int(np.prod(w[1:])) if op == "Conv" else int(w[0] // max(at.get("group", 1), 1) * np.prod(w[2:]))
+            put(ins[1], rng.standard_normal(w) * np.sqrt(2.0 / max(fan_in, 1)))
+            if len(ins) > 2 and shape(ins[2]):
+                put(ins[2], np.zeros(shape(ins[2])))
+        elif op == "Gemm" and len(ins) > 1 and shape(ins[1]):
+            w = shape(ins[1])
+            fan_in = w[1] if at.get("transB", 0) else w[0]
+            put(ins[1], rng.standard_normal(w) * np.sqrt(2.0 / max(fan_in, 1)))
+            if len(ins) > 2 and shape(ins[2]):
+                put(ins[2], np.zeros(shape(ins[2])))
+        elif op == "MatMul" and shape(ins[1]) and len(shape(ins[1])) >= 2:
+            w = shape(ins[1])
+            put(ins[1], rng.standard_normal(w) * np.sqrt(2.0 / max(w[-2], 1)))
+        elif op == "BatchNormalization":
+            for i, v in ((1, 1.0), (2, 0.0), (3, 0.0), (4, 1.0)):
+                if shape(ins[i]):
+                    put(ins[i], np.full(shape(ins[i]), v))
+        elif op in ("LSTM", "GRU", "RNN"):
+            h = int(at.get("hidden_size", 1))
+            for i in (1, 2):
+                if shape(ins[i]):
+                    put(ins[i], rng.uniform(-1, 1, shape(ins[i])) / np.sqrt(h))
+            if len(ins) > 3 and shape(ins[3]):
+                put(ins[3], np.zeros(shape(ins[3])))
+    return done
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+@dataclass
+class StructuredResult:
+    proto: onnx.ModelProto
+    plan: RewritePlan
+    report: dict
+
+
+def _group_row(g: ChannelGroup, removed: np.ndarray | None) -> dict:
+    after = g.channels - (len(removed) if removed is not None else 0)
+    return {"group": g.id, "name": g.name(), "channels_before": g.channels, "channels_after": after,
+            "segments_before": [len(s) for s in g.segments],
+            "segments_after": [len(s) - (int(np.isin(s, removed).sum()) if removed is not None else 0)
+                               for s in g.segments],
+            "frozen": bool(g.frozen.all()), "frozen_channels": int(g.frozen.sum()), "reasons": g.reasons,
+            "producers": g.producers, "consumers": g.consumers}
+
+
+def prune_channels(model: Model, sparsity: float, *, round_to: int = 8, scope: str = "layer",
+                   criterion: str = "l2", data=None, repair: str = "none", reinit: bool = False, seed: int = 0,
+                   skip: list[str] | tuple = (), calib_samples: int | None = 32, prefer: str = "inner",
+                   feed: dict | None = None, max_retries: int = 4) -> StructuredResult:
+    """Plan and apply channel pruning to `model` (not modified: the result holds the new proto)."""
+    if criterion not in CRITERIA:
+        raise OptionError(f"criterion {criterion!r} for channel pruning: use one of {', '.join(CRITERIA)}")
+    if repair not in ("none", "lstsq"):
+        raise OptionError(f"repair {repair!r} for channel pruning: use none or lstsq")
+    if (repair != "none" or criterion == "activation") and data is None:
+        raise OptionError("channel pruning with repair or the activation criterion needs calibration data (--data)")
+    if repair != "none" and reinit:
+        raise OptionError("reinit starts from fresh weights: repair would be thrown away; choose one")
+    if round_to < 1:
+        raise OptionError(f"round_to {round_to}: give a multiple >= 1")
+    feed = feed if feed is not None else sample_feed(model.proto, data)
+    analysis = analyze_groups(model.proto, feed, base_dir=str(model.base_dir), prefer=prefer)
+    read = _reader(model, model.proto)
+    if criterion == "activation":
+        importance = activation_importance(model, analysis, data, samples=calib_samples or 32)
+    else:
+        importance = {g.id: l2_importance(g, read) for g in analysis.groups if g.prunable}
+    skip_groups = {g.id for g in analysis.groups
+                   if any(fnmatch.fnmatch(p, pat) for p in g.producers for pat in skip)}
+    forced: dict[int, str] = {}
+    notes = list(analysis.notes)
+    for attempt in range(max_retries + 1):
+        removed = allocate(analysis, importance, sparsity, round_to, scope, skip_groups | set(forced))
+        keep = keep_positions(analysis, removed)
+        plan = RewritePlan(analysis, removed, keep)
+        try:
+            proto = rewrite(model, plan)
+            new_shapes, bad = verify(model, proto, plan, feed)
+            if not bad:
+                break
+            dims = [("v", name, a) for name, want, got in bad for a in range(min(len(want), len(got)))
+                    if want[a] != got[a]]
+            err = RewriteError(f"tensor {bad[0][0]!r} has shape {bad[0][2]} where {bad[0][1]} was planned", dims)
+        except RewriteError as e:
+            err = e
+        culprits = {g.id for g in analysis.groups if g.id in removed and
+                    (not err.dims or any(m.dim in err.dims for m in g.members))}
+        if not culprits:
+            culprits = set(removed)  # cannot tell which group: freeze all that were pruned
+        for gid in culprits:
+            forced[gid] = f"rewrite check failed: {err}"
+        notes.append(f"attempt {attempt + 1}: {err}; froze group(s) {sorted(culprits)} and retried")
+    else:
+        raise OnnxPruneError(f"channel pruning could not produce a consistent model: {err}")
+    for gid, why in forced.items():
+        g = analysis.groups[gid]
+        g.frozen[:] = True
+        g.reasons.append(why)
+    for gid in skip_groups:
+        analysis.groups[gid].reasons.append("skipped by --skip")
+    repair_report = None
+    if repair == "lstsq":
+        from onnxprune.repair.structured_repair import lstsq_repair
+
+        repair_report = lstsq_repair(model, proto, plan, data, samples=calib_samples)
+    if reinit:
+        notes.append(f"reinit: {len(reinit_weights(proto, seed))} weight tensors freshly initialised (seed {seed})")
+    onnx.checker.check_model(proto, full_check=False)
+    macs_before = model_macs(model.proto, analysis.shapes)
+    macs_after = model_macs(proto, new_shapes)
+    params_before, params_after = model_params(model.proto), model_params(proto)
+    rows = [_group_row(g, removed.get(g.id)) for g in analysis.groups]
+    report = {
+        "sparsity": sparsity, "round_to": round_to, "scope": scope, "criterion": criterion,
+        "repair": repair, "reinit": reinit,
+        "groups": rows,
+        "frozen_groups": [{"group": r["group"], "name": r["name"], "channels": r["channels_before"],
+                           "reasons": r["reasons"]} for r in rows if r["frozen"]],
+        "channels_before": int(sum(r["channels_before"] for r in rows)),
+        "channels_after": int(sum(r["channels_after"] for r in rows)),
+        "params_before": params_before, "params_after": params_after,
+        "params_ratio": params_after / max(params_before, 1),
+        "macs_before": int(sum(macs_before.values())), "macs_after": int(sum(macs_after.values())),
+        "macs_ratio": sum(macs_after.values()) / max(sum(macs_before.values()), 1),
+        "macs_per_layer": {k: [v, macs_after.get(k, 0)] for k, v in macs_before.items()},
+        "input_shapes": {k: list(np.shape(v)) for k, v in feed.items()},
+        "repair_report": repair_report,
+        "notes": notes,
+    }
+    return StructuredResult(proto, plan, report)
+
+
+def render(report: dict, top: int | None = None) -> str:
+    """Terminal table: per group channels before -> after, frozen reasons, totals."""
+    from onnxprune.report import table
+
+    rows = []
+    for r in report["groups"][:top]:
+        rows.append([r["group"], r["name"][:48], r["channels_before"], r["channels_after"],
+                     "frozen: " + "; ".join(r["reasons"])[:90] if r["frozen"] else
+                     ("partly frozen" if r["frozen_channels"] else "")])
+    lines = [table(["group", "producers", "before", "after", "note"], rows, right_align=False), ""]
+    lines.append(f"channels {report['channels_before']} -> {report['channels_after']}; "
+                 f"params {report['params_before']} -> {report['params_after']} ({report['params_ratio']:.3f}x); "
+                 f"MACs {report['macs_before']} -> {report['macs_after']} ({report['macs_ratio']:.3f}x) "
+                 f"at input {report['input_shapes']}")
+    return "\n".join(lines)
+
+
+class ChannelPrunePass(Pass):
+    """Structured pruning as a structural pass: remove `sparsity` of the prunable channels.
+
+    Reads calibration data from ctx.data (the first batch also gives the shapes; without data a
+    synthetic feed is used). The full report is in ctx.state["channel_prune"]."""
+
+    name = "channel-prune"
+    structural = True
+
+    def __init__(self, sparsity: float = 0.5, round_to: int = 8, scope: str = "layer", criterion: str = "l2",
+                 repair: str = "none", reinit: bool = False, seed: int = 0, skip: list[str] | tuple = (),
+                 calib_samples: int | None = 32, prefer: str = "inner"):
+        self.sparsity = float(sparsity)
+        self.round_to = int(round_to)
+        self.scope = scope
+        self.criterion = criterion
+        self.repair = repair
+        self.reinit = bool(reinit)
+        self.seed = int(seed)
+        self.skip = list(skip)
+        self.calib_samples = calib_samples
+        self.prefer = prefer
+        if scope not in SCOPES:
+            raise OptionError(f"scope {scope!r}: use one of {', '.join(SCOPES)}")
+        if criterion not in CRITERIA:
+            raise OptionError(f"criterion {criterion!r} for channel pruning: use one of {', '.join(CRITERIA)}")
+        if not 0 <= self.sparsity < 1:
+            raise OptionError(f"sparsity {sparsity}: give a fraction of channels to remove in [0, 1)")
+
+    def call(self, model: Model, ctx: Context) -> PassResult:
+        res = prune_channels(model, self.sparsity, round_to=self.round_to, scope=self.scope,
+                             criterion=self.criterion, data=ctx.data, repair=self.repair, reinit=self.reinit,
+                             seed=self.seed, skip=self.skip, calib_samples=self.calib_samples, prefer=self.prefer)
+        before = {t.name: tuple(t.dims) for t in model.proto.graph.initializer}
+        after = {t.name: tuple(t.dims) for t in res.proto.graph.initializer}
+        changed = {k: {"shape_before": list(v), "shape_after": list(after[k])}
+                   for k, v in before.items() if k in after and after[k] != v}
+        for k in after:
+            if k not in before:
+                changed[k] = {"shape_before": None, "shape_after": list(after[k]), "note": "new (cloned or added)"}
+        modified = bool(res.plan.removed) or self.reinit
+        if modified:
+            model.replace_proto(res.proto)
+            for key in [k for k in ctx.masks.keys() if k in changed]:
+                ctx.masks.entries.pop(key, None)  # masks of reshaped weights no longer apply
+        ctx.state["channel_prune"] = res.report
+        notes = [f"channels {res.report['channels_before']} -> {res.report['channels_after']}, params x"
+                 f"{res.report['params_ratio']:.3f}, MACs x{res.report['macs_ratio']:.3f}"]
+        notes += [f"frozen group {f['name']} ({f['channels']} ch): {'; '.join(f['reasons'])}"
+                  for f in res.report["frozen_groups"]]
+        notes += res.report["notes"]
+        return PassResult(self.name, modified, changed, notes)

@@ -1,0 +1,501 @@
+"""Structured (channel) pruning: dependency groups, the rewrite, repair and reinit.
+
+Every pruned model must run in onnxruntime with the original input/output signature, keep channel
+counts at multiples of round_to, and, when the removed channels are exactly zero everywhere (their
+weights, biases, norm parameters and the consumers' columns), give the same outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.analyze.groups import analyze_groups
+from onnxprune.check.data import Dataset
+from onnxprune.check.parity import compare
+from onnxprune.model import Model
+from onnxprune.pipeline import Context, Pipeline
+from onnxprune.prune.structured import ChannelPrunePass, allocate, prune_channels, round_keep
+
+F = TensorProto.FLOAT
+
+
+# --------------------------------------------------------------------------------------- builders
+
+class G:
+    """A tiny graph builder: weights are seeded normal, names unique."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits, self.k = [], [], 0
+
+    def name(self, p):
+        self.k += 1
+        return f"{p}{self.k}"
+
+    def const(self, arr, p="c"):
+        n = self.name(p)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), n))
+        return n
+
+    def w(self, shape, scale=0.5):
+        return self.const((self.rng.standard_normal(shape) * scale).astype(np.float32), "w")
+
+    def op(self, op, inputs, n_out=1, **attrs):
+        outs = [self.name(op.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(op), **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def conv(self, x, cin, cout, k=3, group=1, bias=True):
+        ins = [x, self.w((cout, cin // group, k, k))] + ([self.w((cout,), 0.1)] if bias else [])
+        return self.op("Conv", ins, pads=[k // 2] * 4, group=group)
+
+    def bn(self, x, c):
+        return self.op("BatchNormalization", [x, self.const(self.rng.uniform(0.5, 1.5, c).astype(np.float32)),
+                                              self.w((c,), 0.1), self.w((c,), 0.1),
+                                              self.const(self.rng.uniform(0.5, 1.5, c).astype(np.float32))])
+
+    def gemm(self, x, k, n):
+        return self.op("Gemm", [x, self.w((n, k), 0.3), self.w((n,), 0.1)], transB=1)
+
+    def model(self, inputs, outputs, opset=17):
+        g = helper.make_graph(self.nodes, "g", inputs, outputs, self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+        m.ir_version = 8
+        onnx.checker.check_model(m, full_check=True)
+        return m
+
+
+def vi(name, shape):
+    return helper.make_tensor_value_info(name, F, shape)
+
+
+def mlp() -> onnx.ModelProto:
+    g = G(1)
+    h = g.op("Relu", [g.op("Add", [g.op("MatMul", ["x", g.w((20, 32))]), g.w((32,), 0.1)])])
+    h = g.op("Relu", [g.gemm(h, 32, 24)])
+    h = g.op("MatMul", [h, g.w((24, 16))])
+    g.op("Gemm", [h, g.w((16, 5)), g.w((5,))])
+    g.nodes[-1].output[0] = "y"
+    return g.model([vi("x", ["N", 20])], [vi("y", ["N", 5])])
+
+
+def resnet_block() -> onnx.ModelProto:
+    """Conv-BN-Relu stem, a residual block (Conv-BN-Relu-Conv-BN + identity, Relu), pooled Gemm head."""
+    g = G(2)
+    s = g.op("Relu", [g.bn(g.conv("x", 3, 16), 16)])
+    h = g.op("Relu", [g.bn(g.conv(s, 16, 24), 24)])
+    h = g.bn(g.conv(h, 24, 16), 16)
+    r = g.op("Relu", [g.op("Add", [h, s])])
+    p = g.op("Flatten", [g.op("GlobalAveragePool", [r])])
+    g.nodes.append(helper.make_node("Gemm", [p, g.w((4, 16)), g.w((4,))], ["y"], transB=1, name="head"))
+    return g.model([vi("x", [1, 3, 8, 8])], [vi("y", [1, 4])])
+
+
+def concat_net() -> onnx.ModelProto:
+    g = G(3)
+    a = g.op("Relu", [g.conv("x", 3, 16)])
+    b = g.op("Relu", [g.conv("x", 3, 24, k=1)])
+    c = g.op("Concat", [a, b], axis=1)
+    d = g.op("Relu", [g.conv(c, 40, 16)])
+    g.nodes.append(helper.make_node("Conv", [d, g.w((2, 16, 1, 1))], ["y"], name="out"))
+    return g.model([vi("x", [1, 3, 6, 6])], [vi("y", [1, 2, 6, 6])])
+
+
+def depthwise_net() -> onnx.ModelProto:
+    g = G(4)
+    a = g.op("Clip", [g.conv("x", 3, 32, k=1), g.const(np.array(0, np.float32)), g.const(np.array(6, np.float32))])
+    b = g.op("HardSwish", [g.bn(g.conv(a, 32, 32, k=3, group=32), 32)])
+    c = g.conv(b, 32, 16, k=1)
+    g.nodes.append(helper.make_node("Conv", [c, g.w((3, 16, 1, 1))], ["y"], name="out"))
+    return g.model([vi("x", [1, 3, 8, 8])], [vi("y", [1, 3, 8, 8])])
+
+
+def flatten_gemm() -> onnx.ModelProto:
+    g = G(5)
+    a = g.op("MaxPool", [g.op("Relu", [g.conv("x", 1, 16)])], kernel_shape=[2, 2], strides=[2, 2])
+    f = g.op("Flatten", [a], axis=1)  # 16 x 4 x 4 -> 256 columns, channel c -> c*16 .. c*16+15
+    h = g.op("Relu", [g.gemm(f, 256, 32)])
+    g.nodes.append(helper.make_node("Gemm", [h, g.w((3, 32)), g.w((3,))], ["y"], transB=1, name="out"))
+    return g.model([vi("x", ["N", 1, 8, 8])], [vi("y", ["N", 3])])
+
+
+def channels_last() -> onnx.ModelProto:
+    """tf2onnx style: NHWC input transposed for Conv, back to NHWC for a MatMul over channels, then a
+    Reshape with a constant target [N, H*W*C] into a Gemm (channel c at columns s*C + c)."""
+    g = G(6)
+    t = g.op("Transpose", ["x"], perm=[0, 3, 1, 2])
+    c = g.op("Relu", [g.conv(t, 3, 16)])
+    nhwc = g.op("Transpose", [c], perm=[0, 2, 3, 1])  # [1, 4, 4, 16]
+    m = g.op("Relu", [g.op("Add", [g.op("MatMul", [nhwc, g.w((16, 24))]), g.w((24,), 0.1)])])  # [1, 4, 4, 24]
+    r = g.op("Reshape", [m, g.const(np.array([1, 4 * 4 * 24], np.int64), "shape")])
+    g.nodes.append(helper.make_node("Gemm", [r, g.w((2, 384), 0.1), g.w((2,))], ["y"], transB=1, name="out"))
+    return g.model([vi("x", [1, 4, 4, 3])], [vi("y", [1, 2])])
+
+
+def split_slice_net() -> onnx.ModelProto:
+    g = G(7)
+    a = g.op("Relu", [g.conv("x", 3, 32, k=1)])
+    s1, s2 = g.op("Split", [a, g.const(np.array([16, 16], np.int64))], n_out=2, axis=1)
+    b = g.op("Relu", [g.conv(s1, 16, 16, k=1)])
+    sl = g.op("Slice", [s2, g.const(np.array([0], np.int64)), g.const(np.array([8], np.int64)),
+                        g.const(np.array([1], np.int64))])
+    c = g.op("Concat", [b, sl, s2], axis=1)  # 16 + 8 + 16
+    g.nodes.append(helper.make_node("Conv", [c, g.w((2, 40, 1, 1))], ["y"], name="out"))
+    return g.model([vi("x", [1, 3, 5, 5])], [vi("y", [1, 2, 5, 5])])
+
+
+def lstm_net() -> onnx.ModelProto:
+    g = G(8)
+    h = 16
+    x = g.op("Relu", [g.op("MatMul", ["x", g.w((6, 24))])])  # [T, B, 24]
+    y, _, _ = g.op("LSTM", [x, g.w((2, 4 * h, 24), 0.2), g.w((2, 4 * h, h), 0.2), g.w((2, 8 * h), 0.1)],
+                   n_out=3, hidden_size=h, direction="bidirectional")
+    t = g.op("Transpose", [y], perm=[0, 2, 1, 3])  # [T, B, 2, H]
+    r = g.op("Reshape", [t, g.const(np.array([0, 0, -1], np.int64))])
+    g.nodes.append(helper.make_node("MatMul", [r, g.w((2 * h, 5))], ["y"], name="out"))
+    return g.model([vi("x", [7, 2, 6])], [vi("y", [7, 2, 5])])
+
+
+def gru_net() -> onnx.ModelProto:
+    g = G(12)
+    h = 24
+    x = g.op("Tanh", [g.op("MatMul", ["x", g.w((6, 16))])])  # [T, B, 16]
+    y, _ = g.op("GRU", [x, g.w((1, 3 * h, 16), 0.2), g.w((1, 3 * h, h), 0.2), g.w((1, 6 * h), 0.1)],
+                n_out=2, hidden_size=h, linear_before_reset=1)
+    s = g.op("Squeeze", [y, g.const(np.array([1], np.int64))])  # [T, B, H]
+    g.nodes.append(helper.make_node("MatMul", [s, g.w((h, 3))], ["y"], name="out"))
+    return g.model([vi("x", [4, 2, 6])], [vi("y", [4, 2, 3])])
+
+
+def blocked_net() -> onnx.ModelProto:
+    g = G(9)
+    a = g.conv("x", 3, 16, k=1)
+    sm = g.op("Softmax", [a], axis=1)  # normalises over the channels: the group freezes
+    b = g.conv(sm, 16, 16, k=3, group=4)  # grouped conv: its input and output channels freeze
+    c = g.op("Relu", [g.conv(b, 16, 16, k=1)])  # free group
+    g.nodes.append(helper.make_node("Conv", [c, g.w((2, 16, 1, 1))], ["y"], name="out"))
+    return g.model([vi("x", [1, 3, 4, 4])], [vi("y", [1, 2, 4, 4])])
+
+
+def pad_resize_net() -> onnx.ModelProto:
+    g = G(10)
+    a = g.op("LeakyRelu", [g.conv("x", 3, 16)], alpha=0.1)
+    p = g.op("Pad", [a, g.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))])
+    r = g.op("Resize", [p, "", g.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    m = g.op("Mul", [g.op("Sigmoid", [r]), g.const(np.array(2.0, np.float32))])
+    g.nodes.append(helper.make_node("Conv", [m, g.w((2, 16, 1, 1))], ["y"], name="out"))
+    return g.model([vi("x", [1, 3, 4, 4])], [vi("y", [1, 2, 12, 12])])
+
+
+def attention_block(d: int = 32, heads: int = 4, ff: int = 64) -> onnx.ModelProto:
+    """x + MHA(x) with Q/K/V/out projections (reshape to heads x head_dim), then x + FFN(x) (MatMul,
+    Gelu-like Tanh, MatMul); the residual stream comes from the graph input, so only the head dims
+    and the FFN hidden units are prunable."""
+    g = G(11)
+    dh = d // heads
+    split = g.const(np.array([0, 0, heads, dh], np.int64), "split")
+    merge = g.const(np.array([0, 0, d], np.int64), "merge")
+
+    def proj(x):
+        return g.op("Add", [g.op("MatMul", [x, g.w((d, d), 0.2)]), g.w((d,), 0.1)])
+
+    def heads_of(t, perm):
+        return g.op("Transpose", [g.op("Reshape", [t, split])], perm=perm)
+
+    q = heads_of(proj("x"), [0, 2, 1, 3])
+    k = heads_of(proj("x"), [0, 2, 3, 1])
+    v = heads_of(proj("x"), [0, 2, 1, 3])
+    s = g.op("Softmax", [g.op("Mul", [g.op("MatMul", [q, k]), g.const(np.array(1 / np.sqrt(dh), np.float32))])], axis=-1)
+    o = g.op("Reshape", [g.op("Transpose", [g.op("MatMul", [s, v])], perm=[0, 2, 1, 3]), merge])
+    h = g.op("Add", ["x", proj(o)])
+    f = g.op("Tanh", [g.op("MatMul", [h, g.w((d, ff), 0.2)])])
+    g.nodes.append(helper.make_node("Add", [h, g.op("MatMul", [f, g.w((ff, d), 0.2)])], ["y"], name="res2"))
+    return g.model([vi("x", [2, 5, d])], [vi("y", [2, 5, d])])
+
+
+BUILDERS = {"mlp": mlp, "resnet": resnet_block, "concat": concat_net, "depthwise": depthwise_net,
+            "flatten_gemm": flatten_gemm, "channels_last": channels_last, "split_slice": split_slice_net,
+            "lstm": lstm_net, "gru": gru_net, "pad_resize": pad_resize_net}
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+def feed_for(proto: onnx.ModelProto, n: int = 2, seed: int = 0) -> dict:
+    r = np.random.default_rng(seed)
+    out = {}
+    for i in proto.graph.input:
+        shape = [d.dim_value if d.dim_value else n for d in i.type.tensor_type.shape.dim]
+        out[i.name] = r.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def run(proto: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def signature(proto: onnx.ModelProto):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ([(i.name, i.type, i.shape) for i in s.get_inputs()], [(o.name, o.type, o.shape) for o in s.get_outputs()])
+
+
+def zero_channels(proto: onnx.ModelProto, group, channels) -> onnx.ModelProto:
+    """A copy in which `channels` of `group` are exactly zero everywhere (BN var 1 so they stay finite)."""
+    p = onnx.ModelProto()
+    p.CopyFrom(proto)
+    inits = {t.name: t for t in p.graph.initializer}
+    for m in group.members:
+        if m.kind != "const":
+            continue
+        t = inits[m.tensor]
+        a = numpy_helper.to_array(t).copy()
+        pos = m.positions(channels)
+        idx = [slice(None)] * a.ndim
+        idx[m.axis] = pos
+        node = p.graph.node[m.dim[1]]
+        a[tuple(idx)] = 1.0 if node.op_type == "BatchNormalization" and m.dim[2] == 4 else 0.0
+        t.CopyFrom(numpy_helper.from_array(a, t.name))
+    return p
+
+
+def kept_counts(res) -> dict:
+    return {r["group"]: r for r in res.report["groups"]}
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_prune_runs_with_same_signature_and_multiples(name):
+    proto = BUILDERS[name]()
+    model = Model(proto)
+    feed = feed_for(proto)
+    res = prune_channels(model, 0.5, round_to=8, feed=feed)
+    assert res.plan.removed, f"{name}: nothing was pruned"
+    onnx.checker.check_model(res.proto, full_check=True)
+    assert signature(res.proto) == signature(proto)
+    out = run(res.proto, feed)
+    assert [o.shape for o in out] == [o.shape for o in run(proto, feed)]
+    for r in res.report["groups"]:
+        for before, after in zip(r["segments_before"], r["segments_after"]):
+            assert after == before or (after % 8 == 0 and after >= 8), (name, r)
+    assert res.report["macs_after"] < res.report["macs_before"]
+    assert res.report["params_after"] < res.report["params_before"]
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_removing_zero_channels_is_exact(name):
+    proto = BUILDERS[name]()
+    feed = feed_for(proto)
+    analysis = analyze_groups(proto, feed)
+    zeroed = proto
+    expect = {}
+    for g in analysis.prunable:
+        for seg in g.segments:
+            if len(seg) >= 16 and not g.frozen[seg].any():
+                n_drop = len(seg) - round_keep(len(seg), len(seg) * 0.5, 8)  # what 50% removes after rounding
+                drop = seg[1::2][:n_drop]  # every other channel
+                zeroed = zero_channels(zeroed, g, drop)
+                expect.setdefault(g.id, []).extend(drop.tolist())
+    assert expect
+    res = prune_channels(Model(zeroed), 0.5, round_to=8, feed=feed)
+    for gid, chans in expect.items():
+        assert sorted(res.plan.removed[gid].tolist()) == sorted(chans), (name, gid)
+    for a, b in zip(run(zeroed, feed), run(res.proto, feed)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_groups_couple_residual_concat_flatten_transpose():
+    a = analyze_groups(resnet_block(), feed_for(resnet_block()))
+    res = [g for g in a.groups if len([p for p in g.producers]) == 2]
+    assert len(res) == 1 and res[0].channels == 16  # stem conv and block's second conv, through the Add
+    ops = {(m.op, m.role) for m in res[0].members if m.kind == "const"}
+    assert ("BatchNormalization", "norm") in ops and ("Gemm", "in") in ops
+
+    c = analyze_groups(concat_net(), feed_for(concat_net()))
+    g = next(g for g in c.groups if g.channels == 40)
+    assert sorted(len(s) for s in g.segments) == [16, 24]  # two segments: each branch keeps its own count
+
+    f = analyze_groups(flatten_gemm(), feed_for(flatten_gemm()))
+    g = next(g for g in f.groups if g.channels == 16)
+    gemm_in = next(m for m in g.members if m.op == "Gemm" and m.kind == "const" and m.role == "in")
+    assert gemm_in.size == 256 and (np.bincount(gemm_in.channel_of) == 16).all()
+    assert (gemm_in.channel_of == np.repeat(np.arange(16), 16)).all()  # channel c -> columns c*16..c*16+15
+
+    t = analyze_groups(channels_last(), feed_for(channels_last()))
+    g = next(g for g in t.groups if g.channels == 24)
+    gemm_in = next(m for m in g.members if m.op == "Gemm" and m.kind == "const")
+    assert (gemm_in.channel_of == np.tile(np.arange(24), 16)).all()  # NHWC flatten: column s*24 + c
+
+
+def test_depthwise_group_attribute_and_lstm_hidden_size():
+    res = prune_channels(Model(depthwise_net()), 0.5, feed=feed_for(depthwise_net()))
+    dw = next(n for n in res.proto.graph.node if n.op_type == "Conv" and
+              any(a.name == "group" and a.i > 1 for a in n.attribute))
+    group = next(a.i for a in dw.attribute if a.name == "group")
+    w = next(t for t in res.proto.graph.initializer if t.name == dw.input[1])
+    assert group == 16 and tuple(w.dims) == (16, 1, 3, 3)
+
+    res = prune_channels(Model(lstm_net()), 0.5, feed=feed_for(lstm_net()))
+    lstm = next(n for n in res.proto.graph.node if n.op_type == "LSTM")
+    assert next(a.i for a in lstm.attribute if a.name == "hidden_size") == 8
+    dims = {t.name: tuple(t.dims) for t in res.proto.graph.initializer}
+    assert dims[lstm.input[1]] == (2, 32, 16) and dims[lstm.input[2]] == (2, 32, 8) and dims[lstm.input[3]] == (2, 64)
+
+
+def test_reshape_constant_target_rewritten():
+    proto = channels_last()
+    res = prune_channels(Model(proto), 0.5, feed=feed_for(proto))
+    r = next(n for n in res.proto.graph.node if n.op_type == "Reshape")
+    target = next(numpy_helper.to_array(t) for t in res.proto.graph.initializer if t.name == r.input[1])
+    assert target.tolist() == [1, 16 * 16]  # 24 channels -> 16, times 4x4 positions
+
+
+def test_frozen_groups_with_reasons():
+    proto = blocked_net()
+    res = prune_channels(Model(proto), 0.5, feed=feed_for(proto))
+    frozen = res.report["frozen_groups"]
+    reasons = " | ".join(r for f in frozen for r in f["reasons"])
+    assert "Softmax" in reasons and "grouped convolution" in reasons
+    assert "graph output 'y' keeps its shape" in reasons
+    free = [r for r in res.report["groups"] if not r["frozen"]]
+    assert free and all(r["channels_after"] == 8 for r in free)
+    assert signature(res.proto) == signature(proto)
+
+
+def test_round_keep_and_global_allocation():
+    assert round_keep(64, 32, 8) == 32 and round_keep(64, 3, 8) == 8 and round_keep(8, 2, 8) == 8
+    assert round_keep(20, 11, 8) == 8 and round_keep(20, 13, 8) == 16 and round_keep(64, 64, 8) == 64
+    proto = resnet_block()
+    model = Model(proto)
+    res = prune_channels(model, 0.5, scope="global", feed=feed_for(proto))
+    assert res.plan.removed
+    for r in res.report["groups"]:
+        for b, a in zip(r["segments_before"], r["segments_after"]):
+            assert a == b or (a % 8 == 0 and a >= 8)
+    a = analyze_groups(proto, feed_for(proto))
+    imp = {g.id: np.arange(g.channels, dtype=float) for g in a.groups}
+    rem = allocate(a, imp, 0.5, 8, "layer")
+    for gid, chans in rem.items():  # the lowest-importance channels go first
+        assert chans.tolist() == list(range(len(chans)))
+
+
+def test_pass_in_pipeline_replaces_model_and_reports():
+    proto = mlp()
+    model = Model(proto)
+    ctx = Pipeline([ChannelPrunePass(0.5, round_to=8)]).run(model, Context(model, progress=False))
+    assert ctx.results[0].modified and ChannelPrunePass.structural
+    assert model.proto.graph.initializer[0].dims != proto.graph.initializer[0].dims
+    report = ctx.state["channel_prune"]
+    assert report["channels_after"] < report["channels_before"] and report["frozen_groups"]
+    assert ctx.analysis.weights  # the weight analysis is rebuilt on the rewritten model
+    run(model.proto, feed_for(proto))
+
+
+def test_reinit_keeps_architecture_fresh_weights():
+    proto = resnet_block()
+    feed = feed_for(proto)
+    plain = prune_channels(Model(proto), 0.5, feed=feed)
+    fresh = prune_channels(Model(proto), 0.5, feed=feed, reinit=True, seed=3)
+    dims = lambda p: {t.name: tuple(t.dims) for t in p.graph.initializer}  # noqa: E731
+    assert dims(plain.proto) == dims(fresh.proto)
+    conv = next(n for n in fresh.proto.graph.node if n.op_type == "Conv")
+    w = next(numpy_helper.to_array(t) for t in fresh.proto.graph.initializer if t.name == conv.input[1])
+    assert abs(w.std() - np.sqrt(2 / 27)) < 0.1  # He normal, fan_in 3*3*3
+    bias = next(numpy_helper.to_array(t) for t in fresh.proto.graph.initializer if t.name == conv.input[2])
+    assert not bias.any()
+    assert np.isfinite(run(fresh.proto, feed)[0]).all()
+
+
+def test_digits_cnn_half_channels_accuracy_with_and_without_repair():
+    model = Model.load("samples/digits_cnn.onnx")
+    calib = Dataset.from_source("samples/digits_cnn_calib.npz", model.proto)
+    evald = Dataset.from_source("samples/digits_cnn_eval.npz", model.proto)
+    plain = prune_channels(model, 0.5, data=calib, round_to=8)
+    fixed = prune_channels(model, 0.5, data=calib, round_to=8, repair="lstsq", calib_samples=128)
+    acc_plain = compare(model, plain.proto, evald).outputs[0].metrics
+    acc_fixed = compare(model, fixed.proto, evald).outputs[0].metrics
+    assert acc_plain["accuracy_original"] > 0.98
+    assert plain.report["macs_ratio"] < 0.3 and plain.report["params_ratio"] < 0.3
+    # measured: 0.2867 without repair, 0.9467 with sequential least-squares repair (all 300 calib samples)
+    assert acc_fixed["accuracy_candidate"] > 0.9 > acc_plain["accuracy_candidate"]
+    assert fixed.report["repair_report"]["accepted"]
+
+
+def test_activation_criterion_and_options_errors():
+    model = Model.load("samples/digits_mlp.onnx")
+    calib = Dataset.from_source("samples/digits_calib.npz", model.proto)
+    res = prune_channels(model, 0.5, data=calib, criterion="activation")
+    assert res.plan.removed
+    from onnxprune.errors import OptionError
+
+    with pytest.raises(OptionError):
+        prune_channels(model, 0.5, repair="lstsq")  # needs data
+    with pytest.raises(OptionError):
+        ChannelPrunePass(1.5)
+    with pytest.raises(OptionError):
+        prune_channels(model, 0.5, data=calib, repair="lstsq", reinit=True)
+
+
+def test_real_ocr_model_cnn_lstm_gemm():
+    from realmodels import ddddocr_data, model_path
+
+    model = Model.load(model_path("ddddocr_common"))
+    feed = {"input1": ddddocr_data(1)["input1"][0]}
+    res = prune_channels(model, 0.25, feed=feed)
+    rows = {r["name"].split(":")[1]: r for r in res.report["groups"]}
+    assert rows["LSTM_79"]["channels_after"] == 384  # hidden units 512 -> 384 in both directions
+    lstm = next(n for n in res.proto.graph.node if n.op_type == "LSTM")
+    assert next(a.i for a in lstm.attribute if a.name == "hidden_size") == 384
+    assert rows["Gemm_97"]["frozen"]  # the classes: graph output
+    assert res.report["macs_ratio"] < 0.7
+    out = run(res.proto, feed)[0]
+    assert out.shape == run(model.proto, feed)[0].shape
+
+
+@pytest.mark.parametrize("prefer", ["inner", "outer"])
+def test_attention_head_dims_or_heads_and_ffn(prefer):
+    proto = attention_block()
+    feed = feed_for(proto)
+    res = prune_channels(Model(proto), 0.5, round_to=2, feed=feed, prefer=prefer)
+    # head dims: Q+K share one group (they meet in Q.K^T), V+output projection another; heads: Q, K, V and
+    # the output projection share one group of 4 heads; plus the FFN hidden units
+    assert sorted(r["channels_before"] for r in res.report["groups"] if not r["frozen"]) == (
+        [4, 64] if prefer == "outer" else [8, 8, 64])
+    target = [numpy_helper.to_array(t).tolist() for t in res.proto.graph.initializer if t.name.startswith("split")]
+    assert target and all(t == ([0, 0, 2, 8] if prefer == "outer" else [0, 0, 4, 4]) for t in target)
+    assert signature(res.proto) == signature(proto)
+    run(res.proto, feed)
+    # exactness: zero the channels that will go, everywhere, then prune
+    analysis = analyze_groups(proto, feed, prefer=prefer)
+    zeroed, expect = proto, {}
+    for g in analysis.prunable:
+        for seg in g.segments:
+            n_drop = len(seg) - round_keep(len(seg), len(seg) * 0.5, 2)
+            zeroed = zero_channels(zeroed, g, seg[:n_drop])
+            expect[g.id] = sorted(seg[:n_drop].tolist())
+    res = prune_channels(Model(zeroed), 0.5, round_to=2, feed=feed, prefer=prefer)
+    assert {k: sorted(v.tolist()) for k, v in res.plan.removed.items()} == expect
+    np.testing.assert_allclose(run(zeroed, feed)[0], run(res.proto, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_real_magika_expand_reshape_and_mean_constant():
+    from realmodels import magika_data, model_path
+
+    model = Model.load(model_path("magika"))
+    feed = {"bytes": magika_data(2)["bytes"][:1]}
+    res = prune_channels(model, 0.5, feed=feed)
+    after = sorted((r["channels_before"], r["channels_after"]) for r in res.report["groups"])
+    assert after == [(64, 32), (214, 214), (512, 256)]  # Dense_0 units, classes (output), Conv filters
+    # the hand-written LayerNorm over the conv channels: ReduceSum * (1/512) now averages over 256
+    inits = {t.name: numpy_helper.to_array(t) for t in res.proto.graph.initializer}
+    scales = [inits[i].item() for n in res.proto.graph.node if n.op_type == "Mul" and "LayerNorm_1" in n.name
+              for i in n.input if i in inits and inits[i].size == 1]
+    assert scales and all(np.isclose(v, 1 / 256) for v in scales)
+    assert run(res.proto, feed)[0].shape == (1, 214)
