@@ -9,7 +9,7 @@ Sections and keys (relative paths are taken from the current directory, like CLI
   [input]   model
   [prune]   the PruneOptions fields: sparsity, pattern, scope, criterion, overrides, skip,
             min_params, nm_remainder, steps, initial_sparsity, t0, dt, hooks, fold_constants,
-            calib_samples, sequential, repair
+            calib_samples, sequential, repair, round_to, reinit (pattern "channel")
   [data]    calibration, evaluation, labels, samples, seed, shapes, int_ranges
   [check]   enabled, the thresholds (min_cosine, max_rel_l2, min_top1_agreement,
             max_accuracy_drop, atol, rtol, min_snr_db, max_abs, min_exact_match,
@@ -49,7 +49,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "sparsity": _FLOAT, "pattern": _STR, "scope": _STR, "criterion": _STR, "overrides": _STRS, "skip": _STRS,
         "min_params": _INT, "nm_remainder": _STR, "steps": _INT, "initial_sparsity": _FLOAT, "t0": _INT,
         "dt": _INT, "hooks": _STRS, "fold_constants": _BOOL, "calib_samples": _INT, "sequential": _BOOL,
-        "repair": _STR,
+        "repair": _STR, "round_to": _INT, "reinit": _BOOL,
     },
     "data": {"calibration": _STR, "evaluation": _STR, "labels": _STR, "samples": _INT, "seed": _INT,
              "shapes": _STRS, "int_ranges": _STRS},

@@ -41,6 +41,10 @@ class JobResult:
 
 
 def render_summary(report: dict) -> str:
+    if "structured" in report:
+        from onnxprune.prune.structured import render
+
+        return render(report["structured"]) + "\n" + report["speed_note"]
     rows = [(r["name"], r["op"], r["params"], f"{r['sparsity']:.1%}", r["skipped"] or "") for r in report["weights"]]
     t = report["totals"]
     return "\n".join([

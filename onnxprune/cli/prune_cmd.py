@@ -15,7 +15,7 @@ from onnxprune.run import run_recipe
 def prune_options(f):
     """The pruning options, shared by `prune` and `sweep`."""
     opts = [
-        click.option("--pattern", default=None, help="unstructured (default), N:M (e.g. 2:4) or RxC blocks (e.g. 4x4); with --target, the target's pattern."),
+        click.option("--pattern", default=None, help="unstructured (default), N:M (e.g. 2:4), RxC blocks (e.g. 4x4), or channel (remove whole channels: smaller, faster); with --target, the target's pattern."),
         click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True, help="layer: every weight reaches the sparsity; global: one ranking over all selected weights."),
         click.option("--criterion", type=click.Choice(["magnitude", "wanda", "sparsegpt"]), default="magnitude", show_default=True, help="Weight importance: magnitude, or calibration-aware wanda / sparsegpt (need --data)."),
         click.option("--calib-samples", type=click.IntRange(min=1), help="Calibration samples to use from --data (default: all)."),
@@ -25,6 +25,8 @@ def prune_options(f):
         click.option("--override", multiple=True, metavar="GLOB=S", help="Per-name sparsity, e.g. 'conv1*=0.3'. Repeatable."),
         click.option("--min-params", default=1024, show_default=True, type=int, help="Weights smaller than this stay dense."),
         click.option("--nm-remainder", type=click.Choice(["skip", "pad"]), default="skip", show_default=True, help="N:M on a reduction length that is not a multiple of M: leave dense, or pad the last group."),
+        click.option("--round-to", default=8, show_default=True, type=click.IntRange(min=1), help="--pattern channel: kept channels are a multiple of this."),
+        click.option("--reinit", is_flag=True, help="--pattern channel: emit the pruned architecture freshly initialised, for training from scratch."),
         click.option("--fold-constants", is_flag=True, help="Fold constant subexpressions first so weights assembled from constants become prunable."),
     ]
     for o in reversed(opts):
@@ -58,6 +60,7 @@ def prune_options(f):
 @click.option("--target-out", type=click.Path(file_okay=False), help="With --target: the artifact folder (default: OUT without .onnx + .TARGET).")
 @click.option("--dump-recipe", type=click.Path(dir_okay=False), help="Write the recipe equivalent to these flags (then run it).")
 def command(model_path, output, sparsity, pattern, scope, criterion, calib_samples, sequential, repair, skip, override, min_params, nm_remainder,
+            round_to, reinit,
             fold_constants, steps, initial_sparsity, t0, dt, hooks, eval_data, run_gate, masks_in, masks_out,
             report_path, external_data, quiet, target_name, emit, block, target_out, dump_recipe, **data_and_gate):
     """Prune MODEL's weights and write the result to OUT (the input file is never written)."""
@@ -67,7 +70,7 @@ def command(model_path, output, sparsity, pattern, scope, criterion, calib_sampl
                         overrides=list(override), skip=list(skip), min_params=min_params, nm_remainder=nm_remainder,
                         steps=steps, initial_sparsity=initial_sparsity, t0=t0, dt=dt, hooks=list(hooks),
                         fold_constants=fold_constants, calib_samples=calib_samples, sequential=sequential,
-                        repair=repair)
+                        repair=repair, round_to=round_to, reinit=reinit)
     g = data_and_gate
     recipe = Recipe(
         prune=opts,

@@ -35,12 +35,14 @@ def _sparsities(text: str) -> list[float]:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON curve here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the curve (needs matplotlib).")
 def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_samples, sequential, repair, skip, override, min_params, nm_remainder,
+            round_to, reinit,
             fold_constants, report_path, plot_path, **rest):
     """Prune at each sparsity level and report the parity metric curve."""
     pattern = pattern or "unstructured"
     opts = PruneOptions(pattern=pattern, scope=scope, criterion=criterion, overrides=list(override),
                         skip=list(skip), min_params=min_params, nm_remainder=nm_remainder, fold_constants=fold_constants,
-                        calib_samples=calib_samples, sequential=sequential, repair=repair)
+                        calib_samples=calib_samples, sequential=sequential, repair=repair,
+                        round_to=round_to, reinit=reinit)
     model = Model.load(model_path)
     dataset = dataset_from_options(model.proto, rest)
     calibration = None

@@ -18,6 +18,9 @@ from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS
 from onnxprune.prune.masks import MaskSet
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import schedule
+from onnxprune.prune.structured import ChannelPrunePass
+
+CHANNEL_CRITERIA = {"magnitude": "l2", "wanda": "activation"}  # prune option -> channel importance
 from onnxprune.errors import OptionError
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
 from onnxprune.repair.capture import CalibrationPass
@@ -44,6 +47,8 @@ class PruneOptions:
     calib_samples: int | None = None  # calibration samples taken from the data (None: all of it)
     sequential: bool = False  # recapture calibration statistics stage by stage from the partly pruned model
     repair: str = "none"  # after every pruning step: none | lstsq | bias | lstsq+bias (needs data)
+    round_to: int = 8  # pattern "channel": kept channels rounded to a multiple of this
+    reinit: bool = False  # pattern "channel": emit the smaller architecture freshly initialised
 
     def __post_init__(self) -> None:
         self.validate()
@@ -55,15 +60,36 @@ class PruneOptions:
             raise OptionError(f"scope {self.scope!r}: use layer or global")
         if self.nm_remainder not in ("skip", "pad"):
             raise OptionError(f"nm remainder {self.nm_remainder!r}: use skip or pad")
+        if self.pattern == "channel":
+            self._validate_channel()
+            return
         PrunePass(self.sparsity, self.pattern, self.scope, self.criterion, self.overrides, self.skip,
                   self.min_params, self.nm_remainder)  # pattern, criterion, overrides, N:M sparsity
         schedule(self.final_sparsity(), self.steps, self.initial_sparsity, self.t0, self.dt)
 
+    def _validate_channel(self) -> None:
+        if self.criterion not in CHANNEL_CRITERIA:
+            raise OptionError(f"criterion {self.criterion!r} for channel pruning: use "
+                              f"{' or '.join(CHANNEL_CRITERIA)}")
+        if self.repair not in ("none", "lstsq"):
+            raise OptionError(f"repair {self.repair!r} for channel pruning: use none or lstsq (biases are refitted with it)")
+        if self.steps != 1 or self.hooks or self.overrides:
+            raise OptionError("channel pruning is one-shot: --steps, --hook and --override do not apply to it")
+        if self.reinit and self.repair != "none":
+            raise OptionError("--reinit emits fresh weights; it cannot be combined with --repair")
+        self.channel_pass()  # sparsity, round_to, scope
+
     def final_sparsity(self) -> float:
         from onnxprune.prune.patterns import Pattern
 
+        if self.pattern == "channel":
+            return self.sparsity if self.sparsity is not None else 0.5
         fixed = Pattern.parse(self.pattern).fixed_sparsity
         return self.sparsity if self.sparsity is not None else (fixed if fixed is not None else 0.5)
+
+    def channel_pass(self) -> ChannelPrunePass:
+        return ChannelPrunePass(self.final_sparsity(), self.round_to, self.scope, CHANNEL_CRITERIA[self.criterion],
+                                self.repair, self.reinit, skip=self.skip, calib_samples=self.calib_samples or 32)
 
     def uses_calibration(self) -> bool:
         """Does pruning itself read the data (so evaluation data must be kept apart)?"""
@@ -78,6 +104,8 @@ class PruneOptions:
 
 def build_pipeline(opts: PruneOptions) -> Pipeline:
     passes: list[Pass] = [FoldConstantsPass()] if opts.fold_constants else []
+    if opts.pattern == "channel":  # structured: one rewrite of the graph
+        return Pipeline(passes + [opts.channel_pass()])
     plan = schedule(opts.final_sparsity(), opts.steps, opts.initial_sparsity, opts.t0, opts.dt)
     calibrated = calibration_passes(opts)
     passes += calibrated
@@ -119,7 +147,13 @@ def prune_model(model: Model, opts: PruneOptions, data=None, masks: MaskSet | No
 
 
 def summarize(ctx: Context, opts: PruneOptions) -> dict:
-    """Per-weight and overall achieved sparsity over all prunable weights."""
+    """Per-weight and overall achieved sparsity over all prunable weights (channel pruning: the
+    groups, channels, parameters and MACs before and after)."""
+    if opts.pattern == "channel":
+        return {"options": opts.to_dict(), "options_sha256": opts.sha256(),
+                "structured": ctx.state.get("channel_prune", {}), "passes": [r.to_dict() for r in ctx.results],
+                "speed_note": "Channel pruning removes whole channels: the model is smaller and dense, and faster "
+                              "on any runtime, roughly in proportion to the MACs removed."}
     rows = []
     total = pruned = 0
     for w in ctx.analysis.weights:
