@@ -68,6 +68,22 @@ def _walk_graphs(graph: onnx.GraphProto, path: str = "", seen: set[str] | None =
                 yield from _walk_graphs(g, unique_path(f"{path}/{name}" if path else name, seen), seen)
 
 
+def subgraph_outer_refs(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names a node's subgraphs read."""
+    refs: set[str] = set()
+    for a in node.attribute:
+        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+        for g in subs:
+            local = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                local |= set(n.output)
+            for n in g.node:
+                refs |= {i for i in n.input if i and i not in local}
+                refs |= subgraph_outer_refs(n) - local
+            refs |= {o.name for o in g.output if o.name not in local}
+    return refs
+
+
 class Model:
     """An ONNX model and its weights. Never writes to the file it was loaded from."""
 

@@ -54,6 +54,8 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 
+from onnxprune.model import subgraph_outer_refs
+
 Dim = tuple  # ("v", name, axis) | ("c", node index, input index, axis) | ("h", node index)
 
 INT_MAX = 2**62
@@ -186,19 +188,6 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
-def _subgraph_refs(node: onnx.NodeProto) -> set[str]:
-    refs: set[str] = set()
-    for a in node.attribute:
-        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
-        for g in subs:
-            local = {i.name for i in g.input} | {t.name for t in g.initializer}
-            for n in g.node:
-                local |= set(n.output)
-            for n in g.node:
-                refs |= {i for i in n.input if i and i not in local}
-                refs |= _subgraph_refs(n) - local
-            refs |= {o.name for o in g.output if o.name not in local}
-    return refs
 
 
 def constant_values(graph: onnx.GraphProto) -> dict[str, tuple[str, Any]]:
@@ -427,7 +416,7 @@ class _Builder:
             s = self.shapes.get(name) if name else None
             if s:
                 dims += [d for a in range(len(s)) if (d := self.O(n, j, a)) is not None]
-        for name in sorted(_subgraph_refs(node)):
+        for name in sorted(subgraph_outer_refs(node)):
             s = self.shape_of(name)
             if s:
                 dims += [d for a in range(len(s)) if (d := self._dim(n, name, a, None)) is not None]

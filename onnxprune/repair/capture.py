@@ -47,7 +47,7 @@ import onnx.helper
 
 from onnxprune.analyze.weights import Weight
 from onnxprune.errors import DataError, OptionError
-from onnxprune.model import Model, unique_path
+from onnxprune.model import Model, subgraph_outer_refs, unique_path
 from onnxprune.pipeline import Context, Pass, PassResult
 
 DEFAULT_MAX_COLS = 8192  # above this many reduction columns only norms are kept (H would be cols^2 float64)
@@ -350,24 +350,10 @@ def activation_chunks(spec: ActSpec, arrays: dict[str, np.ndarray]) -> Iterable[
 
 # --------------------------------------------------------------------------------- capture model
 
-def _subgraph_refs(node: onnx.NodeProto) -> set[str]:
-    """Outer-scope names a node's subgraphs read."""
-    refs: set[str] = set()
-    for a in node.attribute:
-        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
-        for g in subs:
-            local = {i.name for i in g.input} | {t.name for t in g.initializer}
-            for n in g.node:
-                local |= set(n.output)
-            for n in g.node:
-                refs |= {i for i in n.input if i and i not in local}
-                refs |= _subgraph_refs(n) - local
-            refs |= {o.name for o in g.output if o.name not in local}
-    return refs
 
 
 def _node_inputs(node: onnx.NodeProto) -> list[str]:
-    return [i for i in node.input if i] + sorted(_subgraph_refs(node))
+    return [i for i in node.input if i] + sorted(subgraph_outer_refs(node))
 
 
 def capture_proto(model: Model, fetch: Sequence[str], renames: dict[int, tuple[int, str]] | None = None) -> onnx.ModelProto:
