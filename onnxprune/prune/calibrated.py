@@ -30,7 +30,6 @@ from onnxprune.analyze.weights import Weight
 from onnxprune.errors import OptionError
 from onnxprune.pipeline import Context, PassResult
 from onnxprune.prune import criteria, patterns
-from onnxprune.prune.allocate import allocate, parse_override
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass, apply_mask, write_masked
 from onnxprune.repair.capture import LayerStats, StagedStats, calibration_state
@@ -269,17 +268,11 @@ class CalibratedPrunePass(PrunePass):
     def call(self, model, ctx: Context) -> PassResult:
         if ctx.data is None:
             raise OptionError(f"criterion {self.criterion} needs calibration inputs: give --data FILE")
-        pattern = Pattern.parse(self.pattern)
-        score = criteria.get(self.criterion)
+        pattern, score, alloc, result = self._plan(ctx)
         weights = ctx.analysis.weights
-        alloc = allocate(weights, self.sparsity, pattern, self.scope, [parse_override(o) for o in self.overrides],
-                         self.skip, self.min_params, self.nm_remainder)
         by_key = ctx.analysis.by_key()
         state = calibration_state(ctx)
         state.expire()
-        result = PassResult(self.name, False)
-        for key, reason in alloc.skipped.items():
-            result.weights[key] = {"skipped": reason}
         global_prune = self._global_counts(ctx, [by_key[k] for k in alloc.global_keys], pattern, score)
         if global_prune:
             result.notes.append(f"global scope: one ranking of {self.criterion} scores over the selected weights "

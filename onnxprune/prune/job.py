@@ -18,14 +18,13 @@ from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS
 from onnxprune.prune.masks import MaskSet
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import schedule
-from onnxprune.prune.structured import ChannelPrunePass
-
-CHANNEL_CRITERIA = {"magnitude": "l2", "wanda": "activation"}  # prune option -> channel importance
-from onnxprune.errors import OptionError
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
+from onnxprune.prune.structured import ChannelPrunePass
 from onnxprune.repair.capture import CalibrationPass
 from onnxprune.repair.hooks import HookPass
 from onnxprune.repair.reconstruct import REPAIR_METHODS, RepairPass
+
+CHANNEL_CRITERIA = {"magnitude": "l2", "wanda": "activation"}  # prune option -> channel importance
 
 
 @dataclass

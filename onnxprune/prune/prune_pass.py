@@ -75,16 +75,20 @@ class PrunePass(Pass):
         self.nm_remainder = nm_remainder
         self.step = int(step)
 
-    def call(self, model, ctx: Context) -> PassResult:
+    def _plan(self, ctx: Context):
+        """(pattern, score function, allocation, result listing the skipped weights) for this step."""
         pattern = Pattern.parse(self.pattern)
-        score = criteria.get(self.criterion)
-        weights = ctx.analysis.weights
-        alloc = allocate(weights, self.sparsity, pattern, self.scope, [parse_override(o) for o in self.overrides],
-                         self.skip, self.min_params, self.nm_remainder)
-        by_key = ctx.analysis.by_key()
+        alloc = allocate(ctx.analysis.weights, self.sparsity, pattern, self.scope,
+                         [parse_override(o) for o in self.overrides], self.skip, self.min_params, self.nm_remainder)
         result = PassResult(self.name, False)
         for key, reason in alloc.skipped.items():
             result.weights[key] = {"skipped": reason}
+        return pattern, criteria.get(self.criterion), alloc, result
+
+    def call(self, model, ctx: Context) -> PassResult:
+        pattern, score, alloc, result = self._plan(ctx)
+        weights = ctx.analysis.weights
+        by_key = ctx.analysis.by_key()
         total = sum(by_key[k].params for k in list(alloc.targets) + alloc.global_keys)
         bar = tqdm(total=total, desc=f"prune {self.pattern} step {self.step}", unit="w", unit_scale=True,
                    disable=not ctx.progress or total < PROGRESS_MIN_PARAMS or not sys.stderr.isatty(), leave=False)
