@@ -106,6 +106,7 @@ class PrunePass(Pass):
             else:
                 new = patterns.apply(pattern, scores, keep_m, alloc.targets[key], w.group_axis_len)
             keep = w.unmatrix(new)
+            del scores, keep_m, new  # free the scores before the masked copy is made
             ctx.masks.set(key, keep, self.pattern, self.step)
             changed = write_masked(ctx, w, keep, stored)
             result.modified |= changed > 0
