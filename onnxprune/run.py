@@ -96,6 +96,8 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     model = Model.load(model_path)
     calibration_path, evaluation_path = recipe.data.get("calibration"), recipe.data.get("evaluation")
     calib = _dataset(model, recipe, calibration_path) if calibration_path else None
+    if calib is None and recipe.prune.pattern == "channel":  # shapes for the one analysis run (--shape)
+        calib = _dataset(model, recipe, None)
     gate = recipe.check.get("enabled", False)
     evaluation = None
     if gate:

@@ -419,3 +419,18 @@ def test_signature_mismatch_and_bad_model_files(save, tmp_path):
     _one_line_error(_run(orig, tmp_path / "junk.onnx"), "junk.onnx")
     _one_line_error(_run(orig, orig, "--labels", tmp_path / "l.npy"), "--data")
     _one_line_error(_run(orig, orig, "--provider", "NoSuchProvider"), "NoSuchProvider")
+
+
+def test_scalar_inputs_stay_scalars_in_feeds():
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnxprune.check.data import Dataset
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["sr"], ["y"])], "scalar",
+        [helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [])])
+    model = helper.make_model(graph)
+    feed = next(iter(Dataset.synthetic(model, 2, int_range=(16000, 16000)).batches(1)))
+    assert feed["sr"].shape == () and int(feed["sr"]) == 16000

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 
 from onnxprune.errors import AnalysisError
 from onnxprune.model import Model
@@ -21,6 +22,7 @@ def fold_constants(model: Model) -> bool:
     before = model.proto.SerializeToString()
     logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+    ort.set_default_logger_severity(3)  # the folder's own session warns about nodes it keeps
     try:
         graph = model.graph()
         _load_folded_external(graph, str(model.base_dir))

@@ -54,6 +54,7 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 
+from onnxprune.errors import DataError
 from onnxprune.model import subgraph_outer_refs
 
 Dim = tuple  # ("v", name, axis) | ("c", node index, input index, axis) | ("h", node index)
@@ -249,13 +250,21 @@ def tensor_shapes(proto: onnx.ModelProto, feed: dict[str, np.ndarray], base_dir:
         p.graph.output.add().name = name
     del p.graph.value_info[:]
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures come back as one-line errors below
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if base_dir:
         opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
     sess = ort.InferenceSession(p.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    outs = sess.run(names, feed)
+    try:
+        outs = sess.run(names, feed)
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+            ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        shapes_given = ", ".join(f"{k}={'x'.join(map(str, np.shape(v)))}" for k, v in feed.items())
+        raise DataError(f"channel analysis runs the model once to learn its shapes, and onnxruntime failed on "
+                        f"inputs {shapes_given} ({first[:300]}); give real data (--data) or larger shapes "
+                        "(--shape NAME=DIMS)") from e
     shapes: dict[str, tuple[int, ...]] = {k: tuple(np.shape(v)) for k, v in feed.items()}
     values: dict[str, np.ndarray] = {}
     for name, arr in zip(names, outs):

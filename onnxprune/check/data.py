@@ -90,7 +90,7 @@ class _Block:
         for name, a in self.arrays.items():
             part = a[lo:hi] if hi - lo == len(local) else a[local]  # a view when contiguous
             part = part.reshape((-1,) + a.shape[2:]) if self.batchable else part[0]
-            out[name] = np.ascontiguousarray(part)
+            out[name] = np.asarray(part, order="C")  # ascontiguousarray would turn a scalar into [1]
         return out
 
 

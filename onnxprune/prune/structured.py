@@ -349,8 +349,8 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
     for n, node in enumerate(g.node):
         for a in node.attribute:
             if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                from onnxprune.analyze.groups import _subgraph_refs
-                outer |= _subgraph_refs(node)
+                from onnxprune.model import subgraph_outer_refs
+                outer |= subgraph_outer_refs(node)
     modified = set(slicing) | set(writes)
     by_name: dict[str, dict[tuple[int, int], np.ndarray]] = {}
     for (n, i) in modified:
