@@ -26,7 +26,6 @@ import hashlib
 import re
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ else:  # pragma: no cover
 
 import tomli_w
 
+from onnxprune.bundled import toml_files
 from onnxprune.errors import OptionError
 from onnxprune.prune.job import PruneOptions
 
@@ -189,13 +189,7 @@ def find_recipe(name_or_path: str) -> Path:
 
 
 def shipped_recipes() -> dict[str, Path]:
-    try:
-        folder = Path(str(resources.files("onnxprune.recipes")))
-    except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parents[1] / "passes"
-    if not folder.is_dir():
-        folder = Path(__file__).resolve().parents[1] / "passes"
-    return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+    return toml_files("recipes")
 
 
 def load_recipe(name_or_path: str, sets: list[str] = ()) -> Recipe:

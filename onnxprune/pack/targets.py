@@ -35,7 +35,6 @@ Schema (version 1), every key checked, unknown keys rejected:
 
 from __future__ import annotations
 
-import importlib.resources
 import math
 import re
 import sys
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from onnxprune.bundled import data_dir, toml_files
 from onnxprune.errors import OptionError, TargetError
 from onnxprune.prune.patterns import Pattern
 
@@ -449,23 +449,13 @@ def _eligibility(et: _Table, dtypes: tuple[str, ...], converts: dict) -> Eligibi
 
 # ------------------------------------------------------------------------------------- discovery
 
-def builtin_dir():
+def builtin_dir() -> Path:
     """The folder of the bundled target files (installed package data, else the source checkout's targets/)."""
-    try:
-        d = importlib.resources.files("onnxprune.targets_data")
-        if d.is_dir() and any(p.name.endswith(".toml") for p in d.iterdir()):
-            return d
-    except (ModuleNotFoundError, TypeError, FileNotFoundError):
-        pass
-    return Path(__file__).resolve().parents[2] / "targets"
+    return data_dir("targets_data")
 
 
 def builtin_names() -> list[str]:
-    d = builtin_dir()
-    try:
-        return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".toml"))
-    except FileNotFoundError:
-        return []
+    return sorted(toml_files("targets_data"))
 
 
 def read_target_file(path: str | Path) -> Target:
