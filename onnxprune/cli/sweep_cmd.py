@@ -11,6 +11,7 @@ from onnxprune.cli.prune_cmd import prune_options
 from onnxprune.errors import OptionError
 from onnxprune.model import Model
 from onnxprune.prune.job import PruneOptions
+from onnxprune.prune.patterns import Pattern
 from onnxprune.report import table, write_json
 
 
@@ -56,7 +57,9 @@ def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_sam
         click.echo(f"  sparsity {p['sparsity']:.3f}: {'PASS' if p['passed'] else 'FAIL'}", err=True)
 
     if bisect:
-        best, points = find_max(model_path, opts, dataset, thresholds, calibration, on_point=echo, **kw)
+        fixed = Pattern.parse(pattern).fixed_sparsity if pattern != "channel" else None
+        best, points = find_max(model_path, opts, dataset, thresholds, calibration, hi=fixed or 0.99,
+                                on_point=echo, **kw)
     else:
         best, points = None, sweep(model_path, opts, _sparsities(sparsities), dataset, thresholds, calibration,
                                      on_point=echo, **kw)
