@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from nm_check import assert_model_nm, assert_nm, group_counts
 from onnxprune import __version__
 from onnxprune.cli import main
+from onnxprune.analyze.weights import find_weights
 from onnxprune.model import Model
 from onnxprune.pipeline import options_hash
 from onnxprune.prune.job import PruneOptions, prune_model
@@ -493,3 +494,28 @@ def test_masks_non_boolean_array_exits_2(tmp_path):
     r = cli("prune", src, "-o", tmp_path / "o.onnx", "--masks-in", tmp_path / "m.npz", "--quiet")  # 0/1 is accepted
     assert r.exit_code == 0, r.output
     assert np.all(inits(onnx.load(str(tmp_path / "o.onnx")))["dec.w"][:, 0::2] == 0)
+
+
+@pytest.mark.parametrize("pattern, sparsity", [("unstructured", 0.5), ("2:4", None)])
+def test_pruning_an_external_data_model_in_place_of_its_fresh_reads(tmp_path, pattern, sparsity):
+    import hashlib
+
+    import builders as B
+
+    src = B.external_data_model(tmp_path / "in")
+    data = src.parent / "model.onnx.data"
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (src, data)}
+    model = Model.load(src)
+    dense = {w.key: np.array(model.read(w.key)) for w in find_weights(model).weights}
+    ctx, _ = prune_model(model, PruneOptions(sparsity=sparsity, pattern=pattern, min_params=0), progress=False)
+    assert ctx.masks.keys()
+    for key, values in dense.items():
+        now = model.read(key)
+        keep = ctx.masks.get(key) if key in ctx.masks else np.ones(values.shape, bool)  # skipped: unchanged
+        assert np.array_equal(now[keep], values[keep]) and not np.any(now[~keep])
+    for external in (True, False):
+        out = tmp_path / f"out{external}" / "m.onnx"
+        model.save(out, external_data=external)
+        again = Model.load(out)
+        assert all(np.array_equal(again.read(k), model.read(k)) for k in dense)
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (src, data)} == before

@@ -39,12 +39,25 @@ def write_masked(ctx: Context, weight: Weight, keep: np.ndarray, stored: np.ndar
     """Write the masked weight into the model; returns how many stored values changed."""
     if stored is None:
         stored = ctx.model.read(weight.key)
+    if _maskable_in_place(weight, stored):  # a fresh array read from external data: no second copy
+        stored.flags.writeable = True  # before taking the view, which inherits the flag
+        bits = _bits(stored)
+        changed = int(np.count_nonzero(bits[~keep]))
+        if changed:
+            np.multiply(bits, keep, out=bits)
+            ctx.model.write(weight.key, stored)
+        return changed
     masked = apply_mask(weight, stored, keep, ctx.model)
     diff = _bits(masked) != _bits(stored)
     changed = int(np.count_nonzero(diff if diff.ndim == stored.ndim else diff.any(axis=-1)))
     if changed:
         ctx.model.write(weight.key, masked)
     return changed
+
+
+def _maskable_in_place(weight: Weight, stored: np.ndarray) -> bool:
+    return (weight.quant is None and stored.flags.owndata and stored.flags.c_contiguous
+            and stored.itemsize in (1, 2, 4, 8) and stored.dtype.kind != "O")
 
 
 class PrunePass(Pass):
