@@ -42,9 +42,10 @@ def write_masked(ctx: Context, weight: Weight, keep: np.ndarray, stored: np.ndar
     if _maskable_in_place(weight, stored):  # a fresh array read from external data: no second copy
         stored.flags.writeable = True  # before taking the view, which inherits the flag
         bits = _bits(stored)
-        changed = int(np.count_nonzero(bits[~keep]))
+        nonzero = np.count_nonzero(bits)
+        np.multiply(bits, keep, out=bits)
+        changed = int(nonzero - np.count_nonzero(bits))  # masking only ever zeroes values
         if changed:
-            np.multiply(bits, keep, out=bits)
             ctx.model.write(weight.key, stored)
         return changed
     masked = apply_mask(weight, stored, keep, ctx.model)
