@@ -422,7 +422,6 @@ def test_signature_mismatch_and_bad_model_files(save, tmp_path):
 
 
 def test_scalar_inputs_stay_scalars_in_feeds():
-    import onnx
     from onnx import TensorProto, helper
 
     from onnxprune.check.data import Dataset

@@ -519,3 +519,28 @@ def test_pruning_an_external_data_model_in_place_of_its_fresh_reads(tmp_path, pa
         again = Model.load(out)
         assert all(np.array_equal(again.read(k), model.read(k)) for k in dense)
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (src, data)} == before
+
+
+@pytest.mark.parametrize("weight_type", ["QInt8", "QUInt8"])
+def test_dynamically_quantized_model_is_pruned_in_the_quantized_domain(tmp_path, weight_type):
+    """onnxruntime's quantize_dynamic output: ConvInteger / MatMulInteger weights with zero points."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = Path(__file__).resolve().parents[1] / "samples"
+    q = tmp_path / "q.onnx"
+    quantize_dynamic(str(root / "digits_cnn.onnx"), str(q), weight_type=getattr(QuantType, weight_type))
+    model = Model.load(q)
+    weights = find_weights(model).weights
+    assert {w.op for w in weights} == {"ConvInteger", "MatMulInteger"} and all(w.quant for w in weights)
+    ctx, report = prune_model(model, PruneOptions(sparsity=0.5, min_params=0), progress=False)
+    model.save(tmp_path / "p.onnx")
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "p.onnx")).graph.initializer}
+    for w in weights:
+        zp = inits[w.quant.zero_point]
+        zp = zp.reshape([-1 if i == w.quant.axis else 1 for i in range(len(w.shape))]) if zp.size > 1 else zp
+        pruned = ~ctx.masks.get(w.key)
+        assert abs(pruned.mean() - 0.5) < 0.01
+        assert np.all(np.broadcast_to(zp, w.shape)[pruned] == inits[w.key][pruned])
+    data = np.load(root / "digits_cnn_eval.npz")
+    logits = ort.InferenceSession(str(tmp_path / "p.onnx")).run(None, {"input": data["input"]})[0]
+    assert np.mean(logits.argmax(1) == data["labels"]) > 0.8

@@ -26,9 +26,15 @@ PRUNABLE_INPUTS = {
     "LSTM": {1: "W", 2: "R"},
     "GRU": {1: "W", 2: "R"},
     "RNN": {1: "W", 2: "R"},
+    "ConvInteger": {1: "W"},  # dynamically quantized models (onnxruntime quantize_dynamic)
+    "MatMulInteger": {0: "A", 1: "B"},
 }
+# integer ops: the weight's zero-point input, and the axis of the weight a per-channel zero point runs along
+INTEGER_ZERO_POINT = {("ConvInteger", "W"): (3, 0), ("MatMulInteger", "B"): (3, -1), ("MatMulInteger", "A"): (2, -2)}
+VIEW_OF = {"ConvInteger": "Conv", "MatMulInteger": "MatMul"}
 PASS_THROUGH = {"Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Identity", "DequantizeLinear"}
-MIN_RANK = {"MatMul": 2, "Gemm": 2, "Conv": 3, "ConvTranspose": 3, "LSTM": 3, "GRU": 3, "RNN": 3}
+MIN_RANK = {"MatMul": 2, "Gemm": 2, "Conv": 3, "ConvTranspose": 3, "LSTM": 3, "GRU": 3, "RNN": 3,
+            "ConvInteger": 3, "MatMulInteger": 2}
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,8 @@ class Weight:
 
     @property
     def quant(self) -> Step | None:
-        return next((s for s in self.chain if s.op == "DequantizeLinear"), None)
+        """The step that makes the stored values quantized: DequantizeLinear, or an integer op's zero point."""
+        return next((s for s in self.chain if s.op in ("DequantizeLinear", "ZeroPoint")), None)
 
     @property
     def reduction_axes(self) -> tuple[int, ...] | None:
@@ -189,6 +196,20 @@ class Analysis:
     @property
     def foldable(self) -> list[Unprunable]:
         return [u for u in self.unprunable if u.foldable]
+
+
+def _integer_zero_point(tracer: "_Tracer", node: gs.Node, path: str, role: str, rank: int,
+                        steps: list[Step]) -> Step | str:
+    """The zero point of a ConvInteger/MatMulInteger weight as a chain step (or why not prunable)."""
+    if steps:
+        return f"{node.op} weight reaches the op through {steps[0].op}; only stored integer weights are supported"
+    index, axis = INTEGER_ZERO_POINT[(node.op, role)]
+    zp = None
+    if index < len(node.inputs) and node.inputs[index].name:
+        zp = tracer.storage_of(node.inputs[index], path)
+        if zp is None:
+            return f"{node.op} {node.name!r} has a run-time zero point"
+    return Step("ZeroPoint", node.name, zero_point=zp, axis=axis % rank)
 
 
 def _view_axes(op: str, role: str, rank: int, attrs: dict) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -416,7 +437,13 @@ def find_weights(model: Model) -> Analysis:
                 unprunable.append(Unprunable(key, node.name, node.op, role,
                                              f"weight of rank {len(op_shape)} (a vector) is not a matrix"))
                 continue
-            axes = _view_axes(node.op, role, len(op_shape), node.attrs)
+            axes = _view_axes(VIEW_OF.get(node.op, node.op), role, len(op_shape), node.attrs)
+            if (node.op, role) in INTEGER_ZERO_POINT:
+                step = _integer_zero_point(tracer, node, path, role, len(op_shape), steps)
+                if isinstance(step, str):
+                    unprunable.append(Unprunable(key, node.name, node.op, role, step))
+                    continue
+                steps = steps + [step]
             use = Use(node.name, node.op, index, role, path)
             if key in weights:
                 w = weights[key]

@@ -19,13 +19,13 @@ def dequant_params(weight: Weight, model) -> tuple[np.ndarray, np.ndarray]:
     """(scale, zero_point) of a quantized weight, broadcastable to its stored layout."""
     q = weight.quant
     assert q is not None
-    scale = model.read(q.scale).astype(np.float32)
-    zp = model.read(q.zero_point) if q.zero_point else np.zeros((), dtype=weight.dtype)
-    if scale.ndim == 1 and scale.size > 1:  # per-axis along q.axis of the stored tensor
-        axis = q.axis % len(weight.shape)
+    scale = model.read(q.scale).astype(np.float32) if q.scale else np.ones((), np.float32)  # integer ops: one
+    zp = model.read(q.zero_point) if q.zero_point else np.zeros((), dtype=weight.dtype)      # scale, applied later
+    per_axis = max(scale.size, zp.size)
+    if per_axis > 1:  # per-axis along q.axis of the stored tensor
         shape = [1] * len(weight.shape)
-        shape[axis] = scale.size
-        scale = scale.reshape(shape)
+        shape[q.axis % len(weight.shape)] = per_axis
+        scale = scale.reshape(shape) if scale.size > 1 else scale.reshape(())
         zp = zp.reshape(shape) if zp.size > 1 else zp.reshape(())  # no zero point: one scalar 0
     return scale, zp
 
