@@ -544,3 +544,25 @@ def test_dynamically_quantized_model_is_pruned_in_the_quantized_domain(tmp_path,
     data = np.load(root / "digits_cnn_eval.npz")
     logits = ort.InferenceSession(str(tmp_path / "p.onnx")).run(None, {"input": data["input"]})[0]
     assert np.mean(logits.argmax(1) == data["labels"]) > 0.8
+
+
+def test_global_ranking_keeps_exactly_the_largest_magnitudes_across_weights(tmp_path):
+    """An independent reference: sort |w| over all selected weights together, keep the top half."""
+    rng = np.random.default_rng(3)
+    shapes = {"a": (64, 48), "b": (48, 96), "c": (96, 16)}
+    scale = {"a": 0.1, "b": 1.0, "c": 3.0}  # very different layer scales: global sparsities must differ
+    inits = [numpy_helper.from_array((rng.standard_normal(s) * scale[k]).astype(np.float32), k) for k, s in shapes.items()]
+    nodes = [helper.make_node("MatMul", ["x", "a"], ["h1"]), helper.make_node("MatMul", ["h1", "b"], ["h2"]),
+             helper.make_node("MatMul", ["h2", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [1, 64])],
+                              [helper.make_tensor_value_info("y", F, [1, 16])], inits)
+    model = Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    dense = {k: np.array(model.read(k)) for k in shapes}
+    prune_model(model, PruneOptions(sparsity=0.5, scope="global", min_params=0), progress=False)
+    everything = np.sort(np.concatenate([np.abs(v).ravel() for v in dense.values()]))
+    threshold = everything[everything.size // 2]  # the smallest kept magnitude
+    for k, v in dense.items():
+        kept = model.read(k) != 0
+        assert np.array_equal(kept, np.abs(v) >= threshold), k
+    per_layer = [float((model.read(k) == 0).mean()) for k in shapes]
+    assert per_layer[0] > 0.9 and per_layer[2] < 0.2  # small-scale layer pruned hard, large-scale one barely
