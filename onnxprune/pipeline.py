@@ -62,10 +62,6 @@ class Pass(ABC):
     name: str = "pass"
     structural: bool = False  # True if the pass may rewrite the graph (the analysis is rebuilt)
 
-    def settings(self) -> dict:
-        """The constructor settings, for reports and option hashes."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
-
     @abstractmethod
     def call(self, model: Model, ctx: Context) -> PassResult: ...
 
@@ -91,9 +87,6 @@ def options_hash(settings: Any) -> str:
 class Pipeline:
     def __init__(self, passes: list[Pass]):
         self.passes = list(passes)
-
-    def settings(self) -> list[dict]:
-        return [{"pass": p.name, **p.settings()} for p in self.passes]
 
     def run(self, model: Model, ctx: Context | None = None, on_step=None) -> Context:
         """Run every pass in order; `on_step(ctx, result)` is called after each one."""
