@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
+from bitpatterns import bits as _bits
+from bitpatterns import random_bits as _random
 from onnxprune.errors import TargetError
 from onnxprune.pack import formats as F
 from onnxprune.pack.formats import bitmask, bsr, coo, nm
@@ -21,22 +23,8 @@ DTYPES = [np.float32, np.float16, np.int8]
 FAST = settings(max_examples=100, deadline=None)
 
 
-def _bits(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).view(np.dtype(f"u{a.dtype.itemsize}"))
-
-
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(_bits(a), _bits(b))
-
-
-def _random(rng, shape, dtype, density) -> np.ndarray:
-    """Random bit patterns (NaN payloads, infinities, denormals) with -0.0 sprinkled and zeros by `density`."""
-    dtype = np.dtype(dtype)
-    bits = rng.integers(0, 1 << (8 * dtype.itemsize), size=shape, dtype=np.dtype(f"u{dtype.itemsize}"))
-    if dtype.kind == "f":
-        bits[rng.random(shape) < 0.1] = 1 << (8 * dtype.itemsize - 1)
-    bits[rng.random(shape) >= density] = 0
-    return bits.view(dtype)
 
 
 @st.composite

@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
+from bitpatterns import bits as _bits
+from bitpatterns import random_bits as _random
 from onnxprune.errors import TargetError
 from onnxprune.pack import formats as F
 from onnxprune.pack.portable import decoder_graph
@@ -19,10 +21,6 @@ SPECS = [
     ("bitmask", {}), ("coo", {}), ("bsr", {"r": 1, "c": 4}), ("bsr", {"r": 3, "c": 2}),
     ("nm", {"n": 2, "m": 4}), ("nm", {"n": 1, "m": 2}),
 ]
-
-
-def _bits(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a).view(np.dtype(f"u{a.dtype.itemsize}"))
 
 
 def _run(model: onnx.ModelProto, feeds=None) -> np.ndarray:
@@ -37,16 +35,6 @@ def _decode_model(packed, shape_nd, perm=None, opset=13) -> onnx.ModelProto:
     out = helper.make_tensor_value_info("W", helper.np_dtype_to_tensor_dtype(packed.dtype), out_shape)
     graph = helper.make_graph(nodes, "decode", [], [out], initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def _random(rng, shape, dtype, density) -> np.ndarray:
-    """Random bit patterns (NaN payloads included) with -0.0 sprinkled and zeros by `density`."""
-    dtype = np.dtype(dtype)
-    bits = rng.integers(0, 1 << (8 * dtype.itemsize), size=shape, dtype=np.dtype(f"u{dtype.itemsize}"))
-    if dtype.kind == "f":
-        bits[rng.random(shape) < 0.1] = 1 << (8 * dtype.itemsize - 1)
-    bits[rng.random(shape) >= density] = 0
-    return bits.view(dtype)
 
 
 def _fit(w: np.ndarray, name: str, params: dict) -> np.ndarray:
