@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from onnxprune.analyze.weights import find_weights
-from onnxprune.check.data import Dataset
+from onnxprune.check.data import Dataset, dataset_from_options
 from onnxprune.errors import OptionError
 from onnxprune.model import Model
 from onnxprune.pack.eligibility import static_check
@@ -76,8 +76,6 @@ def _check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
 
 
 def _dataset(model: Model, recipe: Recipe, path: str | None) -> Dataset:
-    from onnxprune.cli.check_cmd import dataset_from_options
-
     d = recipe.data
     return dataset_from_options(model.proto, {"data": path, "labels": d.get("labels"), "samples": d.get("samples"),
                                               "seed": d.get("seed", 0), "shapes": d.get("shapes", []),

@@ -393,3 +393,17 @@ def parse_int_range(text: str) -> tuple[str | None, tuple[int, int]]:
     if lo is None or lo > hi:
         raise OptionError(f"--int-range '{text}': expected [NAME=]LO,HI with LO <= HI, e.g. 0,255 or ids=0,30521")
     return name or None, (lo, hi)
+
+
+def dataset_from_options(model: onnx.ModelProto, opts: Mapping) -> Dataset:
+    """The Dataset that option values describe (the CLI's --data/--labels/--shape/--int-range/--samples/--seed,
+    or a recipe's [data] section), for `model`'s inputs."""
+    int_range, int_ranges = DEFAULT_INT_RANGE, {}
+    for name, span in map(parse_int_range, opts.get("int_ranges", ())):
+        if name is None:
+            int_range = span
+        else:
+            int_ranges[name] = span
+    return load_dataset(model, opts.get("data"), labels=opts.get("labels"), samples=opts.get("samples"),
+                        shapes=dict(map(parse_shape, opts.get("shapes", ()))), int_range=int_range,
+                        int_ranges=int_ranges, seed=opts.get("seed", 0))

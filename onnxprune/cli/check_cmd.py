@@ -14,7 +14,7 @@ from typing import Mapping
 import click
 import onnx
 
-from onnxprune.check.data import DEFAULT_INT_RANGE, Dataset, load_dataset, parse_int_range, parse_shape
+from onnxprune.check.data import DEFAULT_INT_RANGE, Dataset, dataset_from_options
 from onnxprune.check.parity import ModelSource, ParityReport, compare, thresholds_from_options
 from onnxprune.model import Model
 
@@ -68,19 +68,6 @@ run_options = _stack(
 
 _THRESHOLD_KEYS = ("min_cosine", "max_rel_l2", "min_top1_agreement", "max_accuracy_drop", "atol", "rtol",
                    "min_snr_db", "max_abs", "min_exact_match", "output_thresholds")
-
-
-def dataset_from_options(model: onnx.ModelProto, opts: Mapping) -> Dataset:
-    """The Dataset the data_options values describe, for `model`'s inputs."""
-    int_range, int_ranges = DEFAULT_INT_RANGE, {}
-    for name, span in map(parse_int_range, opts.get("int_ranges", ())):
-        if name is None:
-            int_range = span
-        else:
-            int_ranges[name] = span
-    return load_dataset(model, opts.get("data"), labels=opts.get("labels"), samples=opts.get("samples"),
-                        shapes=dict(map(parse_shape, opts.get("shapes", ()))), int_range=int_range,
-                        int_ranges=int_ranges, seed=opts.get("seed", 0))
 
 
 def _proto(model: ModelSource) -> onnx.ModelProto:

@@ -6,7 +6,8 @@ import click
 
 from onnxprune.check.parity import thresholds_from_options
 from onnxprune.check.sweep import HEADLINE, find_max, plot, sweep
-from onnxprune.cli.check_cmd import _THRESHOLD_KEYS, data_options, dataset_from_options, run_options, threshold_options
+from onnxprune.check.data import dataset_from_options
+from onnxprune.cli.check_cmd import _THRESHOLD_KEYS, data_options, run_options, threshold_options
 from onnxprune.cli.prune_cmd import prune_options
 from onnxprune.errors import OptionError
 from onnxprune.model import Model
