@@ -39,11 +39,11 @@ def write_json(path: str, report: dict, kind: str) -> None:
 
 def _cell(v: Any) -> str:
     if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
+        if not math.isfinite(v):
+            return str(v)  # nan, inf, -inf
         if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e6):
             return f"{v:.3e}"
-        return f"{v:.4f}".rstrip("0").rstrip(".") if "." in f"{v:.4f}" else f"{v}"
+        return f"{v:.4f}".rstrip("0").rstrip(".")
     return str(v)
 
 
