@@ -965,13 +965,7 @@ class _Builder:
         self.link(n, self.I(n, 0, 0), self.O(n, 0, 0))
         y = self.O(n, 0, 1)
         if g == 1:
-            dw_in = self.I(n, 1, 1)
-            self.link(n, self.I(n, 0, 1), dw_in)
-            self.role(dw_in, "in")
-            dw = self.I(n, 1, 0)
-            self.link(n, dw, y)
-            self.role(dw, "out")
-            self.role(y, "act", root=const)
+            self._dense_conv(n, y, const, w_in=1, w_out=0)
         elif ws[1] == 1 and g == xs[1]:  # depthwise (channel multiplier m = O / C)
             m = ws[0] // g
             self.link(n, self.I(n, 0, 1), y, np.arange(g)[:, None] * m + np.arange(m)[None, :])
@@ -989,9 +983,7 @@ class _Builder:
             if y is not None:
                 self.blocked.setdefault(y, f"Conv node {node.name!r}: {why}")
             return why
-        db = self.I(n, 2, 0)
-        self.link(n, db, y)
-        self.role(db, "param")
+        self._conv_bias(n, y)
         return None
 
     def op_ConvTranspose(self, n, node):
@@ -1003,13 +995,7 @@ class _Builder:
         self.link(n, self.I(n, 0, 0), self.O(n, 0, 0))
         y = self.O(n, 0, 1)
         if g == 1:
-            d0 = self.I(n, 1, 0)
-            self.link(n, self.I(n, 0, 1), d0)
-            self.role(d0, "in")
-            d1 = self.I(n, 1, 1)
-            self.link(n, d1, y)
-            self.role(d1, "out")
-            self.role(y, "act", root=const)
+            self._dense_conv(n, y, const, w_in=0, w_out=1)
         elif g == xs[1] and ws[1] == 1:
             self.link(n, self.I(n, 0, 1), y)
             d0 = self.I(n, 1, 0)
@@ -1018,10 +1004,23 @@ class _Builder:
             self.fixups.append(Fixup("conv_group", n, [self.I(n, 0, 1)], {"group": g}))
         else:
             return f"grouped transposed convolution (group={g})"
+        self._conv_bias(n, y)
+        return None
+
+    def _dense_conv(self, n, y, const: bool, w_in: int, w_out: int) -> None:
+        """group == 1: input channels meet the weight's `w_in` axis, its `w_out` axis makes y's channels."""
+        w_i = self.I(n, 1, w_in)
+        self.link(n, self.I(n, 0, 1), w_i)
+        self.role(w_i, "in")
+        w_o = self.I(n, 1, w_out)
+        self.link(n, w_o, y)
+        self.role(w_o, "out")
+        self.role(y, "act", root=const)
+
+    def _conv_bias(self, n, y) -> None:
         db = self.I(n, 2, 0)
         self.link(n, db, y)
         self.role(db, "param")
-        return None
 
     def op_Gemm(self, n, node):
         at = _attrs(node)
