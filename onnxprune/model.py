@@ -3,6 +3,8 @@
 A `Model` holds the ONNX `ModelProto` (the weights stay in its TensorProtos; external data is
 read tensor by tensor, never loaded whole) and gives numpy access to every constant tensor by a stable
 key: initializers of the main graph and of subgraphs (If/Loop/Scan), and `Constant` node values.
+Written values stay numpy arrays until someone needs the protos (`Model.proto`) or the model is
+saved: a save streams them straight to the file, without a bytes copy in the proto.
 Graph analysis goes through onnx-graphsurgeon (`Model.graph()`), which reads the same protos.
 """
 
@@ -88,12 +90,30 @@ class Model:
     """An ONNX model and its weights. Never writes to the file it was loaded from."""
 
     def __init__(self, proto: onnx.ModelProto, path: str | os.PathLike | None = None):
-        self.proto = proto
+        self._proto = proto
+        self._written: dict[str, np.ndarray] = {}  # key -> values written but not yet in the proto
         self.path = Path(path).resolve() if path else None
         self.base_dir = self.path.parent if self.path else Path.cwd()
         self._refs: dict[str, TensorRef] | None = None
         self._fds: dict[str, int] = {}  # open external-data files
         self._sources: set[Path] = {self.path} if self.path else set()  # files never to overwrite
+
+    @property
+    def proto(self) -> onnx.ModelProto:
+        """The ModelProto, with every written value stored in its tensor."""
+        for key in list(self._written):
+            _set_raw(self.ref(key).proto, self._written.pop(key))
+        return self._proto
+
+    def set_metadata(self, props: dict[str, str]) -> None:
+        """Set `metadata_props` entries (existing keys are updated in place, new ones appended)."""
+        existing = {p.key: p for p in self._proto.metadata_props}
+        for key, value in props.items():
+            if key in existing:
+                existing[key].value = value
+            else:
+                entry = self._proto.metadata_props.add()
+                entry.key, entry.value = key, value
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -119,7 +139,7 @@ class Model:
 
     def _check_opsets(self) -> None:
         known = onnx.defs.onnx_opset_version()
-        for op in self.proto.opset_import:
+        for op in self._proto.opset_import:
             if op.domain in ("", "ai.onnx") and op.version > known:
                 raise ModelLoadError(
                     f"{self.path}: opset {op.version} is newer than this onnx package knows ({known}); "
@@ -131,7 +151,7 @@ class Model:
         """Every constant tensor of the model, main graph and subgraphs, with a unique key."""
         if self._refs is None:
             found: list[tuple[str, str, str, onnx.TensorProto]] = []
-            for gpath, g in _walk_graphs(self.proto.graph):
+            for gpath, g in _walk_graphs(self._proto.graph):
                 for t in g.initializer:
                     found.append((t.name, gpath, "initializer", t))
                 for node in g.node:
@@ -177,7 +197,9 @@ class Model:
         t = ref.proto
         dtype = np_dtype(t.data_type)
         shape = tuple(t.dims)
-        if _is_external(t):
+        if key in self._written:
+            values = self._written[key].view()
+        elif _is_external(t):
             file, offset, length = self._external_file(ref)
             values = np.empty(shape, dtype=dtype)
             _pread_into(self._fd(file), memoryview(values.reshape(-1).view(np.uint8)), offset)
@@ -189,17 +211,29 @@ class Model:
         return values
 
     def write(self, key: str, values: np.ndarray) -> None:
-        """Replace a tensor's values (same shape; cast to the stored dtype), stored as raw data."""
+        """Replace a tensor's values (same shape; cast to the stored dtype). A writable C-contiguous
+        array of the stored dtype that owns its data is taken over without a copy and made read-only."""
         t = self.ref(key).proto
         dtype = np_dtype(t.data_type)
         if tuple(values.shape) != tuple(t.dims):
             raise OnnxPruneError(f"tensor {key!r}: new values have shape {values.shape}, expected {tuple(t.dims)}")
-        for field in _TYPED_FIELDS:
-            t.ClearField(field)
-        if _is_external(t):
-            t.ClearField("external_data")
-            t.data_location = onnx.TensorProto.DEFAULT
-        t.raw_data = np.ascontiguousarray(values, dtype=dtype).tobytes()
+        if not (values.dtype == dtype and values.flags.c_contiguous and values.flags.owndata and values.flags.writeable):
+            values = np.array(values, dtype=dtype, order="C")
+        values.flags.writeable = False
+        self._written[key] = values
+
+    def set_entries(self, key: str, flat_index: np.ndarray, value: np.ndarray | float) -> None:
+        """Set the entries at `flat_index` (row-major) to `value`, in place when the tensor's
+        values are a written array (no copy of the tensor)."""
+        values = self._written.get(key)
+        if values is None:
+            self.write(key, self.read(key).copy())
+            values = self._written[key]
+        values.flags.writeable = True
+        try:
+            values.reshape(-1)[flat_index] = value
+        finally:
+            values.flags.writeable = False
 
     def weight_bytes(self) -> int:
         return sum(_nbytes(ref.proto) for ref in self.tensors())
@@ -234,7 +268,7 @@ class Model:
         return fd
 
     def tensor_bytes(self, ref: TensorRef) -> bytes | memoryview:
-        if ref.proto.HasField("raw_data"):
+        if ref.key not in self._written and ref.proto.HasField("raw_data"):
             return ref.proto.raw_data
         return memoryview(np.ascontiguousarray(self.read(ref.key)).reshape(-1).view(np.uint8))
 
@@ -258,7 +292,7 @@ class Model:
             self._save_external(out, data_path)
         else:
             for ref in self.tensors():
-                if _is_external(ref.proto):
+                if _is_external(ref.proto) and ref.key not in self._written:
                     self.write(ref.key, self.read(ref.key))
             data = self.proto.SerializeToString()
             with atomic_open(out) as f:
@@ -279,6 +313,7 @@ class Model:
                 plan.append((ref, data.tell(), n))
                 data.write(self.tensor_bytes(ref))
         undo: list[tuple[onnx.TensorProto, list[tuple[str, str]], int, int | None]] = []
+        moved: dict[str, np.ndarray] = {}
         try:
             for ref in self.tensors():
                 t = ref.proto
@@ -288,6 +323,8 @@ class Model:
             for ref, offset, n in plan:
                 t = ref.proto
                 undo.append((t, [(e.key, e.value) for e in t.external_data], int(t.data_location), offset))
+                if ref.key in self._written:  # now in the data file
+                    moved[ref.key] = self._written.pop(ref.key)
                 for field in _TYPED_FIELDS + ("raw_data", "external_data"):
                     t.ClearField(field)
                 t.data_location = onnx.TensorProto.EXTERNAL
@@ -298,6 +335,7 @@ class Model:
                 f.write(self.proto.SerializeToString())
         except BaseException:
             self._restore(undo, data_path)
+            self._written.update(moved)
             raise
         self.path, self.base_dir = out, out.parent
 
@@ -327,12 +365,21 @@ class Model:
         return gs.import_onnx(self.proto)
 
     def replace_proto(self, proto: onnx.ModelProto) -> None:
-        """Swap in a rewritten model (after a structural pass); external refs keep resolving."""
-        self.proto = proto
+        """Swap in a rewritten model (after a structural pass); external refs keep resolving.
+        Values written before are dropped: the new proto is built from `proto`, which has them."""
+        self._written.clear()
+        self._proto = proto
         self._refs = None
 
     def sha256(self) -> str:
         return hashlib.sha256(self.proto.SerializeToString()).hexdigest()
+
+
+def _set_raw(t: onnx.TensorProto, values: np.ndarray) -> None:
+    for field in _TYPED_FIELDS + ("external_data",):
+        t.ClearField(field)
+    t.data_location = onnx.TensorProto.DEFAULT
+    t.raw_data = values.tobytes()
 
 
 def _nbytes(t: onnx.TensorProto) -> int:

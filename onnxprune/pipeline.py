@@ -103,10 +103,4 @@ class Pipeline:
 def stamp(model: Model, settings: Any, extra: dict[str, str] | None = None) -> None:
     """Record the tool version, a hash of the options (and `extra`) in the model's metadata_props."""
     props = {"onnxprune.version": __version__, "onnxprune.options_sha256": options_hash(settings), **(extra or {})}
-    existing = {p.key: p for p in model.proto.metadata_props}
-    for key, value in props.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            entry = model.proto.metadata_props.add()
-            entry.key, entry.value = key, value
+    model.set_metadata(props)

@@ -322,7 +322,7 @@ def test_failed_proto_serialization_leaves_nothing(tmp_path, monkeypatch):
         def SerializeToString(self):
             raise _Boom("serialisation failed")
 
-    monkeypatch.setattr(model, "proto", Failing())
+    monkeypatch.setattr(model, "_proto", Failing())
     out = tmp_path / "out" / "model.onnx"
     out.parent.mkdir()
     with pytest.raises(_Boom):
@@ -343,3 +343,40 @@ def test_two_saves_give_identical_bytes(ext, tmp_path):
         assert (a.parent / name).read_bytes() == (b.parent / name).read_bytes()
     assert Model.load(ext).save(tmp_path / "e" / "m.onnx").read_bytes() == Model.load(ext).save(
         tmp_path / "f" / "m.onnx").read_bytes()
+
+
+def test_written_values_are_taken_over_and_reach_proto_and_saves(ext, tmp_path):
+    """A write keeps a fresh array itself (no copy, read-only from then on), reads see it, the
+    proto gets it when asked for, and an external save streams it into the data file."""
+    model = Model.load(ext)
+    new = np.empty(model.read("fc.W").shape, np.float32)
+    new.reshape(-1)[:] = np.arange(new.size)
+    model.write("fc.W", new)
+    assert not new.flags.writeable and np.shares_memory(model.read("fc.W"), new)
+    model.set_entries("fc.W", np.array([0, 3]), np.float32(-1))
+    assert model.read("fc.W").reshape(-1)[[0, 1, 3]].tolist() == [-1, 1, -1]
+    out = model.save(tmp_path / "o" / "m.onnx", external_data=True)
+    again = Model.load(out)
+    assert np.array_equal(again.read("fc.W"), model.read("fc.W"))
+    assert again.read("fc.W").reshape(-1)[0] == -1
+    copy = Model.load(ext)
+    view = np.zeros(model.read("head.W").shape, np.float32)[:, :]
+    copy.write("head.W", view.T.T)  # not the owner: copied
+    assert not np.shares_memory(copy.read("head.W"), view)
+    assert np.array_equal(onnx.numpy_helper.to_array(
+        next(t for t in copy.proto.graph.initializer if t.name == "head.W")), view)
+
+
+def test_failed_external_save_keeps_written_values(ext, tmp_path, monkeypatch):
+    model = Model.load(ext)
+    model.write("fc.W", np.full(model.read("fc.W").shape, 7, np.float32))
+
+    def fail(*a, **k):
+        raise _Boom("disk full")
+
+    monkeypatch.setattr(onnx.ModelProto, "SerializeToString", fail)
+    with pytest.raises(_Boom):
+        model.save(tmp_path / "o" / "m.onnx", external_data=True)
+    monkeypatch.undo()
+    assert (model.read("fc.W") == 7).all()
+    assert (Model.load(model.save(tmp_path / "p" / "m.onnx", external_data=True)).read("fc.W") == 7).all()
