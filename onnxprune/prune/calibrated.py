@@ -273,7 +273,8 @@ class CalibratedPrunePass(PrunePass):
         by_key = ctx.analysis.by_key()
         state = calibration_state(ctx)
         state.expire()
-        global_prune = self._global_counts(ctx, [by_key[k] for k in alloc.global_keys], pattern, score)
+        glob = [by_key[k] for k in alloc.global_keys]
+        global_prune = dict(zip(alloc.global_keys, self._global_counts(ctx, glob, pattern, score)))
         if global_prune:
             result.notes.append(f"global scope: one ranking of {self.criterion} scores over the selected weights "
                                 "sets each weight's count; each weight is then pruned"

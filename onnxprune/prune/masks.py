@@ -55,6 +55,11 @@ class MaskSet:
                 raise OnnxPruneError(f"mask for {key!r} would revive pruned weights; masks are monotone")
         self.entries[key] = _Entry(np.packbits(keep.reshape(-1)), tuple(keep.shape), pattern, step)
 
+    def prune_entries(self, key: str, flat_index: np.ndarray) -> None:
+        """Mark the entries at `flat_index` (row-major) pruned, on the packed bits (no unpacking)."""
+        index = np.asarray(flat_index, dtype=np.int64)
+        np.bitwise_and.at(self.entries[key].bits, index >> 3, ~(np.uint8(0x80) >> (index & 7).astype(np.uint8)))
+
     def sparsity(self, key: str) -> float:
         e = self.entries[key]
         n = int(np.prod(e.shape, dtype=np.int64))

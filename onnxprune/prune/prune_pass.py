@@ -10,7 +10,7 @@ from tqdm import tqdm
 from onnxprune.analyze.weights import Weight
 from onnxprune.errors import OptionError
 from onnxprune.pipeline import Context, Pass, PassResult
-from onnxprune.prune import criteria, patterns
+from onnxprune.prune import criteria, global_rank, patterns
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, allocate, parse_override
 from onnxprune.prune.patterns import Pattern
 
@@ -103,24 +103,32 @@ class PrunePass(Pass):
         pattern, score, alloc, result = self._plan(ctx)
         weights = ctx.analysis.weights
         by_key = ctx.analysis.by_key()
-        total = sum(by_key[k].params for k in list(alloc.targets) + alloc.global_keys)
+        glob = [w for w in weights if w.key in set(alloc.global_keys)]
+        total = sum(by_key[k].params for k in alloc.targets) + sum(w.params for w in glob)
         bar = tqdm(total=total, desc=f"prune {self.pattern} step {self.step}", unit="w", unit_scale=True,
                    disable=not ctx.progress or total < PROGRESS_MIN_PARAMS or not sys.stderr.isatty(), leave=False)
-        global_prune = self._global_counts(ctx, [by_key[k] for k in alloc.global_keys], pattern, score)
-        for key in [w.key for w in weights if w.key in alloc.targets or w.key in global_prune]:
-            w = by_key[key]
+        cut = block_prune = None
+        if glob and pattern.kind == "unstructured":
+            cut = self._global_cut(ctx, glob, score)
+        elif glob:
+            block_prune = dict(zip([w.key for w in glob], self._global_counts(ctx, glob, pattern, score)))
+        owner = {w.key: i for i, w in enumerate(glob)}
+        for w in [w for w in weights if w.key in alloc.targets or w.key in owner]:
+            key = w.key
             stored = ctx.model.read(key)
-            keep = ctx.masks.get(key) if key in ctx.masks else np.ones(w.shape, dtype=bool)
-            before = 1 - keep.mean()
-            scores = w.matrix(score(w, stored, ctx))
-            keep_m = w.matrix(keep)
-            if key in global_prune:
-                new = patterns.apply(pattern, scores, keep_m, (int((~keep_m).sum()) + global_prune[key]) / w.params,
-                                     w.group_axis_len)
+            keep = ctx.masks.get(key) if key in ctx.masks else None
+            before = 0.0 if keep is None else 1 - keep.mean()
+            if cut is not None and key in owner:
+                bits = global_rank.score_bits(score(w, stored, ctx))
+                keep = cut.keep(owner[key], bits, None if keep is None else keep.reshape(-1)).reshape(w.shape)
+                del bits
             else:
-                new = patterns.apply(pattern, scores, keep_m, alloc.targets[key], w.group_axis_len)
-            keep = w.unmatrix(new)
-            del scores, keep_m, new  # free the scores before the masked copy is made
+                keep_m = w.matrix(keep if keep is not None else np.ones(w.shape, dtype=bool))
+                scores = w.matrix(score(w, stored, ctx))
+                target = ((int((~keep_m).sum()) + block_prune[key]) / w.params if key in owner
+                          else alloc.targets[key])
+                keep = w.unmatrix(patterns.apply(pattern, scores, keep_m, target, w.group_axis_len))
+                del scores, keep_m  # free the scores before the masked copy is made
             ctx.masks.set(key, keep, self.pattern, self.step)
             changed = write_masked(ctx, w, keep, stored)
             result.modified |= changed > 0
@@ -129,85 +137,71 @@ class PrunePass(Pass):
                                    "params": w.params, "values_zeroed": changed}
             bar.update(w.params)
         bar.close()
+        for i, index in (cut.late_picks() if cut is not None else {}).items():
+            w = glob[i]
+            changed = _prune_entries(ctx, w, index)
+            entry = result.weights[w.key]
+            entry["sparsity"] += index.size / w.params
+            entry["values_zeroed"] += changed
+            result.modified |= changed > 0
         # Weights left out of this step (skipped, too small) that already carry a mask (imported, or
         # from an earlier pass) keep it: pruned entries stay exactly zero (masks are monotone).
         for key in ctx.masks.keys():
-            if key in by_key and key not in alloc.targets and key not in global_prune:
+            if key in by_key and key not in alloc.targets and key not in owner:
                 changed = write_masked(ctx, by_key[key], ctx.masks.get(key))
                 result.modified |= changed > 0
                 if changed:
                     result.weights.setdefault(key, {})["values_zeroed_by_existing_mask"] = changed
         return result
 
-    def _global_counts(self, ctx, weights: list[Weight], pattern: Pattern, score) -> dict[str, int]:
+    def _need(self, ctx, weights: list[Weight]) -> tuple[int, dict[str, np.ndarray | None]]:
+        """(entries still to prune so the set reaches the sparsity, flat alive mask per weight or
+        None where nothing is pruned yet); masks are unpacked one weight at a time, never all at once."""
+        alive: dict[str, np.ndarray | None] = {}
+        already = 0
+        for w in weights:
+            m = ctx.masks.get(w.key).reshape(-1) if w.key in ctx.masks else None
+            if m is not None and not m.all():
+                already += int(m.size - np.count_nonzero(m))
+                alive[w.key] = m
+            else:
+                alive[w.key] = None
+        return int(round(self.sparsity * sum(w.params for w in weights))) - already, alive
+
+    def _global_cut(self, ctx, weights: list[Weight], score) -> global_rank.GlobalCut:
+        need, alive = self._need(ctx, weights)
+
+        def alive_bits():
+            for w in weights:
+                bits = global_rank.score_bits(score(w, ctx.model.read(w.key), ctx))
+                yield bits if alive[w.key] is None else bits[alive[w.key]]
+
+        return global_rank.GlobalCut.plan(alive_bits, need)
+
+    def _global_counts(self, ctx, weights: list[Weight], pattern: Pattern, score) -> list[int]:
         """How many more entries each weight prunes so the set reaches the sparsity together."""
-        if not weights:
-            return {}
-        total = sum(w.params for w in weights)
-        # masks are unpacked one weight at a time (None = nothing pruned yet), never all at once
-        masks = {w.key: (ctx.masks.get(w.key) if w.key in ctx.masks else None) for w in weights}
-        already = sum(int(m.size - np.count_nonzero(m)) for m in masks.values() if m is not None)
-        masks = {k: None if m is None or m.all() else m for k, m in masks.items()}
-        need = int(round(self.sparsity * total)) - already
+        need, alive = self._need(ctx, weights)
         if need <= 0:
-            return {w.key: 0 for w in weights}
+            return [0] * len(weights)
         if pattern.kind == "block":
-            return self._global_blocks(ctx, weights, masks, pattern, score, need)
-        return _global_unstructured(ctx, weights, masks, score, need)
+            def block_scores():
+                for w in weights:
+                    keep = alive[w.key]
+                    keep_m = w.matrix(np.ones(w.shape, dtype=bool) if keep is None else keep.reshape(w.shape))
+                    yield global_rank.alive_block_scores(w.matrix(score(w, ctx.model.read(w.key), ctx)), keep_m,
+                                                         pattern.a, pattern.b)
+            return global_rank.block_counts(block_scores(), need)
 
-    def _global_blocks(self, ctx, weights, masks, pattern, score, need) -> dict[str, int]:
-        means, sizes, owners = [], [], []
-        for i, w in enumerate(weights):
-            s = w.matrix(score(w, ctx.model.read(w.key), ctx))
-            keep_m = w.matrix(masks[w.key] if masks[w.key] is not None else np.ones(w.shape, dtype=bool))
-            mean, size, _ = patterns.block_scores(s, keep_m, pattern.a, pattern.b)
-            alive = patterns._block_view(keep_m, pattern.a, pattern.b, True).all(axis=(2, 3))
-            means.append(mean[alive])
-            sizes.append(size[alive])
-            owners.append(np.full(int(alive.sum()), i))
-        mean, size, owner = map(np.concatenate, (means, sizes, owners))
-        order = np.argsort(mean, kind="stable")
-        cum = np.concatenate([[0], np.cumsum(size[order])])
-        n = int(np.argmin(np.abs(cum - need)))
-        counts = np.bincount(owner[order[:n]], weights=size[order[:n]], minlength=len(weights))
-        return {w.key: int(c) for w, c in zip(weights, counts)}
+        def weights_bits():
+            for w in weights:
+                yield global_rank.score_bits(score(w, ctx.model.read(w.key), ctx)), alive[w.key]
+        return global_rank.counts(weights_bits, need)
 
 
-def _global_unstructured(ctx, weights, masks, score, need) -> dict[str, int]:
-    """Exact global k-smallest over all alive entries in two O(weights) passes: a histogram of the
-    top 16 bits of the float32 score bit patterns (monotone for scores >= 0), then an exact
-    selection inside the boundary bucket (ties: weight order, then flat index)."""
-    hists = []
-    for w in weights:
-        hists.append(_top16_histogram(_score_bits(w, ctx, score, masks[w.key])))
-    cum = np.cumsum(np.sum(hists, axis=0))
-    bucket = int(np.searchsorted(cum, need))  # first bucket where the cumulative count reaches need
-    below = int(cum[bucket - 1]) if bucket else 0
-    counts = {w.key: int(h[:bucket].sum()) for w, h in zip(weights, hists)}  # entries below the bucket
-    remaining = need - below
-    if remaining > 0:  # the second pass only visits weights with entries in the boundary bucket
-        boundary, owners = [], []
-        for i, (w, h) in enumerate(zip(weights, hists)):
-            if h[bucket]:
-                bits = _score_bits(w, ctx, score, masks[w.key])
-                boundary.append(np.sort(bits[(bits >> 16) == bucket]))
-                owners.append(np.full(len(boundary[-1]), i))
-        allbits, owner = np.concatenate(boundary), np.concatenate(owners)
-        order = np.lexsort((owner, allbits))[:remaining]
-        for i, c in zip(*np.unique(owner[order], return_counts=True)):
-            counts[weights[i].key] += int(c)
-    return counts
-
-
-def _top16_histogram(bits: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
-    """Counts of the top 16 bits, in cache-sized chunks (a whole-array shift plus bincount's int64
-    cast would cost 12 bytes per entry of extra memory traffic)."""
-    hist = np.zeros(1 << 16, dtype=np.int64)
-    for start in range(0, bits.size, chunk):
-        hist += np.bincount(bits[start:start + chunk] >> 16, minlength=1 << 16)
-    return hist
-
-
-def _score_bits(w: Weight, ctx, score, keep: np.ndarray | None) -> np.ndarray:
-    s = np.abs(score(w, ctx.model.read(w.key), ctx).astype(np.float32, copy=False)).reshape(-1)
-    return (s if keep is None else s[keep.reshape(-1)]).view(np.uint32)
+def _prune_entries(ctx: Context, weight: Weight, index: np.ndarray) -> int:
+    """Prune the entries at flat `index` of a weight already written; returns how many values changed."""
+    zero = np.broadcast_to(criteria.zero_value(weight, ctx.model), weight.shape).reshape(-1)[index]
+    changed = int(np.count_nonzero(_bits(ctx.model.read(weight.key).reshape(-1)[index]) != _bits(zero)))
+    ctx.model.set_entries(weight.key, index, zero)
+    ctx.masks.prune_entries(weight.key, index)
+    return changed
