@@ -2,11 +2,14 @@
 
 For ddddocr common.onnx (CNN -> bidirectional LSTM -> Gemm, OCR), ddddocr common_det.onnx (YOLOX-style
 detector) and magika (one-hot -> Dense -> Conv1d -> LayerNorm -> Dense), at 25% and 50% of the
-prunable channels removed (uniform per layer, L2 importance, multiples of 8):
+prunable channels removed (uniform per layer, L2 importance, multiples of 16):
 - parameter and MAC ratios (MACs of every Conv/Gemm/MatMul/LSTM from the shapes of a run on a real input);
 - latency of the original and the pruned model in onnxruntime (CPU provider, intra_op_num_threads 1
   and 2, inter_op 1), measured side by side in one process: warm-up, then interleaved repetitions
   (original, pruned, alternating which goes first), median of each; ratio = pruned / original;
+- where the time goes (onnxruntime's profiler, 1 thread): pruned/original kernel time of the MAC ops
+  (tracks the MACs ratio) and of the other ops (activations, normalisation, pooling: they scale with
+  the activation size, i.e. linearly in channels), and the other ops' share of the original time;
 - parity on real held-out inputs (different seed from the calibration inputs): cosine, relative
   L2, top-1 agreement (per output position), and for the OCR model the decoded-text agreement,
   without repair and with least-squares repair (sequential, guarded: kept only if it lowers the
@@ -41,7 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from onnxprune.check.data import Dataset  # noqa: E402
 from onnxprune.check.parity import compare  # noqa: E402
 from onnxprune.model import Model  # noqa: E402
-from onnxprune.prune.structured import prune_channels  # noqa: E402
+from onnxprune.prune.structured import DEFAULT_ROUND_TO, prune_channels  # noqa: E402
 
 
 CALIB = {"ddddocr_common": 32, "ddddocr_det": 16, "magika": 128}  # repair fits on 3/4, guards on 1/4
@@ -110,6 +113,39 @@ def latency(orig, pruned, feed: dict, threads: int, reps: int) -> tuple[float, f
     return statistics.median(ta), statistics.median(tb)
 
 
+MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "FusedConv", "FusedGemm",
+           "FusedMatMul", "NchwcConv"}
+
+
+def op_time_split(orig, pruned, feed: dict, threads: int, runs: int = 20) -> dict:
+    """From onnxruntime's profiler: pruned/original kernel time of the MAC ops (Conv, Gemm, MatMul,
+    LSTM, ...) and of all other ops, and the other ops' share of the original time. MACs predict
+    the first; the others (activations, normalisation, pooling, reorders) scale with activation size."""
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in (orig, pruned):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+            so.log_severity_level = 3
+            so.enable_profiling = True
+            so.profile_file_prefix = os.path.join(tmp, "profile")
+            sess = ort.InferenceSession(src.SerializeToString() if isinstance(src, onnx.ModelProto) else str(src), so,
+                                        providers=["CPUExecutionProvider"])
+            for _ in range(runs):
+                sess.run(None, feed)
+            mac = other = 0
+            for e in json.loads(Path(sess.end_profiling()).read_text()):
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                    if e["args"].get("op_name") in MAC_OPS:
+                        mac += e["dur"]
+                    else:
+                        other += e["dur"]
+            times.append((mac, other))
+    (mac_a, other_a), (mac_b, other_b) = times
+    return {"mac_ops_ratio": round(mac_b / max(mac_a, 1), 3), "other_ops_ratio": round(other_b / max(other_a, 1), 3),
+            "other_ops_share": round(other_a / max(mac_a + other_a, 1), 3)}
+
+
 def text_agreement(orig_path, proto, ev: Dataset) -> float:
     import realmodels
 
@@ -136,7 +172,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--calib", type=int, help="calibration samples (default per model: %s)" % CALIB)
     ap.add_argument("--eval", type=int, help="evaluation samples (default per model: %s)" % EVAL)
-    ap.add_argument("--round-to", type=int, default=8)
+    ap.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO)
     ap.add_argument("--json", help="write all results here")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
@@ -166,6 +202,7 @@ def main() -> None:
                 "params": [rep["params_before"], rep["params_after"]], "macs": [rep["macs_before"], rep["macs_after"]],
                 "channels": [rep["channels_before"], rep["channels_after"]],
                 "latency": lat,
+                "op_time_1T": op_time_split(path, plain.proto, feed, 1),
                 "within_10pct_of_macs": {th: abs(lat[th]["ratio"] - rep["macs_ratio"]) <= 0.1 * rep["macs_ratio"] for th in lat},
                 "parity_no_repair": parity(model, path, plain.proto, ev, key),
                 "parity_repair": parity(model, path, fixed.proto, ev, key),
@@ -178,7 +215,7 @@ def main() -> None:
             print(json.dumps(row, default=str), flush=True)
     print()
     hdr = ("model", "removed", "params", "MACs", "lat 1T (ms)", "ratio 1T", "lat 2T (ms)", "ratio 2T",
-           "parity (no repair)", "parity (lstsq repair)")
+           "MAC ops / other ops (other share)", "parity (no repair)", "parity (lstsq repair)")
     print(" | ".join(hdr))
     print(" | ".join("---" for _ in hdr))
     for r in results:
@@ -189,6 +226,7 @@ def main() -> None:
         print(" | ".join(str(x) for x in (
             r["model"], f"{int(r['sparsity'] * 100)}%", r["params_ratio"], r["macs_ratio"],
             f"{l1['orig_ms']} -> {l1['pruned_ms']}", l1["ratio"], f"{l2['orig_ms']} -> {l2['pruned_ms']}", l2["ratio"],
+            "{mac_ops_ratio} / {other_ops_ratio} ({other_ops_share})".format(**r["op_time_1T"]),
             p(r["parity_no_repair"]), p(r["parity_repair"]) + ("" if r["repair"].get("accepted", True) else " (rejected)"))))
     print()
     for key in args.models:

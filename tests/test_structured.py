@@ -335,14 +335,14 @@ def test_groups_couple_residual_concat_flatten_transpose():
 
 
 def test_depthwise_group_attribute_and_lstm_hidden_size():
-    res = prune_channels(Model(depthwise_net()), 0.5, feed=feed_for(depthwise_net()))
+    res = prune_channels(Model(depthwise_net()), 0.5, round_to=8, feed=feed_for(depthwise_net()))
     dw = next(n for n in res.proto.graph.node if n.op_type == "Conv" and
               any(a.name == "group" and a.i > 1 for a in n.attribute))
     group = next(a.i for a in dw.attribute if a.name == "group")
     w = next(t for t in res.proto.graph.initializer if t.name == dw.input[1])
     assert group == 16 and tuple(w.dims) == (16, 1, 3, 3)
 
-    res = prune_channels(Model(lstm_net()), 0.5, feed=feed_for(lstm_net()))
+    res = prune_channels(Model(lstm_net()), 0.5, round_to=8, feed=feed_for(lstm_net()))
     lstm = next(n for n in res.proto.graph.node if n.op_type == "LSTM")
     assert next(a.i for a in lstm.attribute if a.name == "hidden_size") == 8
     dims = {t.name: tuple(t.dims) for t in res.proto.graph.initializer}
@@ -359,7 +359,7 @@ def test_reshape_constant_target_rewritten():
 
 def test_frozen_groups_with_reasons():
     proto = blocked_net()
-    res = prune_channels(Model(proto), 0.5, feed=feed_for(proto))
+    res = prune_channels(Model(proto), 0.5, round_to=8, feed=feed_for(proto))
     frozen = res.report["frozen_groups"]
     reasons = " | ".join(r for f in frozen for r in f["reasons"])
     assert "Softmax" in reasons and "grouped convolution" in reasons

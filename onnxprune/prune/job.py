@@ -19,7 +19,7 @@ from onnxprune.prune.masks import MaskSet
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import schedule
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
-from onnxprune.prune.structured import ChannelPrunePass
+from onnxprune.prune.structured import DEFAULT_ROUND_TO, ChannelPrunePass
 from onnxprune.repair.capture import CalibrationPass
 from onnxprune.repair.hooks import HookPass
 from onnxprune.repair.reconstruct import REPAIR_METHODS, RepairPass
@@ -46,7 +46,7 @@ class PruneOptions:
     calib_samples: int | None = None  # calibration samples taken from the data (None: all of it)
     sequential: bool = False  # recapture calibration statistics stage by stage from the partly pruned model
     repair: str = "none"  # after every pruning step: none | lstsq | bias | lstsq+bias (needs data)
-    round_to: int = 8  # pattern "channel": kept channels rounded to a multiple of this
+    round_to: int = DEFAULT_ROUND_TO  # pattern "channel": kept channels rounded to a multiple of this
     reinit: bool = False  # pattern "channel": emit the smaller architecture freshly initialised
 
     def __post_init__(self) -> None:

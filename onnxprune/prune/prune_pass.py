@@ -103,13 +103,15 @@ class PrunePass(Pass):
         pattern, score, alloc, result = self._plan(ctx)
         weights = ctx.analysis.weights
         by_key = ctx.analysis.by_key()
-        glob = [w for w in weights if w.key in set(alloc.global_keys)]
+        global_keys = set(alloc.global_keys)
+        glob = [w for w in weights if w.key in global_keys]
         total = sum(by_key[k].params for k in alloc.targets) + sum(w.params for w in glob)
-        bar = tqdm(total=total, desc=f"prune {self.pattern} step {self.step}", unit="w", unit_scale=True,
+        ranked = sum(w.params for w in glob) if pattern.kind == "unstructured" else 0  # read twice
+        bar = tqdm(total=total + ranked, desc=f"prune {self.pattern} step {self.step}", unit="w", unit_scale=True,
                    disable=not ctx.progress or total < PROGRESS_MIN_PARAMS or not sys.stderr.isatty(), leave=False)
         cut = block_prune = None
         if glob and pattern.kind == "unstructured":
-            cut = self._global_cut(ctx, glob, score)
+            cut = self._global_cut(ctx, glob, score, bar)
         elif glob:
             block_prune = dict(zip([w.key for w in glob], self._global_counts(ctx, glob, pattern, score)))
         owner = {w.key: i for i, w in enumerate(glob)}
@@ -168,13 +170,17 @@ class PrunePass(Pass):
                 alive[w.key] = None
         return int(round(self.sparsity * sum(w.params for w in weights))) - already, alive
 
-    def _global_cut(self, ctx, weights: list[Weight], score) -> global_rank.GlobalCut:
+    def _global_cut(self, ctx, weights: list[Weight], score, bar) -> global_rank.GlobalCut:
         need, alive = self._need(ctx, weights)
+        if need <= 0:
+            bar.update(sum(w.params for w in weights))
+            return global_rank.GlobalCut(0, 0, 0)  # keeps every alive entry
 
         def alive_bits():
             for w in weights:
                 bits = global_rank.score_bits(score(w, ctx.model.read(w.key), ctx))
                 yield bits if alive[w.key] is None else bits[alive[w.key]]
+                bar.update(w.params)
 
         return global_rank.GlobalCut.plan(alive_bits, need)
 

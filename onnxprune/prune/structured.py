@@ -9,8 +9,8 @@ channels makes every runtime faster, CPU included. The steps:
    (criterion "activation": the size of the channel's contribution to the next layers);
 3. allocation: scope "layer" removes the ratio from every segment (a producer's output channels,
    or one input of a Concat); "global" ranks all prunable channels by importance normalised per
-   group. Kept counts are rounded to a multiple of `round_to` (default 8), never below it, and a
-   segment of `round_to` channels or fewer is left whole: no layer is ever emptied;
+   group. Kept counts are rounded to a multiple of `round_to` (default 16, see DEFAULT_ROUND_TO),
+   never below it, and a segment of `round_to` channels or fewer is left whole: no layer is ever emptied;
 4. rewrite (`rewrite`): every constant of the group is sliced (each use of a shared constant on
    its own; cloned when uses differ), Conv group counts (depthwise), LSTM/GRU hidden_size, Split
    sizes, Slice starts/ends and the constant elements of Reshape/Expand/ConstantOfShape/Resize
@@ -155,6 +155,14 @@ def activation_importance(model: Model, analysis: GroupAnalysis, data, samples: 
 
 # ------------------------------------------------------------------------------------ allocation
 
+# onnxruntime's CPU convolutions (MLAS NCHWc) work on blocks of 16 channels with AVX-512 (8 with
+# AVX2); a layer whose channel counts are not block multiples drops to a slower path with layout
+# reorders around it. Measured on ddddocr common_det, 25% removed: with multiples of 8 the latency
+# ratio was 0.70 for a MACs ratio of 0.58; with 16, 0.63 for 0.62 (faster in absolute terms too).
+# Multiples of 16 are also multiples of what AVX2, NEON and tensor cores want.
+DEFAULT_ROUND_TO = 16
+
+
 def round_keep(n: int, target: float, round_to: int) -> int:
     """Kept channels: `target` rounded to a multiple of round_to, at least round_to, at most n."""
     r = max(int(round_to), 1)
@@ -165,7 +173,8 @@ def round_keep(n: int, target: float, round_to: int) -> int:
     return int(min(max(k, low), n))
 
 
-def allocate(analysis: GroupAnalysis, importance: dict[int, np.ndarray], sparsity: float, round_to: int = 8,
+def allocate(analysis: GroupAnalysis, importance: dict[int, np.ndarray], sparsity: float,
+             round_to: int = DEFAULT_ROUND_TO,
              scope: str = "layer", skip_groups: set[int] | None = None) -> dict[int, np.ndarray]:
     """Channels to remove per group id (sorted ids)."""
     if not 0 <= sparsity < 1:
@@ -509,7 +518,7 @@ def _group_row(g: ChannelGroup, removed: np.ndarray | None) -> dict:
             "producers": g.producers, "consumers": g.consumers}
 
 
-def prune_channels(model: Model, sparsity: float, *, round_to: int = 8, scope: str = "layer",
+def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROUND_TO, scope: str = "layer",
                    criterion: str = "l2", data=None, repair: str = "none", reinit: bool = False, seed: int = 0,
                    skip: list[str] | tuple = (), calib_samples: int | None = 32, prefer: str = "inner",
                    feed: dict | None = None, max_retries: int = 4) -> StructuredResult:
@@ -622,7 +631,7 @@ class ChannelPrunePass(Pass):
     name = "channel-prune"
     structural = True
 
-    def __init__(self, sparsity: float = 0.5, round_to: int = 8, scope: str = "layer", criterion: str = "l2",
+    def __init__(self, sparsity: float = 0.5, round_to: int = DEFAULT_ROUND_TO, scope: str = "layer", criterion: str = "l2",
                  repair: str = "none", reinit: bool = False, seed: int = 0, skip: list[str] | tuple = (),
                  calib_samples: int | None = 32, prefer: str = "inner"):
         self.sparsity = float(sparsity)
