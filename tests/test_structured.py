@@ -114,6 +114,17 @@ def depthwise_net() -> onnx.ModelProto:
     return g.model([vi("x", [1, 3, 8, 8])], [vi("y", [1, 3, 8, 8])])
 
 
+def grouped_net() -> onnx.ModelProto:
+    """ResNeXt-style grouped Conv (group 4) and a grouped ConvTranspose (group 2)."""
+    g = G(12)
+    a = g.op("Relu", [g.conv("x", 3, 64, k=1)])
+    b = g.op("Relu", [g.bn(g.conv(a, 64, 64, k=3, group=4), 64)])
+    c = g.op("Relu", [g.conv(b, 64, 32, k=1)])
+    d = g.op("ConvTranspose", [c, g.w((32, 16, 2, 2)), g.w((32,), 0.1)], group=2, strides=[2, 2])
+    g.nodes.append(helper.make_node("Conv", [g.op("Relu", [d]), g.w((3, 32, 1, 1))], ["y"], name="out"))
+    return g.model([vi("x", [1, 3, 8, 8])], [vi("y", [1, 3, 16, 16])])
+
+
 def flatten_gemm() -> onnx.ModelProto:
     g = G(5)
     a = g.op("MaxPool", [g.op("Relu", [g.conv("x", 1, 16)])], kernel_shape=[2, 2], strides=[2, 2])
@@ -219,7 +230,7 @@ def attention_block(d: int = 32, heads: int = 4, ff: int = 64) -> onnx.ModelProt
 
 BUILDERS = {"mlp": mlp, "resnet": resnet_block, "concat": concat_net, "depthwise": depthwise_net,
             "flatten_gemm": flatten_gemm, "channels_last": channels_last, "split_slice": split_slice_net,
-            "lstm": lstm_net, "gru": gru_net, "pad_resize": pad_resize_net}
+            "lstm": lstm_net, "gru": gru_net, "pad_resize": pad_resize_net, "grouped": grouped_net}
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -357,15 +368,39 @@ def test_reshape_constant_target_rewritten():
     assert target.tolist() == [1, 16 * 16]  # 24 channels -> 16, times 4x4 positions
 
 
+def test_grouped_convolutions_lose_channels_evenly_per_group():
+    """Position j of every group goes together: the group counts stay, each group keeps the same
+    number of input and output channels, and the weights are the kept slots of every group."""
+    proto = grouped_net()
+    res = prune_channels(Model(proto), 0.5, round_to=4, feed=feed_for(proto))
+    nodes = {n.op_type + str(next((a.i for a in n.attribute if a.name == "group"), 1)): n for n in res.proto.graph.node}
+    dims = {t.name: tuple(t.dims) for t in res.proto.graph.initializer}
+    conv, convt = nodes["Conv4"], nodes["ConvTranspose2"]
+    assert dims[conv.input[1]] == (32, 8, 3, 3)  # 64 -> 32 outputs (8 per group), 16 -> 8 inputs per group
+    assert dims[convt.input[1]] == (16, 8, 2, 2)  # 32 -> 16 inputs (8 per group), 16 -> 8 outputs per group
+    before = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    w_old = before[next(n for n in proto.graph.node if n.op_type == "Conv" and
+                        any(a.name == "group" and a.i == 4 for a in n.attribute)).input[1]]
+    w_new = numpy_helper.to_array(next(t for t in res.proto.graph.initializer if t.name == conv.input[1]))
+    kept_out = res.plan.keep[("c", [i for i, n in enumerate(proto.graph.node) if n.op_type == "Conv"][1], 1, 0)]
+    kept_in = res.plan.keep[("c", [i for i, n in enumerate(proto.graph.node) if n.op_type == "Conv"][1], 1, 1)]
+    assert (np.bincount(kept_out // 16, minlength=4) == 8).all()  # every output group keeps 8 of its 16
+    np.testing.assert_array_equal(w_new, w_old[kept_out][:, kept_in])
+    assert signature(res.proto) == signature(proto)
+    assert not any("grouped" in r for f in res.report["frozen_groups"] for r in f["reasons"])
+
+
 def test_frozen_groups_with_reasons():
     proto = blocked_net()
     res = prune_channels(Model(proto), 0.5, round_to=8, feed=feed_for(proto))
     frozen = res.report["frozen_groups"]
     reasons = " | ".join(r for f in frozen for r in f["reasons"])
-    assert "Softmax" in reasons and "grouped convolution" in reasons
+    assert "Softmax" in reasons
     assert "graph output 'y' keeps its shape" in reasons
     free = [r for r in res.report["groups"] if not r["frozen"]]
-    assert free and all(r["channels_after"] == 8 for r in free)
+    assert free and all(r["channels_after"] == 8 for r in free if r["channels_before"] == 16)
+    grouped = next(r for r in free if r["channels_before"] == 4)  # the group-4 conv: 4 slots of 4, left whole
+    assert grouped["channels_after"] == 4
     assert signature(res.proto) == signature(proto)
 
 

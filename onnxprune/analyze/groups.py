@@ -12,7 +12,8 @@ How (Torch-Pruning's dependency groups, re-done for ONNX graphs):
   axis) for one use of a constant (an initializer or Constant node; every use gets its own dim, so
   two layers that happen to share a deduplicated bias constant are not coupled; the rewrite clones
   such a constant when its uses end up sliced differently), ("h", node) for the hidden units of an
-  LSTM/GRU/RNN node. Axes of size 1 are inert (broadcast) and get no dim.
+  LSTM/GRU/RNN node, ("s", node, side) for the per-group channel slots of a grouped convolution
+  (position j of every group is one channel). Axes of size 1 are inert (broadcast) and get no dim.
 - Each op rule links dims of its inputs and outputs with an index map (identity, an offset for
   Concat/Split/Slice, a block expansion for Flatten/Reshape (channel c -> columns c*HW..c*HW+HW-1),
   a stride pattern for channels-last reshapes and LSTM gate blocks). Dims an op does not link are
@@ -28,7 +29,7 @@ How (Torch-Pruning's dependency groups, re-done for ONNX graphs):
 - Reductions over a channel axis (ReduceSum/Max/Min/L1/L2/SumSquare/LogSumExp/Mean) end the channel's
   path: removed channels simply drop out of the sum or max; ReduceMean and a ReduceSum followed by a
   multiplication with the constant 1/C (a mean, as exporters write LayerNorm) average over the kept
-  channels (the constant is rewritten to 1/kept). Softmax, ArgMax, grouped Conv etc. freeze.
+  channels (the constant is rewritten to 1/kept). Softmax, ArgMax etc. freeze.
 - A Reshape that merges a channel axis with others (Flatten into Gemm, channels-last flatten) links
   only the factor that carries channels; one that splits a channel axis into several (attention:
   d -> heads x head_dim) links one factor, `prefer="inner"` (head_dim, the default) or "outer"
@@ -57,7 +58,7 @@ import onnx.numpy_helper
 from onnxprune.errors import DataError
 from onnxprune.model import subgraph_outer_refs
 
-Dim = tuple  # ("v", name, axis) | ("c", node index, input index, axis) | ("h", node index)
+Dim = tuple  # ("v", name, axis) | ("c", node index, input index, axis) | ("h", node index) | ("s", node index, side)
 
 INT_MAX = 2**62
 
@@ -89,7 +90,7 @@ class Member:
     position p of this axis belongs to (every position belongs to exactly one channel)."""
 
     dim: Dim
-    kind: str  # "value" (activation) | "const" (one use of a constant) | "hidden" (LSTM/GRU/RNN units)
+    kind: str  # "value" (activation) | "const" (one use of a constant) | "hidden" (LSTM/GRU/RNN units) | "slot" (grouped conv)
     tensor: str  # value name or constant name (for "hidden": the node name)
     axis: int
     size: int
@@ -973,16 +974,8 @@ class _Builder:
             self.link(n, dw, y)
             self.role(dw, "out")
             self.fixups.append(Fixup("conv_group", n, [self.I(n, 0, 1)], {"group": g}))
-        else:  # the output channels still form a (frozen) group, so the report names the reason
-            why = f"grouped convolution (group={g}) cannot lose channels evenly per group"
-            dw = self.I(n, 1, 0)
-            self.link(n, dw, y)
-            self.role(dw, "out")
-            self.role(y, "act", root=const)
-            self.link(n, self.I(n, 2, 0), y)
-            if y is not None:
-                self.blocked.setdefault(y, f"Conv node {node.name!r}: {why}")
-            return why
+        else:
+            self._grouped_conv(n, y, const, g, w_in=1, w_out=0)
         self._conv_bias(n, y)
         return None
 
@@ -1003,9 +996,34 @@ class _Builder:
             self.role(d0, "out")
             self.fixups.append(Fixup("conv_group", n, [self.I(n, 0, 1)], {"group": g}))
         else:
-            return f"grouped transposed convolution (group={g})"
+            self._grouped_conv(n, y, const, g, w_in=0, w_out=1)
         self._conv_bias(n, y)
         return None
+
+    def _grouped_conv(self, n, y, const: bool, g: int, w_in: int, w_out: int) -> None:
+        """1 < group < channels: position j of every group is one channel, on the input and on the
+        output side, so each group loses the same number and the group count stays. The weight
+        axis that holds one group's share (C/g or O/g) is sliced alike for every group; where the
+        weight has the full axis, a synthetic "slot" dim of the per-group size ties the groups."""
+        x = self.I(n, 0, 1)
+        for full, w_axis, role in ((x, w_in, "in"), (y, w_out, "out")):
+            wd = self.I(n, 1, w_axis)
+            if full is None:
+                continue
+            per = self.sizes[full] // g
+            span = np.arange(per)[:, None] + per * np.arange(g)[None, :]
+            if wd is not None and self.sizes[wd] == per:
+                self.link(n, wd, full, span)
+            else:
+                self.link(n, wd, full)
+                slot: Dim = ("s", n, role)
+                name = self.g.node[n].name or f"{self.g.node[n].op_type}#{n}"
+                self.sizes[slot] = per
+                self.meta[slot] = ("slot", name, 0, name, self.g.node[n].op_type)
+                self.roles[slot] = "slot"
+                self.link(n, slot, full, span)
+            self.role(wd, role)
+        self.role(y, "act", root=const)
 
     def _dense_conv(self, n, y, const: bool, w_in: int, w_out: int) -> None:
         """group == 1: input channels meet the weight's `w_in` axis, its `w_out` axis makes y's channels."""
