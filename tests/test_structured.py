@@ -534,3 +534,15 @@ def test_real_magika_expand_reshape_and_mean_constant():
               for i in n.input if i in inits and inits[i].size == 1]
     assert scales and all(np.isclose(v, 1 / 256) for v in scales)
     assert run(res.proto, feed)[0].shape == (1, 214)
+
+
+def test_layers_inside_if_branches_are_named_in_the_notes():
+    """A model whose layers all sit in If branches (as silero-vad's do) is left as it is, and the
+    report says why instead of silently pruning nothing."""
+    import builders as B
+
+    proto = B.if_branches()
+    feed = {"cond": np.array(True), "X": np.ones((2, 8), np.float32)}
+    res = prune_channels(Model(proto), 0.5, feed=feed)
+    assert res.report["params_ratio"] == 1.0 and res.report["macs_ratio"] == 1.0
+    assert any("If node 'if'" in n and "main graph only" in n for n in res.report["notes"])

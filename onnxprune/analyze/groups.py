@@ -1332,7 +1332,21 @@ def analyze_groups(proto: onnx.ModelProto, feed: dict[str, np.ndarray] | None = 
     b.resolve_pending()
     b.finish()
     groups = b.groups()
+    for node in proto.graph.node:
+        if inner := _subgraph_layers(node):
+            b.notes.append(f"{node.op_type} node {node.name!r}: its subgraphs hold {inner} layer(s) with weights; "
+                           "structured pruning rewrites the main graph only, so they keep their channels")
     return GroupAnalysis(groups, b.fixups, shapes, b.blocked, b.sizes, list(dict.fromkeys(b.notes)))
+
+
+def _subgraph_layers(node: onnx.NodeProto) -> int:
+    """How many weight layers (Conv, Gemm, MatMul, LSTM, ...) the node's subgraphs hold, nested ones included."""
+    count = 0
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for inner in g.node:
+                count += (inner.op_type in WEIGHT_OPS) + _subgraph_layers(inner)
+    return count
 
 
 def sample_feed(proto: onnx.ModelProto, data=None) -> dict[str, np.ndarray]:
