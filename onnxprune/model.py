@@ -210,14 +210,16 @@ class Model:
         values.flags.writeable = False
         return values
 
-    def write(self, key: str, values: np.ndarray) -> None:
-        """Replace a tensor's values (same shape; cast to the stored dtype). A writable C-contiguous
-        array of the stored dtype that owns its data is taken over without a copy and made read-only."""
+    def write(self, key: str, values: np.ndarray, *, hand_over: bool = False) -> None:
+        """Replace a tensor's values (same shape; cast to the stored dtype); they are copied. With
+        `hand_over`, a writable C-contiguous array of the stored dtype that owns its data is kept
+        itself, without a copy, and made read-only: the caller gives it up."""
         t = self.ref(key).proto
         dtype = np_dtype(t.data_type)
         if tuple(values.shape) != tuple(t.dims):
             raise OnnxPruneError(f"tensor {key!r}: new values have shape {values.shape}, expected {tuple(t.dims)}")
-        if not (values.dtype == dtype and values.flags.c_contiguous and values.flags.owndata and values.flags.writeable):
+        if not (hand_over and values.dtype == dtype and values.flags.c_contiguous and values.flags.owndata
+                and values.flags.writeable):
             values = np.array(values, dtype=dtype, order="C")
         values.flags.writeable = False
         self._written[key] = values
@@ -227,7 +229,7 @@ class Model:
         values are a written array (no copy of the tensor)."""
         values = self._written.get(key)
         if values is None:
-            self.write(key, self.read(key).copy())
+            self.write(key, self.read(key))
             values = self._written[key]
         values.flags.writeable = True
         try:

@@ -346,12 +346,15 @@ def test_two_saves_give_identical_bytes(ext, tmp_path):
 
 
 def test_written_values_are_taken_over_and_reach_proto_and_saves(ext, tmp_path):
-    """A write keeps a fresh array itself (no copy, read-only from then on), reads see it, the
+    """A handed-over fresh array is kept itself (no copy, read-only from then on), reads see it, the
     proto gets it when asked for, and an external save streams it into the data file."""
     model = Model.load(ext)
     new = np.empty(model.read("fc.W").shape, np.float32)
     new.reshape(-1)[:] = np.arange(new.size)
-    model.write("fc.W", new)
+    kept = new.copy()
+    model.write("fc.W", kept)  # copied: the caller keeps its array
+    assert kept.flags.writeable and not np.shares_memory(model.read("fc.W"), kept)
+    model.write("fc.W", new, hand_over=True)
     assert not new.flags.writeable and np.shares_memory(model.read("fc.W"), new)
     model.set_entries("fc.W", np.array([0, 3]), np.float32(-1))
     assert model.read("fc.W").reshape(-1)[[0, 1, 3]].tolist() == [-1, 1, -1]
@@ -361,7 +364,7 @@ def test_written_values_are_taken_over_and_reach_proto_and_saves(ext, tmp_path):
     assert again.read("fc.W").reshape(-1)[0] == -1
     copy = Model.load(ext)
     view = np.zeros(model.read("head.W").shape, np.float32)[:, :]
-    copy.write("head.W", view.T.T)  # not the owner: copied
+    copy.write("head.W", view.T.T, hand_over=True)  # not the owner: copied all the same
     assert not np.shares_memory(copy.read("head.W"), view)
     assert np.array_equal(onnx.numpy_helper.to_array(
         next(t for t in copy.proto.graph.initializer if t.name == "head.W")), view)

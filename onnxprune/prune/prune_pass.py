@@ -46,13 +46,13 @@ def write_masked(ctx: Context, weight: Weight, keep: np.ndarray, stored: np.ndar
         np.multiply(bits, keep, out=bits)
         changed = int(nonzero - np.count_nonzero(bits))  # masking only ever zeroes values
         if changed:
-            ctx.model.write(weight.key, stored)
+            ctx.model.write(weight.key, stored, hand_over=True)
         return changed
     masked = apply_mask(weight, stored, keep, ctx.model)
     diff = _bits(masked) != _bits(stored)
     changed = int(np.count_nonzero(diff if diff.ndim == stored.ndim else diff.any(axis=-1)))
     if changed:
-        ctx.model.write(weight.key, masked)
+        ctx.model.write(weight.key, masked, hand_over=True)
     return changed
 
 
