@@ -566,3 +566,17 @@ def test_global_ranking_keeps_exactly_the_largest_magnitudes_across_weights(tmp_
         assert np.array_equal(kept, np.abs(v) >= threshold), k
     per_layer = [float((model.read(k) == 0).mean()) for k in shapes]
     assert per_layer[0] > 0.9 and per_layer[2] < 0.2  # small-scale layer pruned hard, large-scale one barely
+
+
+def test_overrides_follow_their_own_cubic_schedule_in_gradual_runs():
+    """An override is the layer's final sparsity: in a gradual run it ramps on the same cubic
+    schedule (s_i -> its value), instead of jumping there at the first step."""
+    from onnxprune.prune.job import build_pipeline
+    from onnxprune.prune.schedule import cubic_sparsity
+
+    opts = PruneOptions(sparsity=0.8, steps=4, overrides=["fc*=0.4"])
+    prunes = [p for p in build_pipeline(opts).passes if p.name == "prune"]
+    got = [float(p.overrides[0].split("=")[1]) for p in prunes]
+    assert got == pytest.approx([cubic_sparsity(t, 0, 0.4, 4) for t in (1, 2, 3, 4)])
+    assert [p.sparsity for p in prunes] == pytest.approx([cubic_sparsity(t, 0, 0.8, 4) for t in (1, 2, 3, 4)])
+    assert got[-1] == pytest.approx(0.4) and got[0] < 0.4

@@ -14,10 +14,10 @@ from onnxprune.analyze.fold import FoldConstantsPass
 from onnxprune.errors import OptionError
 from onnxprune.model import Model
 from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
-from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS
+from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, parse_override
 from onnxprune.prune.masks import MaskSet
 from onnxprune.prune.prune_pass import PrunePass
-from onnxprune.prune.schedule import schedule
+from onnxprune.prune.schedule import ScheduleStep, cubic_sparsity, schedule
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
 from onnxprune.prune.structured import DEFAULT_ROUND_TO, ChannelPrunePass
 from onnxprune.repair.capture import CalibrationPass
@@ -110,17 +110,30 @@ def build_pipeline(opts: PruneOptions) -> Pipeline:
     passes += calibrated
     for st in plan:
         if calibrated and opts.criterion in CALIBRATED_CRITERIA:
-            passes.append(CalibratedPrunePass(st.sparsity, opts.pattern, opts.scope, opts.criterion, opts.overrides,
+            passes.append(CalibratedPrunePass(st.sparsity, opts.pattern, opts.scope, opts.criterion, ramped(opts, st),
                                               opts.skip, opts.min_params, opts.nm_remainder, step=st.index,
                                               sequential=opts.sequential))
         else:
-            passes.append(PrunePass(st.sparsity, opts.pattern, opts.scope, opts.criterion, opts.overrides, opts.skip,
+            passes.append(PrunePass(st.sparsity, opts.pattern, opts.scope, opts.criterion, ramped(opts, st), opts.skip,
                                     opts.min_params, opts.nm_remainder, step=st.index))
         if opts.repair != "none":
             passes.append(RepairPass(opts.repair, sequential=opts.sequential))
         if opts.hooks:
             passes.append(HookPass(opts.hooks, st.index, len(plan), st.t, st.sparsity))
     return Pipeline(passes)
+
+
+def ramped(opts: PruneOptions, step: ScheduleStep) -> list[str]:
+    """The per-name overrides at one schedule step: each follows its own cubic schedule from the
+    initial sparsity (or its own value, if lower) to its value, on the same steps as the rest."""
+    if opts.steps == 1:
+        return list(opts.overrides)
+    out = []
+    for text in opts.overrides:
+        glob, final = parse_override(text)
+        s = cubic_sparsity(step.t, min(opts.initial_sparsity, final), final, opts.steps, opts.t0, opts.dt)
+        out.append(f"{glob}={s!r}")
+    return out
 
 
 def calibration_passes(opts: PruneOptions) -> list[Pass]:
