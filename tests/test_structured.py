@@ -182,6 +182,23 @@ def gru_net() -> onnx.ModelProto:
     return g.model([vi("x", [4, 2, 6])], [vi("y", [4, 2, 3])])
 
 
+def gru_expand_h0_net() -> onnx.ModelProto:
+    """As torch exports a GRU: the initial state is zeros [1, 1, H] expanded to [1, batch, H] by a
+    shape vector Concat([1], batch from Shape/Gather, [H]) built at run time."""
+    g = G(13)
+    h = 32
+    x = g.op("Tanh", [g.op("MatMul", ["x", g.w((6, 16))])])  # [T, B, 16]
+    batch = g.op("Unsqueeze", [g.op("Gather", [g.op("Shape", [x]), g.const(np.array(1, np.int64))], axis=0),
+                               g.const(np.array([0], np.int64))])
+    shape = g.op("Concat", [g.const(np.array([1], np.int64)), batch, g.const(np.array([h], np.int64))], axis=0)
+    h0 = g.op("Expand", [g.const(np.zeros((1, 1, h), np.float32)), shape])
+    y, _ = g.op("GRU", [x, g.w((1, 3 * h, 16), 0.2), g.w((1, 3 * h, h), 0.2), g.w((1, 6 * h), 0.1), "", h0],
+                n_out=2, hidden_size=h, linear_before_reset=1)
+    s = g.op("Squeeze", [y, g.const(np.array([1], np.int64))])
+    g.nodes.append(helper.make_node("MatMul", [s, g.w((h, 3))], ["y"], name="out"))
+    return g.model([vi("x", [4, 2, 6])], [vi("y", [4, 2, 3])])
+
+
 def blocked_net() -> onnx.ModelProto:
     g = G(9)
     a = g.conv("x", 3, 16, k=1)
@@ -230,7 +247,8 @@ def attention_block(d: int = 32, heads: int = 4, ff: int = 64) -> onnx.ModelProt
 
 BUILDERS = {"mlp": mlp, "resnet": resnet_block, "concat": concat_net, "depthwise": depthwise_net,
             "flatten_gemm": flatten_gemm, "channels_last": channels_last, "split_slice": split_slice_net,
-            "lstm": lstm_net, "gru": gru_net, "pad_resize": pad_resize_net, "grouped": grouped_net}
+            "lstm": lstm_net, "gru": gru_net, "pad_resize": pad_resize_net, "grouped": grouped_net,
+            "gru_expand_h0": gru_expand_h0_net}
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -546,3 +564,27 @@ def test_layers_inside_if_branches_are_named_in_the_notes():
     res = prune_channels(Model(proto), 0.5, feed=feed)
     assert res.report["params_ratio"] == 1.0 and res.report["macs_ratio"] == 1.0
     assert any("If node 'if'" in n and "main graph only" in n for n in res.report["notes"])
+
+
+def test_rewrite_that_fails_in_onnxruntime_freezes_the_groups_at_the_named_node(monkeypatch):
+    """When the rewritten model fails to run, the groups around the node onnxruntime names are
+    frozen and the rewrite redone; the others stay pruned, and the notes say what happened."""
+    from onnxprune.errors import DataError
+    from onnxprune.prune import structured as S
+
+    proto = mlp()
+    first_relu = next(n for n in proto.graph.node if n.op_type == "Relu")
+    real, calls = S.tensor_shapes, []
+
+    def fails_once(p, feed, base_dir=None):
+        calls.append(1)
+        if len(calls) == 1:
+            raise DataError(f"... running Relu node. Name:'{first_relu.name}' Status Message: invalid shape")
+        return real(p, feed, base_dir)
+
+    monkeypatch.setattr(S, "tensor_shapes", fails_once)
+    res = prune_channels(Model(proto), 0.5, round_to=8, feed=feed_for(proto))
+    rows = {r["channels_before"]: r for r in res.report["groups"]}
+    assert rows[32]["frozen"] and "does not run in onnxruntime" in " ".join(rows[32]["reasons"])
+    assert rows[24]["channels_after"] == 16  # the other hidden layer is still pruned
+    assert any("attempt 1" in n for n in res.report["notes"])

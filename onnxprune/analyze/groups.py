@@ -717,7 +717,7 @@ class _Builder:
         in_shape = self.shape_of(node.input[0])
         out_shape = self.shapes.get(node.output[0])
         ri, ro = len(in_shape), len(out_shape)
-        shape_len = len(self.shape_of(node.input[1]) or ())
+        shape_len = int((self.shape_of(node.input[1]) or (0,))[0])  # elements of the 1-D shape input
         for b in range(ro):
             a = b - (ro - ri)
             d = self.O(n, 0, b)

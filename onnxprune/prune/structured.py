@@ -27,6 +27,7 @@ channels makes every runtime faster, CPU included. The steps:
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +41,7 @@ from onnxprune.analyze.groups import (
     ChannelGroup, Dim, GroupAnalysis, _attrs, analyze_groups, constant_array, constant_values, model_macs,
     model_params, sample_feed, tensor_shapes,
 )
-from onnxprune.errors import OnnxPruneError, OptionError
+from onnxprune.errors import DataError, OnnxPruneError, OptionError
 from onnxprune.model import Model
 from onnxprune.pipeline import Context, Pass, PassResult
 
@@ -438,12 +439,25 @@ def verify(model: Model, proto: onnx.ModelProto, plan: RewritePlan, feed: dict) 
 
     try:
         shapes, _ = tensor_shapes(proto, feed, str(model.base_dir))
-    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+    except (DataError, ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             ort.capi.onnxruntime_pybind11_state.RuntimeException, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
-        raise RewriteError(f"the rewritten model does not run in onnxruntime: {str(e).splitlines()[0][:300]}") from e
+        first = str(e.__cause__ or e).splitlines()[0][:300]
+        raise RewriteError(f"the rewritten model does not run in onnxruntime: {first}", _failing_node_dims(proto, first)) from e
     want = predicted_shapes(plan)
     bad = [(k, want[k], v) for k, v in shapes.items() if k in want and tuple(want[k]) != tuple(v)]
     return shapes, bad
+
+
+def _failing_node_dims(proto: onnx.ModelProto, message: str) -> list[Dim]:
+    """The tensor axes around the node an onnxruntime error names ("... node. Name:'X' ..."), so the
+    groups that reach it are the ones frozen; [] when no node is named."""
+    m = re.search(r"Name:'([^']*)'", message)
+    found = [(n, node) for n, node in enumerate(proto.graph.node) if m and node.name == m.group(1)]
+    if not found:
+        return []
+    n, node = found[0]
+    dims: list[Dim] = [("v", name, a) for name in list(node.input) + list(node.output) if name for a in range(8)]
+    return dims + [("c", n, i, a) for i in range(len(node.input)) for a in range(8)]
 
 
 # --------------------------------------------------------------------------------------- reinit
