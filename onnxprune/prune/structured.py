@@ -625,9 +625,15 @@ def render(report: dict, top: int | None = None) -> str:
 
     rows = []
     for r in report["groups"][:top]:
-        rows.append([r["group"], r["name"][:48], r["channels_before"], r["channels_after"],
-                     "frozen: " + "; ".join(r["reasons"])[:90] if r["frozen"] else
-                     ("partly frozen" if r["frozen_channels"] else "")])
+        if r["frozen"]:
+            note = "frozen: " + "; ".join(r["reasons"])[:90]
+        elif r["frozen_channels"]:
+            note = "partly frozen"
+        elif r["channels_after"] == r["channels_before"] and "skipped by --skip" not in r["reasons"]:
+            note = f"kept whole: multiples of {report['round_to']} leave no smaller count (try --round-to)"
+        else:
+            note = "; ".join(r["reasons"])[:90]
+        rows.append([r["group"], r["name"][:48], r["channels_before"], r["channels_after"], note])
     lines = [table(["group", "producers", "before", "after", "note"], rows, right_align=False), ""]
     lines.append(f"channels {report['channels_before']} -> {report['channels_after']}; "
                  f"params {report['params_before']} -> {report['params_after']} ({report['params_ratio']:.3f}x); "
