@@ -546,6 +546,44 @@ def test_dynamically_quantized_model_is_pruned_in_the_quantized_domain(tmp_path,
     assert np.mean(logits.argmax(1) == data["labels"]) > 0.8
 
 
+def test_statically_quantized_operator_model_is_pruned_in_the_quantized_domain(tmp_path):
+    """onnxruntime's quantize_static in operator format: QLinearConv / QLinearMatMul int8 weights,
+    per-channel scales and zero points; 2:4 along the reduction axis counts values != zero point."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    root = Path(__file__).resolve().parents[1] / "samples"
+    calib = np.load(root / "digits_cnn_calib.npz")["input"][:32]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"input": calib[i:i + 8]} for i in range(0, 32, 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    q = tmp_path / "q.onnx"
+    quantize_static(str(root / "digits_cnn.onnx"), str(q), Reader(), quant_format=QuantFormat.QOperator, per_channel=True)
+    model = Model.load(q)
+    weights = find_weights(model).weights
+    assert {w.op for w in weights} >= {"QLinearConv"} and all(w.quant and w.quant.scale for w in weights)
+    ctx, _ = prune_model(model, PruneOptions(pattern="2:4", min_params=0), progress=False)
+    model.save(tmp_path / "p.onnx")
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "p.onnx")).graph.initializer}
+    pruned = [w for w in weights if w.key in ctx.masks]  # the 1-channel first conv is skipped (reported)
+    assert len(pruned) >= 2
+    for w in pruned:
+        zp = inits[w.quant.zero_point]
+        zp = zp.reshape([-1 if i == w.quant.axis else 1 for i in range(len(w.shape))]) if zp.size > 1 else zp
+        op = {"QLinearConv": "Conv", "QGemm": "Gemm", "QLinearMatMul": "MatMul"}[w.op]
+        trans = next((a.i for n in onnx.load(str(q)).graph.node if n.input[3:4] == [w.key]
+                      for a in n.attribute if a.name == "transB"), 0)
+        assert_nm(inits[w.key], op, 2, 4, role="W" if op == "Conv" else "B", trans=trans,
+                  zero=np.broadcast_to(zp, w.shape), name=w.key)
+    data = np.load(root / "digits_cnn_eval.npz")
+    logits = ort.InferenceSession(str(tmp_path / "p.onnx")).run(None, {"input": data["input"]})[0]
+    assert np.mean(logits.argmax(1) == data["labels"]) > 0.7
+
+
 def test_global_ranking_keeps_exactly_the_largest_magnitudes_across_weights(tmp_path):
     """An independent reference: sort |w| over all selected weights together, keep the top half."""
     rng = np.random.default_rng(3)

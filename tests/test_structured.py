@@ -588,3 +588,27 @@ def test_rewrite_that_fails_in_onnxruntime_freezes_the_groups_at_the_named_node(
     assert rows[32]["frozen"] and "does not run in onnxruntime" in " ".join(rows[32]["reasons"])
     assert rows[24]["channels_after"] == 16  # the other hidden layer is still pruned
     assert any("attempt 1" in n for n in res.report["notes"])
+
+
+def test_repair_names_quantized_consumers_it_leaves_as_sliced(tmp_path):
+    """QDQ weights (int8 behind DequantizeLinear) are sliced with their scales; the least-squares
+    repair works in float, so it leaves them and says so instead of silently doing nothing."""
+    g = G(14)
+
+    def qconv(x, cin, cout):
+        w = g.const(g.rng.integers(-100, 100, (cout, cin, 1, 1)).astype(np.int8), "q")
+        dq = g.op("DequantizeLinear", [w, g.const(np.full(cout, 0.01, np.float32)),
+                                       g.const(np.zeros(cout, np.int8))], axis=0)
+        return g.op("Conv", [x, dq])
+
+    h = g.op("Relu", [qconv("x", 3, 32)])
+    g.nodes.append(helper.make_node("Conv", [qconv(h, 32, 16), g.w((2, 16, 1, 1))], ["y"], name="out"))
+    proto = g.model([vi("x", [1, 3, 4, 4])], [vi("y", [1, 2, 4, 4])], opset=13)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((16, 1, 3, 4, 4)).astype(np.float32))
+    model = Model(proto)
+    res = prune_channels(model, 0.5, round_to=8, data=Dataset.from_source(str(tmp_path / "calib.npz"), proto),
+                         repair="lstsq")
+    skipped = res.report["repair_report"]["skipped"]
+    assert any("quantized (DequantizeLinear)" in s for s in skipped), skipped
+    assert res.report["channels_after"] < res.report["channels_before"]
+    assert [o.shape for o in run(res.proto, feed_for(proto, 1))] == [(1, 2, 4, 4)]

@@ -2,7 +2,8 @@
 
 A prunable weight is a constant tensor feeding the weight input of MatMul, Gemm, Conv,
 ConvTranspose or LSTM/GRU/RNN, directly or through Transpose, Cast, Reshape, Squeeze,
-Unsqueeze, Identity and DequantizeLinear. Its *matrix view* is the 2-D matrix
+Unsqueeze, Identity and DequantizeLinear, or the integer weight of ConvInteger/MatMulInteger
+(dynamic quantization) and QLinearConv/QLinearMatMul/com.microsoft QGemm (static, operator format). Its *matrix view* is the 2-D matrix
 (output units x reduction) that N:M groups and blocks use; the reduction axis is the one the op
 sums over, with N:M groups running along the input channels for Conv (design notes).
 Constants the pruner cannot touch are listed with the reason. This module never changes a model.
@@ -28,13 +29,21 @@ PRUNABLE_INPUTS = {
     "RNN": {1: "W", 2: "R"},
     "ConvInteger": {1: "W"},  # dynamically quantized models (onnxruntime quantize_dynamic)
     "MatMulInteger": {0: "A", 1: "B"},
+    "QLinearConv": {3: "W"},  # statically quantized models in operator format (QOperator)
+    "QLinearMatMul": {3: "B"},
+    "QGemm": {3: "B"},  # com.microsoft, written by quantize_static for Gemm
 }
-# integer ops: the weight's zero-point input, and the axis of the weight a per-channel zero point runs along
-INTEGER_ZERO_POINT = {("ConvInteger", "W"): (3, 0), ("MatMulInteger", "B"): (3, -1), ("MatMulInteger", "A"): (2, -2)}
-VIEW_OF = {"ConvInteger": "Conv", "MatMulInteger": "MatMul"}
+DOMAIN = {"QGemm": "com.microsoft"}  # every other op above is from the default domain
+# quantized ops: the weight's zero-point input and its scale input (None: the op has none); a
+# per-channel zero point / scale runs along the weight's output units (the matrix view's rows)
+INTEGER_ZERO_POINT = {("ConvInteger", "W"): (3, None), ("MatMulInteger", "B"): (3, None),
+                      ("MatMulInteger", "A"): (2, None), ("QLinearConv", "W"): (5, 4),
+                      ("QLinearMatMul", "B"): (5, 4), ("QGemm", "B"): (5, 4)}
+VIEW_OF = {"ConvInteger": "Conv", "MatMulInteger": "MatMul", "QLinearConv": "Conv", "QLinearMatMul": "MatMul",
+           "QGemm": "Gemm"}
 PASS_THROUGH = {"Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Identity", "DequantizeLinear"}
 MIN_RANK = {"MatMul": 2, "Gemm": 2, "Conv": 3, "ConvTranspose": 3, "LSTM": 3, "GRU": 3, "RNN": 3,
-            "ConvInteger": 3, "MatMulInteger": 2}
+            "ConvInteger": 3, "MatMulInteger": 2, "QLinearConv": 3, "QLinearMatMul": 2, "QGemm": 2}
 
 
 @dataclass(frozen=True)
@@ -198,18 +207,19 @@ class Analysis:
         return [u for u in self.unprunable if u.foldable]
 
 
-def _integer_zero_point(tracer: "_Tracer", node: gs.Node, path: str, role: str, rank: int,
+def _integer_zero_point(tracer: "_Tracer", node: gs.Node, path: str, role: str, axis: int,
                         steps: list[Step]) -> Step | str:
-    """The zero point of a ConvInteger/MatMulInteger weight as a chain step (or why not prunable)."""
+    """The zero point (and scale) of a quantized op's weight as a chain step (or why not prunable)."""
     if steps:
         return f"{node.op} weight reaches the op through {steps[0].op}; only stored integer weights are supported"
-    index, axis = INTEGER_ZERO_POINT[(node.op, role)]
-    zp = None
-    if index < len(node.inputs) and node.inputs[index].name:
-        zp = tracer.storage_of(node.inputs[index], path)
-        if zp is None:
-            return f"{node.op} {node.name!r} has a run-time zero point"
-    return Step("ZeroPoint", node.name, zero_point=zp, axis=axis % rank)
+    zp_index, scale_index = INTEGER_ZERO_POINT[(node.op, role)]
+    found = {}
+    for what, index in (("zero point", zp_index), ("scale", scale_index)):
+        if index is not None and index < len(node.inputs) and node.inputs[index].name:
+            found[what] = tracer.storage_of(node.inputs[index], path)
+            if found[what] is None:
+                return f"{node.op} {node.name!r} has a run-time {what}"
+    return Step("ZeroPoint", node.name, scale=found.get("scale"), zero_point=found.get("zero point"), axis=axis)
 
 
 def _view_axes(op: str, role: str, rank: int, attrs: dict) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -410,7 +420,7 @@ def find_weights(model: Model) -> Analysis:
             if key is not None:
                 consumers.setdefault(key, []).append(f"{node.op}:{node.name}")
         roles = PRUNABLE_INPUTS.get(node.op)
-        if not roles:
+        if not roles or (node.domain or "") not in ((DOMAIN[node.op],) if node.op in DOMAIN else ("", "ai.onnx")):
             continue
         constant_a = False
         for index, role in roles.items():
@@ -439,7 +449,7 @@ def find_weights(model: Model) -> Analysis:
                 continue
             axes = _view_axes(VIEW_OF.get(node.op, node.op), role, len(op_shape), node.attrs)
             if (node.op, role) in INTEGER_ZERO_POINT:
-                step = _integer_zero_point(tracer, node, path, role, len(op_shape), steps)
+                step = _integer_zero_point(tracer, node, path, role, axes[0][-1], steps)
                 if isinstance(step, str):
                     unprunable.append(Unprunable(key, node.name, node.op, role, step))
                     continue

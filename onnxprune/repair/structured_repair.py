@@ -139,6 +139,7 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
     old, new = model.proto.graph, proto.graph
     consts_old = constant_values(old)
     out, skipped = [], []
+    producer = {o: k for k, nd in enumerate(new.node) for o in nd.output}
     for n, node in enumerate(new.node):
         op = node.op_type
         at = _attrs(node)
@@ -155,6 +156,10 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
         else:
             continue
         d_in = ("c", n, 1, axis_in)
+        dq = producer.get(node.input[1])
+        if dq is not None and new.node[dq].op_type == "DequantizeLinear" and ("c", dq, 0, axis_in) in plan.keep:
+            skipped.append(f"{node.name or op}: its weight is quantized (DequantizeLinear); left as sliced, not refit")
+            continue
         if d_in not in plan.keep:
             continue
         node_old = old.node[n]
