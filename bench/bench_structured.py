@@ -2,7 +2,8 @@
 
 For ddddocr common.onnx (CNN -> bidirectional LSTM -> Gemm, OCR), ddddocr common_det.onnx (YOLOX-style
 detector) and magika (one-hot -> Dense -> Conv1d -> LayerNorm -> Dense), at 25% and 50% of the
-prunable channels removed (uniform per layer, L2 importance, multiples of 16):
+prunable channels removed (uniform per layer, L2 importance, multiples of 16 as in the
+cpu-channels recipe: onnxruntime's AVX-512 convolutions work on blocks of 16 channels):
 - parameter and MAC ratios (MACs of every Conv/Gemm/MatMul/LSTM from the shapes of a run on a real input);
 - latency of the original and the pruned model in onnxruntime (CPU provider, intra_op_num_threads 1
   and 2, inter_op 1), measured side by side in one process: warm-up, then interleaved repetitions
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from onnxprune.check.data import Dataset  # noqa: E402
 from onnxprune.check.parity import compare  # noqa: E402
 from onnxprune.model import Model  # noqa: E402
-from onnxprune.prune.structured import DEFAULT_ROUND_TO, prune_channels  # noqa: E402
+from onnxprune.prune.structured import CPU_ROUND_TO, prune_channels  # noqa: E402
 
 
 CALIB = {"ddddocr_common": 32, "ddddocr_det": 16, "magika": 128}  # repair fits on 3/4, guards on 1/4
@@ -172,7 +173,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--calib", type=int, help="calibration samples (default per model: %s)" % CALIB)
     ap.add_argument("--eval", type=int, help="evaluation samples (default per model: %s)" % EVAL)
-    ap.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO)
+    ap.add_argument("--round-to", type=int, default=CPU_ROUND_TO)
     ap.add_argument("--json", help="write all results here")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()

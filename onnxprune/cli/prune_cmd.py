@@ -26,7 +26,7 @@ def prune_options(f):
         click.option("--override", multiple=True, metavar="GLOB=S", help="Per-name sparsity, e.g. 'conv1*=0.3'. Repeatable."),
         click.option("--min-params", default=1024, show_default=True, type=int, help="Weights smaller than this stay dense."),
         click.option("--nm-remainder", type=click.Choice(["skip", "pad"]), default="skip", show_default=True, help="N:M on a reduction length that is not a multiple of M: leave dense, or pad the last group."),
-        click.option("--round-to", default=DEFAULT_ROUND_TO, show_default=True, type=click.IntRange(min=1), help="--pattern channel: kept channels are a multiple of this (16 suits onnxruntime's AVX-512 convolutions and everything that wants 8 or 4)."),
+        click.option("--round-to", default=DEFAULT_ROUND_TO, show_default=True, type=click.IntRange(min=1), help="--pattern channel: kept channels are a multiple of this (16 suits onnxruntime's AVX-512 convolutions, as in the cpu-channels recipe)."),
         click.option("--reinit", is_flag=True, help="--pattern channel: emit the pruned architecture freshly initialised, for training from scratch."),
         click.option("--fold-constants", is_flag=True, help="Fold constant subexpressions first so weights assembled from constants become prunable."),
     ]

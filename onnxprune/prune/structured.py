@@ -9,7 +9,7 @@ channels makes every runtime faster, CPU included. The steps:
    (criterion "activation": the size of the channel's contribution to the next layers);
 3. allocation: scope "layer" removes the ratio from every segment (a producer's output channels,
    or one input of a Concat); "global" ranks all prunable channels by importance normalised per
-   group. Kept counts are rounded to a multiple of `round_to` (default 16, see DEFAULT_ROUND_TO),
+   group. Kept counts are rounded to a multiple of `round_to` (default 8; see CPU_ROUND_TO),
    never below it, and a segment of `round_to` channels or fewer is left whole: no layer is ever emptied;
 4. rewrite (`rewrite`): every constant of the group is sliced (each use of a shared constant on
    its own; cloned when uses differ), Conv group counts (depthwise), LSTM/GRU hidden_size, Split
@@ -156,12 +156,13 @@ def activation_importance(model: Model, analysis: GroupAnalysis, data, samples: 
 
 # ------------------------------------------------------------------------------------ allocation
 
+DEFAULT_ROUND_TO = 8  # what tensor cores, AVX2 and NEON kernels want
 # onnxruntime's CPU convolutions (MLAS NCHWc) work on blocks of 16 channels with AVX-512 (8 with
 # AVX2); a layer whose channel counts are not block multiples drops to a slower path with layout
-# reorders around it. Measured on ddddocr common_det, 25% removed: with multiples of 8 the latency
-# ratio was 0.70 for a MACs ratio of 0.58; with 16, 0.63 for 0.62 (faster in absolute terms too).
-# Multiples of 16 are also multiples of what AVX2, NEON and tensor cores want.
-DEFAULT_ROUND_TO = 16
+# reorders around it. Measured on ddddocr common_det, 25% removed, on an AVX-512 machine: with
+# multiples of 8 the latency ratio was 0.70 for a MACs ratio of 0.58; with 16, 0.63 for 0.62 (and
+# faster in absolute terms). The cpu-channels recipe and bench_structured use this.
+CPU_ROUND_TO = 16
 
 
 def round_keep(n: int, target: float, round_to: int) -> int:
