@@ -640,6 +640,7 @@ def render(report: dict, top: int | None = None) -> str:
                  f"params {report['params_before']} -> {report['params_after']} ({report['params_ratio']:.3f}x); "
                  f"MACs {report['macs_before']} -> {report['macs_after']} ({report['macs_ratio']:.3f}x) "
                  f"at input {report['input_shapes']}")
+    lines += [f"note: {n}" for n in report["notes"]]
     return "\n".join(lines)
 
 
