@@ -401,5 +401,27 @@ def _is_external(t: onnx.TensorProto) -> bool:
     return t.data_location == onnx.TensorProto.EXTERNAL
 
 
+def check_structure(proto: onnx.ModelProto) -> None:
+    """onnx.checker on a rewritten model whose weights may live in external files. The checker
+    would look for those files relative to the working directory, so main-graph external
+    initializers are checked as typed graph inputs instead (their files were validated when the
+    model was loaded and are streamed when it is saved); with external tensors in subgraphs the
+    check is left out."""
+    external = {t.name: t for t in proto.graph.initializer if _is_external(t)}
+    if any(_is_external(t) for path, g in _walk_graphs(proto.graph) if path for t in g.initializer):
+        return
+    if external:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        kept = [t for t in copy.graph.initializer if t.name not in external]
+        del copy.graph.initializer[:]
+        copy.graph.initializer.extend(kept)
+        declared = {i.name for i in copy.graph.input}
+        copy.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                for name, t in external.items() if name not in declared)
+        proto = copy
+    onnx.checker.check_model(proto)
+
+
 def load_model(path: str | os.PathLike) -> Model:
     return Model.load(path)

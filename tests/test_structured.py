@@ -612,3 +612,21 @@ def test_repair_names_quantized_consumers_it_leaves_as_sliced(tmp_path):
     assert any("quantized (DequantizeLinear)" in s for s in skipped), skipped
     assert res.report["channels_after"] < res.report["channels_before"]
     assert [o.shape for o in run(res.proto, feed_for(proto, 1))] == [(1, 2, 4, 4)]
+
+
+def test_model_with_external_data_prunes_from_another_folder(tmp_path, monkeypatch):
+    """The checker must not look for untouched weights' data files relative to the working folder."""
+    proto = resnet_block()
+    folder = tmp_path / "m"
+    folder.mkdir()
+    onnx.save_model(proto, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    model = Model.load(folder / "model.onnx")
+    res = prune_channels(model, 0.5, round_to=64, feed=feed_for(proto))  # large multiple: most weights untouched
+    assert any(t.data_location == TensorProto.EXTERNAL for t in res.proto.graph.initializer)
+    model.replace_proto(res.proto)
+    out = model.save(tmp_path / "out" / "pruned.onnx")
+    assert [o.shape for o in run(onnx.load(str(out)), feed_for(proto))] == [o.shape for o in run(resnet_block(), feed_for(proto))]

@@ -42,7 +42,7 @@ from onnxprune.analyze.groups import (
     model_params, sample_feed, tensor_shapes,
 )
 from onnxprune.errors import DataError, OnnxPruneError, OptionError
-from onnxprune.model import Model
+from onnxprune.model import Model, check_structure
 from onnxprune.pipeline import Context, Pass, PassResult
 
 CRITERIA = ("l2", "activation")
@@ -595,7 +595,7 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
         repair_report = lstsq_repair(model, proto, plan, data, samples=calib_samples)
     if reinit:
         notes.append(f"reinit: {len(reinit_weights(proto, seed))} weight tensors freshly initialised (seed {seed})")
-    onnx.checker.check_model(proto, full_check=False)
+    check_structure(proto)
     macs_before = model_macs(model.proto, analysis.shapes)
     macs_after = model_macs(proto, new_shapes)
     params_before, params_after = model_params(model.proto), model_params(proto)
