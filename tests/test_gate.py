@@ -59,6 +59,16 @@ def test_sweep_curve_is_monotone_enough_and_find_max_passes(tmp_path):
     assert best is not None and 0.3 <= best < 0.9
 
 
+def test_sweep_of_channel_pruning(tmp_path):
+    rep = tmp_path / "s.json"
+    r = run("sweep", MLP, "--pattern", "channel", "--data", EVAL, "--sparsities", "0.25,0.5",
+            "--max-accuracy-drop", "0.5", "--report", rep)
+    assert r.exit_code == 0, r.output
+    pts = json.loads(rep.read_text())["points"]
+    assert [p["sparsity"] for p in pts] == [0.25, 0.5]
+    assert 0 < pts[0]["achieved_sparsity"] < pts[1]["achieved_sparsity"] <= 0.5 + 1e-9
+
+
 def test_sweep_rejects_bad_levels():
     r = CliRunner().invoke(main, ["sweep", MLP, "--sparsities", "0.5,1.5"])
     assert r.exit_code == 2 and "--sparsities" in r.output

@@ -26,7 +26,17 @@ def prune_and_check(model_path: str | Path, opts: PruneOptions, sparsity: float,
     candidate = Model.load(model_path)
     _, summary = prune_model(candidate, dataclasses.replace(opts, sparsity=sparsity), calibration, progress=False)
     report = compare(original, candidate, dataset, thresholds, **compare_kw)
-    return _point(sparsity, report, summary["totals"]["sparsity_of_selected"])
+    return _point(sparsity, report, achieved_sparsity(summary))
+
+
+def achieved_sparsity(summary: dict) -> float:
+    """What a prune job reached: the pruned share of the selected weights, or for channel pruning
+    the removed share of the channels that could be removed (frozen ones left out)."""
+    if "totals" in summary:
+        return summary["totals"]["sparsity_of_selected"]
+    free = [r for r in summary["structured"]["groups"] if not r["frozen"]]
+    removable = sum(r["channels_before"] - r["frozen_channels"] for r in free)
+    return sum(r["channels_before"] - r["channels_after"] for r in free) / removable if removable else 0.0
 
 
 def sweep(model_path, opts: PruneOptions, sparsities: list[float], dataset, thresholds: Thresholds,
