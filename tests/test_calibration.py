@@ -521,3 +521,17 @@ def test_wanda_sequential_and_nm_on_shared_activation(tmp_path):
     for key, w in find_weights(m).by_key().items():
         _check_nm(w, ctx.masks.get(key), 2, 4)
 
+
+
+def test_sparsegpt_reaches_the_layer_target_on_depthwise_conv(tmp_path):
+    """Depthwise: one Gram matrix (and one SparseGPT call) per channel of 9 weights; 50% of 9 must
+    not round to 4 in every channel (44.4%): the layer's count is shared out by cumulative rounding."""
+    r = _rng(11)
+    wd = (r.standard_normal((16, 1, 3, 3)) * 0.3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["X", "Wd"], ["Y"], name="dw", pads=[1, 1, 1, 1], group=16)]
+    proto = _model(nodes, [_vi("X", ["b", 16, 6, 6])], [_vi("Y", None)], {"Wd": wd})
+    data = _data(proto, tmp_path, X=r.standard_normal((16, 16, 6, 6)).astype(np.float32))
+    m, ctx, _ = _prune(proto, data, PruneOptions(sparsity=0.5, criterion="sparsegpt", min_params=0))
+    pruned = ~ctx.masks.get("Wd")
+    assert int(pruned.sum()) == 72  # round(0.5 * 144)
+    assert set(pruned.reshape(16, 9).sum(axis=1).tolist()) <= {4, 5}

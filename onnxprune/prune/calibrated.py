@@ -342,8 +342,15 @@ class CalibratedPrunePass(PrunePass):
         fixed = None
         if pattern.kind == "block":  # block masks are chosen once from the OBS saliency, then reconstructed
             fixed = ~patterns.blocks(obs_saliency(wm, st, damp), keep_m, pattern.a, pattern.b, target)
-        for g, sl in enumerate(st.row_slices(w.rows)):
-            new_m[sl], out[sl] = sparsegpt(wm[sl], st.gram[g], keep_m[sl], target, pattern, w.group_axis_len,
+        slices = list(st.row_slices(w.rows))
+        # each slice (a conv group, e.g. one row of a depthwise conv) gets its share of the layer's
+        # count by cumulative rounding, so the layer reaches the target even when slices are short
+        # (N:M keeps the layer's target: its count is fixed per group of M)
+        sizes = np.array([wm[sl].size for sl in slices])
+        counts = np.diff(np.round(np.concatenate([[0], np.cumsum(sizes)]) * target))
+        for g, sl in enumerate(slices):
+            share = counts[g] / sizes[g] if pattern.kind == "unstructured" else target
+            new_m[sl], out[sl] = sparsegpt(wm[sl], st.gram[g], keep_m[sl], share, pattern, w.group_axis_len,
                                            fixed=None if fixed is None else fixed[sl], blocksize=self.blocksize,
                                            percdamp=damp, row_wise=self.row_wise)
         values = w.unmatrix(out).astype(w.dtype)
