@@ -630,3 +630,35 @@ def test_model_with_external_data_prunes_from_another_folder(tmp_path, monkeypat
     model.replace_proto(res.proto)
     out = model.save(tmp_path / "out" / "pruned.onnx")
     assert [o.shape for o in run(onnx.load(str(out)), feed_for(proto))] == [o.shape for o in run(resnet_block(), feed_for(proto))]
+
+
+def test_channel_importance_of_quantized_weights_is_in_real_units():
+    """Per-channel QDQ stretches every unit to about +-127 in int8: ranking the stored integers
+    would be close to random. Half the hidden units are tiny in real units; those must go."""
+    g = G(15)
+    w1 = g.rng.standard_normal((8, 32)).astype(np.float32)
+    w1[:, ::2] *= 0.01  # even hidden units barely contribute
+    scale1 = (np.abs(w1).max(axis=0) / 127).astype(np.float32)
+    q1 = np.round(w1 / scale1).astype(np.int8)
+    w2 = g.rng.standard_normal((32, 4)).astype(np.float32)
+    scale2 = (np.abs(w2).max(axis=0) / 127).astype(np.float32)
+    q2 = np.round(w2 / scale2).astype(np.int8)
+    d1 = g.op("DequantizeLinear", [g.const(q1, "q"), g.const(scale1), g.const(np.zeros(32, np.int8))], axis=1)
+    d2 = g.op("DequantizeLinear", [g.const(q2, "q"), g.const(scale2), g.const(np.zeros(4, np.int8))], axis=1)
+    h = g.op("Relu", [g.op("MatMul", ["x", d1])])
+    g.nodes.append(helper.make_node("MatMul", [h, d2], ["y"], name="out"))
+    proto = g.model([vi("x", ["N", 8])], [vi("y", ["N", 4])], opset=13)
+    res = prune_channels(Model(proto), 0.5, round_to=8, feed=feed_for(proto))
+    removed = next(iter(res.plan.removed.values()))
+    assert sorted(removed.tolist()) == list(range(0, 32, 2))
+
+
+def test_dynamically_quantized_layers_are_named_in_the_notes(tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = tmp_path / "mlp.onnx"
+    onnx.save(mlp(), str(src))
+    quantize_dynamic(str(src), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
+    proto = onnx.load(str(tmp_path / "q.onnx"))
+    res = prune_channels(Model(proto), 0.5, feed=feed_for(proto))
+    assert any("quantized operators (MatMulInteger" in n and "prune the float model" in n for n in res.report["notes"])

@@ -80,6 +80,8 @@ SINK_REDUCE = {"ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceMa
 REDUCE = SINK_REDUCE | {"ReduceProd", "ReduceLogSum"}
 RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
+QUANTIZED_LAYER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QGemm", "DynamicQuantizeLSTM",
+                       "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"}
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -1332,6 +1334,11 @@ def analyze_groups(proto: onnx.ModelProto, feed: dict[str, np.ndarray] | None = 
     b.resolve_pending()
     b.finish()
     groups = b.groups()
+    quantized = sorted({n.op_type for n in proto.graph.node if n.op_type in QUANTIZED_LAYER_OPS})
+    if quantized:
+        count = sum(n.op_type in QUANTIZED_LAYER_OPS for n in proto.graph.node)
+        b.notes.append(f"{count} layer(s) are quantized operators ({', '.join(quantized)}), which channel pruning "
+                       "does not rewrite: prune the float model, then quantize it")
     for node in proto.graph.node:
         if inner := _subgraph_layers(node):
             b.notes.append(f"{node.op_type} node {node.name!r}: its subgraphs hold {inner} layer(s) with weights; "

@@ -73,14 +73,31 @@ def _reader(model: Model | None, proto: onnx.ModelProto):
     return read
 
 
-def l2_importance(group: ChannelGroup, read) -> np.ndarray:
-    """Per channel: the sum over the group's weight slices (layer weights, norm scales) of their L2 norms."""
+def member_values(m, proto: onnx.ModelProto, read) -> np.ndarray:
+    """A constant member's values in real units (float64): a weight stored quantized behind
+    DequantizeLinear is dequantized, (q - zero_point) * scale, per axis where the scale is."""
+    a = np.asarray(read(m.tensor), dtype=np.float64)
+    node = proto.graph.node[m.dim[1]]
+    if node.op_type != "DequantizeLinear" or m.dim[2] != 0:
+        return a
+    scale = np.asarray(read(node.input[1]), dtype=np.float64)
+    zp = np.asarray(read(node.input[2]), dtype=np.float64) if len(node.input) > 2 and node.input[2] else np.zeros(())
+    if scale.size > 1 and scale.ndim == 1 and a.ndim > 1:  # per-axis
+        shape = [1] * a.ndim
+        shape[_attrs(node).get("axis", 1) % a.ndim] = scale.size
+        scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp)
+    return (a - zp) * scale
+
+
+def l2_importance(group: ChannelGroup, read, proto: onnx.ModelProto) -> np.ndarray:
+    """Per channel: the sum over the group's weight slices (layer weights, norm scales) of their L2
+    norms, in real units (quantized weights dequantized)."""
     members = [m for m in group.members if m.kind == "const" and m.role in IMPORTANCE_ROLES]
     if not members:
         members = [m for m in group.members if m.kind == "const"]
     imp = np.zeros(group.channels)
     for m in members:
-        a = np.asarray(read(m.tensor), dtype=np.float64)
+        a = member_values(m, proto, read)
         sq = (np.moveaxis(a, m.axis, 0).reshape(m.size, -1) ** 2).sum(axis=1)
         imp += np.sqrt(np.bincount(m.channel_of, weights=sq, minlength=group.channels))
     return imp
@@ -142,7 +159,7 @@ def activation_importance(model: Model, analysis: GroupAnalysis, data, samples: 
         imp = np.zeros(g.channels)
         got = False
         for x, axis, m in wanted.get(g.id, []):
-            w = np.asarray(read(m.tensor), dtype=np.float64)
+            w = member_values(m, proto, read)
             wsq = (np.moveaxis(w, m.axis, 0).reshape(m.size, -1) ** 2).sum(axis=1)
             key = next(((x, a) for (xx, a) in sumsq if xx == x), None)
             if key is None or len(sumsq[key]) != m.size:
@@ -150,7 +167,7 @@ def activation_importance(model: Model, analysis: GroupAnalysis, data, samples: 
             ex2 = sumsq[key] / max(count[key], 1)
             imp += np.sqrt(np.bincount(m.channel_of, weights=wsq * ex2, minlength=g.channels))
             got = True
-        result[g.id] = imp if got else l2_importance(g, read)
+        result[g.id] = imp if got else l2_importance(g, read, proto)
     return result
 
 
@@ -554,7 +571,7 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
     if criterion == "activation":
         importance = activation_importance(model, analysis, data, samples=calib_samples or 32)
     else:
-        importance = {g.id: l2_importance(g, read) for g in analysis.groups if g.prunable}
+        importance = {g.id: l2_importance(g, read, model.proto) for g in analysis.groups if g.prunable}
     skip_groups = {g.id for g in analysis.groups
                    if any(fnmatch.fnmatch(p, pat) for p in g.producers for pat in skip)}
     forced: dict[int, str] = {}
