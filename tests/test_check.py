@@ -359,6 +359,10 @@ def test_labels_give_accuracy(tmp_path, save):
     np.save(tmp_path / "bad.npy", np.arange(39))
     with pytest.raises(DataError, match="39 labels for 40 samples"):
         Dataset.from_source(tmp_path / "d.npz", classifier(), labels=tmp_path / "bad.npy")
+    np.savez(tmp_path / "multi.npz", x=x, labels=np.stack([labels, labels], axis=1))  # 2 labels per sample
+    with pytest.raises(DataError, match=r"labels \(\[2\] per sample, 40 samples\) match no classifier output"):
+        compare(save(classifier(), "m.onnx"), save(classifier(), "m.onnx"),
+                Dataset.from_source(tmp_path / "multi.npz", classifier()), Thresholds(), batch_size=8)
 
 
 def test_integer_input_and_non_float_outputs(save):

@@ -496,8 +496,9 @@ def compare(original: ModelSource, candidate: ModelSource, dataset: Dataset, thr
             s.update(r, c, batch.labels)
         if batches == 0 and batch.labels is not None and not any(s.uses_labels for s in stats):
             shapes = ", ".join(f"{s.name}{s.shape}" for s in stats)
-            raise DataError(f"labels ({batch.labels.size} for {batch.size} samples) match no classifier output "
-                            f"({shapes}); give one integer class per prediction")
+            per = list(batch.labels.shape[1:]) or "one integer"
+            raise DataError(f"labels ({per} per sample, {len(dataset)} samples) match no classifier output "
+                            f"(first batch of {batch.size}: {shapes}); give one integer class per prediction")
         batches += 1
         if progress:
             progress(batch.size)
