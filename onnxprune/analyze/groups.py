@@ -1243,6 +1243,14 @@ class _Builder:
                 rooted |= comp
         return rooted
 
+    def _layers_of(self, m: Member) -> list[str]:
+        """The layer(s) a weight member belongs to: the node reading a constant, or, for a weight
+        computed at run time (e.g. DequantizeLinear of a stored int8 tensor), the layers reading it."""
+        if m.kind != "value":
+            return [m.node]
+        return [n.name or f"{n.op_type}#{k}" for k, n in enumerate(self.g.node)
+                if n.op_type in WEIGHT_OPS and m.tensor in n.input[1:3]]
+
     def groups(self) -> list[ChannelGroup]:
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
@@ -1310,9 +1318,9 @@ class _Builder:
             segs: dict[tuple, list[int]] = {}
             for cid in range(nch):
                 segs.setdefault(tuple(sorted(sig[cid])), []).append(cid)
-            producers = list(dict.fromkeys(m.node for m in members if m.role in ("out", "hidden") and
-                                           (m.kind != "value")))
-            consumers = list(dict.fromkeys(m.node for m in members if m.role == "in" and m.kind != "value"))
+            producers = list(dict.fromkeys(layer for m in members if m.role in ("out", "hidden")
+                                           for layer in self._layers_of(m)))
+            consumers = list(dict.fromkeys(layer for m in members if m.role == "in" for layer in self._layers_of(m)))
             out.append(ChannelGroup(gid, nch, members, [np.array(s) for s in segs.values()], frozen, reasons,
                                     producers, consumers))
         return out

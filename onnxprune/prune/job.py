@@ -19,6 +19,7 @@ from onnxprune.prune.masks import MaskSet
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import ScheduleStep, cubic_sparsity, schedule
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
+from onnxprune.prune.criteria import zero_value
 from onnxprune.prune.structured import DEFAULT_ROUND_TO, ChannelPrunePass
 from onnxprune.repair.capture import CalibrationPass
 from onnxprune.repair.hooks import HookPass
@@ -172,7 +173,7 @@ def summarize(ctx: Context, opts: PruneOptions) -> dict:
         sparsity = ctx.masks.sparsity(w.key) if w.key in ctx.masks else 0.0
         skipped = next((r.weights[w.key]["skipped"] for r in reversed(ctx.results)
                         if r.pass_name == "prune" and "skipped" in r.weights.get(w.key, {})), None)
-        zeros = int(np.count_nonzero(ctx.model.read(w.key) == 0)) if w.quant is None else None
+        zeros = int(np.count_nonzero(ctx.model.read(w.key) == zero_value(w, ctx.model)))  # quantized: == zero point
         rows.append({"name": w.key, "op": w.op, "params": w.params, "sparsity": sparsity,
                      "zeros": zeros, "skipped": skipped})
         total += w.params
