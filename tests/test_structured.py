@@ -199,6 +199,17 @@ def gru_expand_h0_net() -> onnx.ModelProto:
     return g.model([vi("x", [4, 2, 6])], [vi("y", [4, 2, 3])])
 
 
+def gemm_to_deconv_net() -> onnx.ModelProto:
+    """A generator head: Gemm to 16*2*2 features, viewed as [N, 16, 2, 2] (channels, not width,
+    are what the ConvTranspose can follow), then ConvTranspose upsampling."""
+    g = G(16)
+    h = g.op("Relu", [g.gemm("x", 8, 64)])
+    v = g.op("Reshape", [h, g.const(np.array([-1, 16, 2, 2], np.int64))])
+    u = g.op("Relu", [g.op("ConvTranspose", [v, g.w((16, 16, 2, 2)), g.w((16,), 0.1)], strides=[2, 2])])
+    g.nodes.append(helper.make_node("Conv", [u, g.w((3, 16, 1, 1))], ["y"], name="out"))
+    return g.model([vi("x", [2, 8])], [vi("y", [2, 3, 4, 4])])
+
+
 def blocked_net() -> onnx.ModelProto:
     g = G(9)
     a = g.conv("x", 3, 16, k=1)
@@ -248,7 +259,7 @@ def attention_block(d: int = 32, heads: int = 4, ff: int = 64) -> onnx.ModelProt
 BUILDERS = {"mlp": mlp, "resnet": resnet_block, "concat": concat_net, "depthwise": depthwise_net,
             "flatten_gemm": flatten_gemm, "channels_last": channels_last, "split_slice": split_slice_net,
             "lstm": lstm_net, "gru": gru_net, "pad_resize": pad_resize_net, "grouped": grouped_net,
-            "gru_expand_h0": gru_expand_h0_net}
+            "gru_expand_h0": gru_expand_h0_net, "gemm_to_deconv": gemm_to_deconv_net}
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -662,3 +673,9 @@ def test_dynamically_quantized_layers_are_named_in_the_notes(tmp_path):
     proto = onnx.load(str(tmp_path / "q.onnx"))
     res = prune_channels(Model(proto), 0.5, feed=feed_for(proto))
     assert any("quantized operators (MatMulInteger" in n and "prune the float model" in n for n in res.report["notes"])
+
+
+def test_reshape_into_conv_channels_links_the_channel_factor():
+    res = prune_channels(Model(gemm_to_deconv_net()), 0.5, round_to=8, feed=feed_for(gemm_to_deconv_net()))
+    gemm_group = next(r for r in res.report["groups"] if any("Gemm" in p for p in r["producers"]))
+    assert (gemm_group["channels_before"], gemm_group["channels_after"]) == (16, 8)

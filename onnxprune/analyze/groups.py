@@ -1220,8 +1220,13 @@ class _Builder:
                     changed = True
                     continue
                 elif p.single in rooted and cands:
+                    # axes the next ops can follow first (a Conv follows channels, not width), then
+                    # the preferred factor (attention: head_dim or heads)
                     order = sorted(range(len(cands)), key=lambda j: p.strides[j])
-                    pick = cands[order[0] if self.prefer == "inner" else order[-1]]
+                    if self.prefer != "inner":
+                        order.reverse()
+                    order.sort(key=lambda j: not self._followable(cands[j][0], p.node))
+                    pick = cands[order[0]]
                 if pick is None:
                     rest.append(p)
                     continue
@@ -1232,6 +1237,11 @@ class _Builder:
                     self.link(p.node, d, p.single, idx)
                 changed = True
             self.pending = rest  # what is never decided stays unhandled by its reshape
+
+    def _followable(self, d: Dim, reshape: int) -> bool:
+        """Does every op reading activation dim `d` (other than `reshape`) handle that axis?"""
+        return d[0] == "v" and all((k, d) in self.handled for k, node in enumerate(self.g.node)
+                                   if k != reshape and d[1] in node.input)
 
     def _rooted_dims(self) -> set[Dim]:
         graph = nx.Graph()
