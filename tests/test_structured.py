@@ -601,28 +601,35 @@ def test_rewrite_that_fails_in_onnxruntime_freezes_the_groups_at_the_named_node(
     assert any("attempt 1" in n for n in res.report["notes"])
 
 
-def test_repair_names_quantized_consumers_it_leaves_as_sliced(tmp_path):
-    """QDQ weights (int8 behind DequantizeLinear) are sliced with their scales; the least-squares
-    repair works in float, so it leaves them and says so instead of silently doing nothing."""
+def test_repair_refits_quantized_consumers_and_requantizes(tmp_path):
+    """QDQ weights (int8 behind DequantizeLinear) are refit in real units and written back as int8
+    with their per-channel scales (grown where the refit values need it); the repaired model is
+    closer to the original than the plainly sliced one, as in float."""
     g = G(14)
 
     def qconv(x, cin, cout):
-        w = g.const(g.rng.integers(-100, 100, (cout, cin, 1, 1)).astype(np.int8), "q")
-        dq = g.op("DequantizeLinear", [w, g.const(np.full(cout, 0.01, np.float32)),
-                                       g.const(np.zeros(cout, np.int8))], axis=0)
+        w = g.rng.standard_normal((cout, cin, 1, 1)).astype(np.float32) * 0.3
+        scale = (np.abs(w).reshape(cout, -1).max(axis=1) / 127).astype(np.float32)
+        q = np.round(w / scale[:, None, None, None]).astype(np.int8)
+        dq = g.op("DequantizeLinear", [g.const(q, "q"), g.const(scale), g.const(np.zeros(cout, np.int8))], axis=0)
         return g.op("Conv", [x, dq])
 
     h = g.op("Relu", [qconv("x", 3, 32)])
     g.nodes.append(helper.make_node("Conv", [qconv(h, 32, 16), g.w((2, 16, 1, 1))], ["y"], name="out"))
     proto = g.model([vi("x", [1, 3, 4, 4])], [vi("y", [1, 2, 4, 4])], opset=13)
-    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((16, 1, 3, 4, 4)).astype(np.float32))
-    model = Model(proto)
-    res = prune_channels(model, 0.5, round_to=8, data=Dataset.from_source(str(tmp_path / "calib.npz"), proto),
-                         repair="lstsq")
-    skipped = res.report["repair_report"]["skipped"]
-    assert any("quantized (DequantizeLinear)" in s for s in skipped), skipped
-    assert res.report["channels_after"] < res.report["channels_before"]
-    assert [o.shape for o in run(res.proto, feed_for(proto, 1))] == [(1, 2, 4, 4)]
+    x = np.random.default_rng(0).standard_normal((64, 1, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    data = Dataset.from_source(str(tmp_path / "calib.npz"), proto)
+    plain = prune_channels(Model(proto), 0.5, round_to=8, data=data)
+    fixed = prune_channels(Model(proto), 0.5, round_to=8, data=data, repair="lstsq", calib_samples=64)
+    rep = fixed.report["repair_report"]
+    assert rep["accepted"] and len(rep["layers"]) == 2 and not rep["skipped"], rep  # the QDQ conv and "out"
+    stored = {t.name: numpy_helper.to_array(t) for t in fixed.proto.graph.initializer}
+    dq = next(n for n in fixed.proto.graph.node if n.op_type == "DequantizeLinear" and stored[n.input[0]].shape[1] == 16)
+    assert stored[dq.input[0]].dtype == np.int8  # still quantized, now 16 input channels
+    ref = np.concatenate([run(proto, {"x": xi})[0] for xi in x[:16]])
+    err = [np.linalg.norm(np.concatenate([run(r.proto, {"x": xi})[0] for xi in x[:16]]) - ref) for r in (plain, fixed)]
+    assert err[1] < 0.8 * err[0], err
 
 
 def test_model_with_external_data_prunes_from_another_folder(tmp_path, monkeypatch):

@@ -155,40 +155,49 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
             axis_in, axis_out = 2, 1
         else:
             continue
-        d_in = ("c", n, 1, axis_in)
-        dq = producer.get(node.input[1])
-        if dq is not None and new.node[dq].op_type == "DequantizeLinear" and ("c", dq, 0, axis_in) in plan.keep:
-            skipped.append(f"{node.name or op}: its weight is quantized (DequantizeLinear); left as sliced, not refit")
-            continue
-        if d_in not in plan.keep:
-            continue
         node_old = old.node[n]
         wname = node_old.input[1]
-        if wname not in consts_old:
+        src = (n, 1)  # (node, input) holding the stored weight
+        dq = producer.get(node.input[1])
+        if dq is not None and new.node[dq].op_type == "DequantizeLinear" and old.node[dq].input[0] in consts_old:
+            if op not in ("Conv", "Gemm", "MatMul"):
+                if ("c", dq, 0, axis_in) in plan.keep:
+                    skipped.append(f"{node.name or op}: quantized recurrent weight; left as sliced, not refit")
+                continue
+            src = (dq, 0)
+        d_in = ("c", *src, axis_in)
+        if d_in not in plan.keep:
+            continue
+        if src[0] == n and wname not in consts_old:
             skipped.append(f"{node.name}: weight is not a constant")
             continue
-        w = np.asarray(read(wname), dtype=np.float64)
+        w = (np.asarray(read(wname), dtype=np.float64) if src[0] == n
+             else _dequantize(old.node[dq], read))  # refit in real units, requantized on writing
         if op == "MatMul" and w.ndim != 2:
             skipped.append(f"{node.name}: batched MatMul weight")
             continue
-        kept_out = plan.keep.get(("c", n, 1, axis_out))
+        kept_out = plan.keep.get(("c", *src, axis_out))
         kept_in = plan.keep[d_in]
-        meta: dict = {"attrs": at}
+        meta: dict = {"attrs": at, "dq": dq if src[0] != n else None}
         bias_ref = None
         b = None
         if op == "Conv":
             if kept_out is not None:
                 w = w[kept_out]
             meta["kshape"] = tuple(w.shape[2:])
+            meta["wshape"] = (w.shape[0], len(kept_in))  # (kept outputs, kept inputs) of the rewritten weight
             meta["k"] = int(np.prod(w.shape[2:]))
             c_in = w.shape[1]
             wm = w.transpose(*range(2, w.ndim), 1, 0).reshape(-1, w.shape[0])  # (k*C, O)
             if len(node_old.input) > 2 and node_old.input[2]:
-                b = np.asarray(read(node_old.input[2]), dtype=np.float64)
-                b = b[kept_out] if kept_out is not None else b
+                if node_old.input[2] in consts_old:
+                    b = np.asarray(read(node_old.input[2]), dtype=np.float64)
+                    b = b[kept_out] if kept_out is not None else b
+                    bias_ref = ("input", 2)
+                # else a computed (e.g. quantized) bias: it stays, and the fit keeps it fixed
             else:
                 b = np.zeros(wm.shape[1])
-            bias_ref = ("input", 2)
+                bias_ref = ("input", 2)
         elif op == "Gemm":
             wm = w.T if at.get("transB", 0) else w  # (K, N)
             if kept_out is not None:
@@ -237,26 +246,65 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
     return out, skipped
 
 
+def _dequantize(dq: onnx.NodeProto, read) -> np.ndarray:
+    """The real values of a DequantizeLinear of stored constants: (q - zero_point) * scale."""
+    q = np.asarray(read(dq.input[0]), dtype=np.float64)
+    scale, zp = _quant_params(dq, read, q.ndim)
+    return (q - zp) * scale
+
+
+def _quant_params(dq: onnx.NodeProto, read, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero point) of a DequantizeLinear, shaped to broadcast along its axis."""
+    scale = np.asarray(read(dq.input[1]), dtype=np.float64)
+    zp = np.asarray(read(dq.input[2]), dtype=np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros(())
+    if scale.size > 1:
+        shape = [1] * ndim
+        shape[_attrs(dq).get("axis", 1) % ndim] = scale.size
+        scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp)
+    return scale, zp
+
+
+def _set_weight(proto: onnx.ModelProto, c: "_Consumer", array: np.ndarray) -> None:
+    """Write a refit weight: as it is, or requantized into the DequantizeLinear's stored integers
+    (a symmetric per-axis scale grows where the refit values outgrow it; others are clipped)."""
+    dq = c.meta.get("dq")
+    if dq is None:
+        _set_const(proto, c.n, 1, array)
+        return
+    node = proto.graph.node[dq]
+    consts = constant_values(proto.graph)
+    read = lambda name: constant_array(consts[name])  # noqa: E731
+    stored = constant_array(consts[node.input[0]])
+    info = np.iinfo(stored.dtype)
+    scale, zp = _quant_params(node, read, array.ndim)
+    if not zp.any() and info.min < 0 and scale.size > 1:
+        axis = _attrs(node).get("axis", 1) % array.ndim
+        absmax = np.abs(np.moveaxis(array, axis, 0)).reshape(scale.size, -1).max(axis=1)
+        scale = np.maximum(scale, (absmax / info.max).reshape(scale.shape))
+        _set_const(proto, dq, 1, scale.reshape(-1).astype(constant_array(consts[node.input[1]]).dtype))
+    q = np.clip(np.round(array / scale + zp), info.min, info.max)
+    _set_const(proto, dq, 0, q.astype(stored.dtype))
+
+
 def _write(proto: onnx.ModelProto, c: _Consumer, w: np.ndarray, b: np.ndarray | None) -> None:
     g = proto.graph
     node = g.node[c.n]
     consts = constant_values(g)
     if c.op == "Conv":
-        wname = node.input[1]
-        shape = constant_array(consts[wname]).shape
+        shape = c.meta["wshape"]
         k = c.meta["kshape"]
         arr = w.reshape(*k, shape[1], shape[0]).transpose(len(k) + 1, len(k), *range(len(k)))
-        _set_const(proto, c.n, 1, arr)
-        if b is not None:
+        _set_weight(proto, c, arr)
+        if b is not None and c.bias_ref is not None:
             _set_const(proto, c.n, 2, b)
     elif c.op == "Gemm":
         at = c.meta["attrs"]
         wm = w / c.meta["alpha"]
-        _set_const(proto, c.n, 1, wm.T if at.get("transB", 0) else wm)
+        _set_weight(proto, c, wm.T if at.get("transB", 0) else wm)
         if b is not None and c.bias_ref is not None:
             _set_const(proto, c.n, 2, b / (c.meta["beta"] or 1.0))
     elif c.op == "MatMul":
-        _set_const(proto, c.n, 1, w)
+        _set_weight(proto, c, w)
         if b is not None and c.bias_ref is not None and c.bias_ref[0] == "add":
             _, m, j, lead = c.bias_ref
             _set_const(proto, m, j, b.reshape(*lead, -1))
