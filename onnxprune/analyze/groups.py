@@ -960,45 +960,28 @@ class _Builder:
         return bool(name) and name in self.const_derived and name not in self.shape_derived
 
     def op_Conv(self, n, node):
-        x, w = node.input[0], node.input[1]
-        ws = self.shape_of(w)
-        xs = self.shape_of(x)
+        return self._conv(n, node, w_in=1, w_out=0)  # weight O x C/g x k...
+
+    def op_ConvTranspose(self, n, node):
+        return self._conv(n, node, w_in=0, w_out=1)  # weight C x O/g x k...
+
+    def _conv(self, n, node, w_in: int, w_out: int) -> None:
+        ws, xs = self.shape_of(node.input[1]), self.shape_of(node.input[0])
         g = int(_attrs(node).get("group", 1))
-        const = self._is_const(w)
+        const = self._is_const(node.input[1])
         self.link(n, self.I(n, 0, 0), self.O(n, 0, 0))
         y = self.O(n, 0, 1)
         if g == 1:
-            self._dense_conv(n, y, const, w_in=1, w_out=0)
-        elif ws[1] == 1 and g == xs[1]:  # depthwise (channel multiplier m = O / C)
-            m = ws[0] // g
+            self._dense_conv(n, y, const, w_in, w_out)
+        elif g == xs[1] and (w_in == 1 or ws[1] == 1):  # depthwise (ConvTranspose: multiplier 1)
+            m = ws[0] // g if w_in == 1 else ws[1]  # channel multiplier O / C
             self.link(n, self.I(n, 0, 1), y, np.arange(g)[:, None] * m + np.arange(m)[None, :])
             dw = self.I(n, 1, 0)
             self.link(n, dw, y)
             self.role(dw, "out")
             self.fixups.append(Fixup("conv_group", n, [self.I(n, 0, 1)], {"group": g}))
         else:
-            self._grouped_conv(n, y, const, g, w_in=1, w_out=0)
-        self._conv_bias(n, y)
-        return None
-
-    def op_ConvTranspose(self, n, node):
-        x, w = node.input[0], node.input[1]
-        ws = self.shape_of(w)
-        xs = self.shape_of(x)
-        g = int(_attrs(node).get("group", 1))
-        const = self._is_const(w)
-        self.link(n, self.I(n, 0, 0), self.O(n, 0, 0))
-        y = self.O(n, 0, 1)
-        if g == 1:
-            self._dense_conv(n, y, const, w_in=0, w_out=1)
-        elif g == xs[1] and ws[1] == 1:
-            self.link(n, self.I(n, 0, 1), y)
-            d0 = self.I(n, 1, 0)
-            self.link(n, d0, y)
-            self.role(d0, "out")
-            self.fixups.append(Fixup("conv_group", n, [self.I(n, 0, 1)], {"group": g}))
-        else:
-            self._grouped_conv(n, y, const, g, w_in=0, w_out=1)
+            self._grouped_conv(n, y, const, g, w_in, w_out)
         self._conv_bias(n, y)
         return None
 
