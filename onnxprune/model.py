@@ -23,7 +23,7 @@ import onnx.helper
 import onnx.numpy_helper
 from google.protobuf.message import DecodeError
 
-from onnxprune.atomic import atomic_open
+from onnxprune.atomic import atomic_files, atomic_open
 from onnxprune.errors import ExternalDataError, ModelLoadError, OnnxPruneError
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: above this a model must keep its weights as external data
@@ -102,7 +102,8 @@ class Model:
     def proto(self) -> onnx.ModelProto:
         """The ModelProto, with every written value stored in its tensor."""
         for key in list(self._written):
-            _set_raw(self.ref(key).proto, self._written.pop(key))
+            _set_raw(self.ref(key).proto, self._written[key])
+            del self._written[key]  # only once the proto holds it
         return self._proto
 
     def set_metadata(self, props: dict[str, str]) -> None:
@@ -303,10 +304,12 @@ class Model:
 
     def _save_external(self, out: Path, data_path: Path, align: int = 64) -> None:
         """Stream every tensor of >= 1 KiB into one data file, then point the protos at it and
-        write the model; both files atomic. No copy of the weights is kept for rollback: if the
-        model cannot be written, the protos are restored from the data file just written."""
-        plan: list[tuple[TensorRef, int, int]] = []
-        with atomic_open(data_path) as data:
+        write the model; both files go into place together, only on success. No copy of the
+        weights is kept for rollback: if the model cannot be written, the protos are restored from
+        the data just written and every written value stays pending."""
+        pending = dict(self._written)
+        with atomic_files(data_path, out) as (data, model_file):
+            plan: list[tuple[TensorRef, int, int]] = []
             for ref in self.tensors():
                 n = _nbytes(ref.proto)
                 if n < 1024:
@@ -314,48 +317,49 @@ class Model:
                 data.write(b"\0" * ((-data.tell()) % align))
                 plan.append((ref, data.tell(), n))
                 data.write(self.tensor_bytes(ref))
-        undo: list[tuple[onnx.TensorProto, list[tuple[str, str]], int, int | None]] = []
-        moved: dict[str, np.ndarray] = {}
-        try:
-            for ref in self.tensors():
-                t = ref.proto
-                if _is_external(t) and _nbytes(t) < 1024:  # small: inline; its old data file stays behind
-                    undo.append((t, [(e.key, e.value) for e in t.external_data], int(t.data_location), None))
-                    self.write(ref.key, self.read(ref.key))
-            for ref, offset, n in plan:
-                t = ref.proto
-                undo.append((t, [(e.key, e.value) for e in t.external_data], int(t.data_location), offset))
-                if ref.key in self._written:  # now in the data file
-                    moved[ref.key] = self._written.pop(ref.key)
-                for field in _TYPED_FIELDS + ("raw_data", "external_data"):
-                    t.ClearField(field)
-                t.data_location = onnx.TensorProto.EXTERNAL
-                for k, v in (("location", data_path.name), ("offset", str(offset)), ("length", str(n))):
-                    e = t.external_data.add()
-                    e.key, e.value = k, v
-            with atomic_open(out) as f:
-                f.write(self.proto.SerializeToString())
-        except BaseException:
-            self._restore(undo, data_path)
-            self._written.update(moved)
-            raise
+            data.flush()
+            undo: list[tuple[onnx.TensorProto, list[tuple[str, str]], int, int | None]] = []
+            try:
+                for ref in self.tensors():
+                    t = ref.proto
+                    if _is_external(t) and _nbytes(t) < 1024:  # small: inline; its old data file stays behind
+                        undo.append((t, [(e.key, e.value) for e in t.external_data], int(t.data_location), None))
+                        self.write(ref.key, self.read(ref.key))
+                for ref, offset, n in plan:
+                    t = ref.proto
+                    undo.append((t, [(e.key, e.value) for e in t.external_data], int(t.data_location), offset))
+                    self._written.pop(ref.key, None)  # now in the data file
+                    for field in _TYPED_FIELDS + ("raw_data", "external_data"):
+                        t.ClearField(field)
+                    t.data_location = onnx.TensorProto.EXTERNAL
+                    for k, v in (("location", data_path.name), ("offset", str(offset)), ("length", str(n))):
+                        e = t.external_data.add()
+                        e.key, e.value = k, v
+                model_file.write(self.proto.SerializeToString())
+            except BaseException:
+                self._restore(undo, data)
+                self._written.clear()
+                self._written.update(pending)
+                raise
+        stale = self._fds.pop(str(data_path.resolve()), None)  # a new file now stands at that path
+        if stale is not None:
+            os.close(stale)
         self.path, self.base_dir = out, out.parent
 
-    def _restore(self, undo, data_path: Path) -> None:
-        """Put tensors back as they were before a failed external save, then drop its data file."""
-        with open(data_path, "rb") as data:
-            for t, ext, location, offset in reversed(undo):
-                n = _nbytes(t)
-                for field in _TYPED_FIELDS + ("raw_data", "external_data"):
-                    t.ClearField(field)
-                for k, v in ext:
-                    e = t.external_data.add()
-                    e.key, e.value = k, v
-                t.data_location = location
-                if location != onnx.TensorProto.EXTERNAL and offset is not None:
-                    data.seek(offset)
-                    t.raw_data = data.read(n)
-        data_path.unlink(missing_ok=True)
+    @staticmethod
+    def _restore(undo, data) -> None:
+        """Put tensors back as they were before a failed external save (inline ones read back from
+        the unfinished data file `data`)."""
+        for t, ext, location, offset in reversed(undo):
+            n = _nbytes(t)
+            for field in _TYPED_FIELDS + ("raw_data", "external_data"):
+                t.ClearField(field)
+            for k, v in ext:
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            t.data_location = location
+            if location != onnx.TensorProto.EXTERNAL and offset is not None:
+                t.raw_data = os.pread(data.fileno(), n, offset)
 
     # -- graph ---------------------------------------------------------------------------------
     def graph(self):
@@ -368,8 +372,10 @@ class Model:
 
     def replace_proto(self, proto: onnx.ModelProto) -> None:
         """Swap in a rewritten model (after a structural pass); external refs keep resolving.
-        Values written before are dropped: the new proto is built from `proto`, which has them."""
-        self._written.clear()
+        Pending writes belong to the old proto and are dropped (the new one was built from
+        `Model.proto`, which had them), unless `proto` is the model's own."""
+        if proto is not self._proto:
+            self._written.clear()
         self._proto = proto
         self._refs = None
 
@@ -378,10 +384,11 @@ class Model:
 
 
 def _set_raw(t: onnx.TensorProto, values: np.ndarray) -> None:
+    raw = values.tobytes()  # before anything is cleared
     for field in _TYPED_FIELDS + ("external_data",):
         t.ClearField(field)
     t.data_location = onnx.TensorProto.DEFAULT
-    t.raw_data = values.tobytes()
+    t.raw_data = raw
 
 
 def _nbytes(t: onnx.TensorProto) -> int:

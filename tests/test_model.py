@@ -247,6 +247,23 @@ class _Boom(RuntimeError):
     pass
 
 
+class _FailingWriter:
+    """A file whose writes raise once more than `after` bytes were written to it."""
+
+    def __init__(self, f, after: int):
+        self.f, self.after, self.n = f, after, 0
+
+    def write(self, b):
+        if self.n + len(b) > self.after:
+            self.f.write(bytes(b)[: max(self.after - self.n, 0)])
+            raise _Boom("disk full")
+        self.n += len(b)
+        return self.f.write(b)
+
+    def __getattr__(self, name):  # tell, flush, fileno
+        return getattr(self.f, name)
+
+
 def _failing_atomic_open(real, after: int):
     """atomic_open whose files raise after `after` bytes were written."""
     import contextlib
@@ -254,21 +271,18 @@ def _failing_atomic_open(real, after: int):
     @contextlib.contextmanager
     def wrapped(path, mode="wb"):
         with real(path, mode) as f:
-            class Writer:
-                def __init__(self):
-                    self.n = 0
+            yield _FailingWriter(f, after)
+    return wrapped
 
-                def write(self, b):
-                    if self.n + len(b) > after:
-                        f.write(bytes(b)[: max(after - self.n, 0)])
-                        raise _Boom("disk full")
-                    self.n += len(b)
-                    return f.write(b)
 
-                def tell(self):
-                    return f.tell()
+def _failing_atomic_files(real, after: int):
+    """atomic_files whose files each raise after `after` bytes were written."""
+    import contextlib
 
-            yield Writer()
+    @contextlib.contextmanager
+    def wrapped(*paths, mode="w+b"):
+        with real(*paths, mode=mode) as files:
+            yield [_FailingWriter(f, after) for f in files]
     return wrapped
 
 
@@ -280,6 +294,7 @@ def test_failed_write_leaves_nothing(ext, tmp_path, monkeypatch, external):
     before = {r.key: np.array(model.read(r.key)) for r in model.tensors()}
     out = tmp_path / "out" / "model.onnx"
     monkeypatch.setattr(M, "atomic_open", _failing_atomic_open(M.atomic_open, after=1500))
+    monkeypatch.setattr(M, "atomic_files", _failing_atomic_files(M.atomic_files, after=1500))
     with pytest.raises(_Boom):
         model.save(out, external_data=external)
     assert os.listdir(out.parent) == []
@@ -383,3 +398,46 @@ def test_failed_external_save_keeps_written_values(ext, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert (model.read("fc.W") == 7).all()
     assert (Model.load(model.save(tmp_path / "p" / "m.onnx", external_data=True)).read("fc.W") == 7).all()
+
+
+def test_failed_external_save_keeps_small_written_values_and_the_earlier_artifact(ext, tmp_path, monkeypatch):
+    """Tensors under 1 KiB are inlined during an external save; a failure must leave their written
+    values pending, and must not touch an artifact already at the output path."""
+    model = Model.load(ext)
+    out = model.save(tmp_path / "o" / "m.onnx", external_data=True)
+    earlier = {k: np.array(Model.load(out).read(k)) for k in ("fc.W", "head.W")}
+    model = Model.load(ext)
+    model.write("head.W", np.full(model.read("head.W").shape, 7, np.float32))  # 120 bytes, stored externally
+    model.write("fc.W", np.full(model.read("fc.W").shape, 5, np.float32))
+
+    def fail(*a, **k):
+        raise _Boom("disk full")
+
+    monkeypatch.setattr(onnx.ModelProto, "SerializeToString", fail)
+    with pytest.raises(_Boom):
+        model.save(out, external_data=True)
+    monkeypatch.undo()
+    assert (model.read("head.W") == 7).all() and (model.read("fc.W") == 5).all()
+    assert all(np.array_equal(Model.load(out).read(k), v) for k, v in earlier.items())  # untouched
+    again = Model.load(model.save(tmp_path / "p" / "m.onnx", external_data=True))
+    assert (again.read("head.W") == 7).all() and (again.read("fc.W") == 5).all()
+
+
+def test_reads_after_saving_over_a_data_file_see_the_new_file(ext, tmp_path):
+    model = Model.load(ext)
+    a = tmp_path / "a" / "m.onnx"
+    model.save(a, external_data=True)
+    model.read("fc.W")  # opens a.data
+    model.write("fc.W", np.zeros(model.read("fc.W").shape, np.float32))
+    model.save(tmp_path / "b" / "m.onnx", external_data=True)
+    model.save(a, external_data=True)  # a new a.data replaces the one read before
+    assert (model.read("fc.W") == 0).all()
+    assert (Model.load(model.save(tmp_path / "c" / "m.onnx", external_data=True)).read("fc.W") == 0).all()
+
+
+def test_replace_proto_with_its_own_proto_keeps_pending_writes(ext):
+    model = Model.load(ext)
+    proto = model.proto
+    model.write("fc.W", np.full(model.read("fc.W").shape, 3, np.float32))
+    model.replace_proto(proto)
+    assert (model.read("fc.W") == 3).all()
