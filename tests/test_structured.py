@@ -686,3 +686,51 @@ def test_reshape_into_conv_channels_links_the_channel_factor():
     res = prune_channels(Model(gemm_to_deconv_net()), 0.5, round_to=8, feed=feed_for(gemm_to_deconv_net()))
     gemm_group = next(r for r in res.report["groups"] if any("Gemm" in p for p in r["producers"]))
     assert (gemm_group["channels_before"], gemm_group["channels_after"]) == (16, 8)
+
+
+@pytest.mark.parametrize("dtype,per_axis,zero", [(np.int8, True, 0), (np.int8, False, 0), (np.uint8, True, 128),
+                                                  (np.uint8, False, 100), (np.uint8, True, None)])
+def test_requantized_refit_holds_values_outside_the_old_range(dtype, per_axis, zero):
+    """The refit may leave a channel's old range: its scale grows (symmetric) or scale and zero
+    point move (asymmetric) so every value comes back within half a step, nothing clipped."""
+    from onnxprune.analyze.groups import constant_array, constant_values
+    from onnxprune.repair.structured_repair import _dequantize, _set_weight
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    n = 6 if per_axis else 1
+    scale = np.full(n, 0.01, np.float32)
+    inputs = ["q", "s"] + (["z"] if zero is not None else [])
+    inits = [numpy_helper.from_array(np.zeros((6, 4), dtype), "q"), numpy_helper.from_array(scale if per_axis else scale[0], "s")]
+    if zero is not None:
+        inits.append(numpy_helper.from_array(np.full(n, zero, dtype) if per_axis else np.array(zero, dtype), "z"))
+    graph = helper.make_graph([helper.make_node("DequantizeLinear", inputs, ["w"], axis=0),
+                               helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [vi("x", [1, 6])], [vi("y", [1, 4])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    class C:
+        n, meta = 1, {"dq": 0}
+
+    _set_weight(proto, C, w)
+    consts = constant_values(proto.graph)
+    got = _dequantize(proto.graph.node[0], lambda name: constant_array(consts[name]))
+    step = np.asarray(constant_array(consts[proto.graph.node[0].input[1]]), np.float64).reshape(-1, 1) if per_axis else \
+        float(constant_array(consts[proto.graph.node[0].input[1]]))
+    assert np.all(np.abs(got - w) <= step / 2 + 1e-6)
+
+
+def test_quantized_weight_shared_by_two_layers_is_not_refit_for_one_of_them(tmp_path):
+    g = G(3)
+    h = g.op("Relu", [g.conv("x", 3, 16, k=1)])
+    w = g.rng.standard_normal((8, 16, 1, 1)).astype(np.float32) * 0.3
+    scale = (np.abs(w).reshape(8, -1).max(1) / 127).astype(np.float32)
+    q = np.round(w / scale[:, None, None, None]).astype(np.int8)
+    dq = g.op("DequantizeLinear", [g.const(q, "q"), g.const(scale, "s"), g.const(np.zeros(8, np.int8), "z")], axis=0)
+    y1, y2 = g.op("Conv", [h, dq]), g.op("Conv", [g.op("Sigmoid", [h]), dq])
+    g.nodes.append(helper.make_node("Concat", [y1, y2], ["y"], axis=1, name="cat"))
+    proto = g.model([vi("x", [1, 3, 4, 4])], [vi("y", [1, 16, 4, 4])], opset=13)
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((64, 1, 3, 4, 4)).astype(np.float32))
+    res = prune_channels(Model(proto), 0.5, round_to=8, data=Dataset.from_source(str(tmp_path / "c.npz"), proto),
+                         repair="lstsq", calib_samples=64)
+    assert sum("shared by several layers" in s for s in res.report["repair_report"]["skipped"]) == 2

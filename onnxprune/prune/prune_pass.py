@@ -176,11 +176,15 @@ class PrunePass(Pass):
             bar.update(sum(w.params for w in weights))
             return global_rank.GlobalCut(0, 0, 0)  # keeps every alive entry
 
-        def alive_bits():
+        reads = []
+
+        def alive_bits():  # the progress bar counts the first read (a narrowing read is rare)
+            reads.append(1)
             for w in weights:
                 bits = global_rank.score_bits(score(w, ctx.model.read(w.key), ctx))
                 yield bits if alive[w.key] is None else bits[alive[w.key]]
-                bar.update(w.params)
+                if len(reads) == 1:
+                    bar.update(w.params)
 
         return global_rank.GlobalCut.plan(alive_bits, need)
 
@@ -206,7 +210,7 @@ class PrunePass(Pass):
 
 def _prune_entries(ctx: Context, weight: Weight, index: np.ndarray) -> int:
     """Prune the entries at flat `index` of a weight already written; returns how many values changed."""
-    zero = np.broadcast_to(criteria.zero_value(weight, ctx.model), weight.shape).reshape(-1)[index]
+    zero = np.broadcast_to(criteria.zero_value(weight, ctx.model), weight.shape)[np.unravel_index(index, weight.shape)]
     changed = int(np.count_nonzero(_bits(ctx.model.read(weight.key).reshape(-1)[index]) != _bits(zero)))
     ctx.model.set_entries(weight.key, index, zero)
     ctx.masks.prune_entries(weight.key, index)

@@ -120,13 +120,13 @@ def _set_const(proto: onnx.ModelProto, n: int, i: int, array: np.ndarray) -> Non
     if name and name in consts and readers == 1 and consts[name][0] == "initializer":
         t = consts[name][1]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-        t.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(array.astype(dtype)), name))
+        t.CopyFrom(onnx.numpy_helper.from_array(np.array(array, dtype=dtype, order="C"), name))
         return
     dtype = np.float32
     if name and name in consts and consts[name][0] == "initializer":
         dtype = onnx.helper.tensor_dtype_to_np_dtype(consts[name][1].data_type)
     new = f"{node.output[0]}__repaired_in{i}"
-    g.initializer.append(onnx.numpy_helper.from_array(np.ascontiguousarray(array.astype(dtype)), new))
+    g.initializer.append(onnx.numpy_helper.from_array(np.array(array, dtype=dtype, order="C"), new))
     while len(node.input) <= i:
         node.input.append("")
     node.input[i] = new
@@ -160,9 +160,12 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
         src = (n, 1)  # (node, input) holding the stored weight
         dq = producer.get(node.input[1])
         if dq is not None and new.node[dq].op_type == "DequantizeLinear" and old.node[dq].input[0] in consts_old:
-            if op not in ("Conv", "Gemm", "MatMul"):
-                if ("c", dq, 0, axis_in) in plan.keep:
-                    skipped.append(f"{node.name or op}: quantized recurrent weight; left as sliced, not refit")
+            if ("c", dq, 0, axis_in) not in plan.keep:
+                continue
+            readers = sum(x in (node.input[1], new.node[dq].input[0]) for nd in new.node for x in nd.input)
+            if op not in ("Conv", "Gemm", "MatMul") or readers > 2:
+                why = "recurrent" if readers <= 2 else "shared by several layers"
+                skipped.append(f"{node.name or op}: quantized weight ({why}); left as sliced, not refit")
                 continue
             src = (dq, 0)
         d_in = ("c", *src, axis_in)
@@ -265,8 +268,9 @@ def _quant_params(dq: onnx.NodeProto, read, ndim: int) -> tuple[np.ndarray, np.n
 
 
 def _set_weight(proto: onnx.ModelProto, c: "_Consumer", array: np.ndarray) -> None:
-    """Write a refit weight: as it is, or requantized into the DequantizeLinear's stored integers
-    (a symmetric per-axis scale grows where the refit values outgrow it; others are clipped)."""
+    """Write a refit weight: as it is, or requantized into the DequantizeLinear's stored integers.
+    Where the refit values leave a channel's representable range, its scale grows (and, for an
+    asymmetric zero point, the zero point moves) just enough to hold them."""
     dq = c.meta.get("dq")
     if dq is None:
         _set_const(proto, c.n, 1, array)
@@ -274,14 +278,24 @@ def _set_weight(proto: onnx.ModelProto, c: "_Consumer", array: np.ndarray) -> No
     node = proto.graph.node[dq]
     consts = constant_values(proto.graph)
     read = lambda name: constant_array(consts[name])  # noqa: E731
-    stored = constant_array(consts[node.input[0]])
+    stored = read(node.input[0])
     info = np.iinfo(stored.dtype)
     scale, zp = _quant_params(node, read, array.ndim)
-    if not zp.any() and info.min < 0 and scale.size > 1:
-        axis = _attrs(node).get("axis", 1) % array.ndim
-        absmax = np.abs(np.moveaxis(array, axis, 0)).reshape(scale.size, -1).max(axis=1)
-        scale = np.maximum(scale, (absmax / info.max).reshape(scale.shape))
-        _set_const(proto, dq, 1, scale.reshape(-1).astype(constant_array(consts[node.input[1]]).dtype))
+    n = scale.size
+    per = np.moveaxis(array, _attrs(node).get("axis", 1) % array.ndim, 0).reshape(n, -1) if n > 1 else array.reshape(1, -1)
+    lo, hi = np.minimum(per.min(axis=1), 0.0), np.maximum(per.max(axis=1), 0.0)
+    s0, z0 = scale.reshape(-1), np.broadcast_to(zp, scale.shape).reshape(-1)
+    outside = (lo < (info.min - z0) * s0) | (hi > (info.max - z0) * s0)
+    if outside.any():
+        if not zp.any() and info.min < 0:  # symmetric: the scale alone grows
+            s1, z1 = np.where(outside, np.maximum(s0, np.maximum(hi / info.max, lo / info.min)), s0), z0
+        else:
+            s1 = np.where(outside, np.maximum(s0, (hi - lo) / (info.max - info.min)), s0)
+            z1 = np.where(outside, np.clip(np.round(info.min - lo / s1), info.min, info.max), z0)
+            zshape = read(node.input[2]).shape if len(node.input) > 2 and node.input[2] else read(node.input[1]).shape
+            _set_const(proto, dq, 2, z1.reshape(zshape).astype(stored.dtype))
+        _set_const(proto, dq, 1, s1.reshape(read(node.input[1]).shape).astype(read(node.input[1]).dtype))
+        scale, zp = s1.reshape(scale.shape), z1.reshape(scale.shape)
     q = np.clip(np.round(array / scale + zp), info.min, info.max)
     _set_const(proto, dq, 0, q.astype(stored.dtype))
 
