@@ -193,7 +193,8 @@ class Model:
 
     def read(self, key: str) -> np.ndarray:
         """The tensor's values in their stored dtype, read-only. External data is read with pread
-        into a new array (a memory map would leave every touched page resident)."""
+        into a new array (a memory map would leave every touched page resident); a written tensor
+        comes back as a view of the written array, which `set_entries` changes in place."""
         ref = self.ref(key)
         t = ref.proto
         dtype = np_dtype(t.data_type)
