@@ -694,7 +694,8 @@ def test_requantized_refit_holds_values_outside_the_old_range(dtype, per_axis, z
     """The refit may leave a channel's old range: its scale grows (symmetric) or scale and zero
     point move (asymmetric) so every value comes back within half a step, nothing clipped."""
     from onnxprune.analyze.groups import constant_array, constant_values
-    from onnxprune.repair.structured_repair import _dequantize, _set_weight
+    from onnxprune.analyze.groups import dequantized
+    from onnxprune.repair.structured_repair import _set_weight
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((6, 4)).astype(np.float32)
@@ -714,7 +715,7 @@ def test_requantized_refit_holds_values_outside_the_old_range(dtype, per_axis, z
 
     _set_weight(proto, C, w)
     consts = constant_values(proto.graph)
-    got = _dequantize(proto.graph.node[0], lambda name: constant_array(consts[name]))
+    got = dequantized(proto.graph.node[0], lambda name: constant_array(consts[name]))
     step = np.asarray(constant_array(consts[proto.graph.node[0].input[1]]), np.float64).reshape(-1, 1) if per_axis else \
         float(constant_array(consts[proto.graph.node[0].input[1]]))
     assert np.all(np.abs(got - w) <= step / 2 + 1e-6)

@@ -38,8 +38,8 @@ import onnx.numpy_helper
 import onnx.shape_inference
 
 from onnxprune.analyze.groups import (
-    ChannelGroup, Dim, GroupAnalysis, _attrs, analyze_groups, constant_array, constant_values, model_macs,
-    model_params, sample_feed, tensor_shapes,
+    ChannelGroup, Dim, GroupAnalysis, _attrs, analyze_groups, constant_array, constant_values, dequantized,
+    model_macs, model_params, sample_feed, tensor_shapes,
 )
 from onnxprune.errors import DataError, OnnxPruneError, OptionError
 from onnxprune.model import Model, check_structure
@@ -76,17 +76,10 @@ def _reader(model: Model | None, proto: onnx.ModelProto):
 def member_values(m, proto: onnx.ModelProto, read) -> np.ndarray:
     """A constant member's values in real units (float64): a weight stored quantized behind
     DequantizeLinear is dequantized, (q - zero_point) * scale, per axis where the scale is."""
-    a = np.asarray(read(m.tensor), dtype=np.float64)
     node = proto.graph.node[m.dim[1]]
-    if node.op_type != "DequantizeLinear" or m.dim[2] != 0:
-        return a
-    scale = np.asarray(read(node.input[1]), dtype=np.float64)
-    zp = np.asarray(read(node.input[2]), dtype=np.float64) if len(node.input) > 2 and node.input[2] else np.zeros(())
-    if scale.size > 1 and scale.ndim == 1 and a.ndim > 1:  # per-axis
-        shape = [1] * a.ndim
-        shape[_attrs(node).get("axis", 1) % a.ndim] = scale.size
-        scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp)
-    return (a - zp) * scale
+    if node.op_type == "DequantizeLinear" and m.dim[2] == 0:
+        return dequantized(node, read)
+    return np.asarray(read(m.tensor), dtype=np.float64)
 
 
 def l2_importance(group: ChannelGroup, read, proto: onnx.ModelProto) -> np.ndarray:

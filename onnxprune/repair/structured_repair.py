@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from onnxprune.analyze.groups import _attrs, constant_values, constant_array
+from onnxprune.analyze.groups import _attrs, constant_array, constant_values, dequantized, qdq_params
 from onnxprune.model import Model
 
 DEFAULT_DAMP = 0.01
@@ -175,7 +175,7 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
             skipped.append(f"{node.name}: weight is not a constant")
             continue
         w = (np.asarray(read(wname), dtype=np.float64) if src[0] == n
-             else _dequantize(old.node[dq], read))  # refit in real units, requantized on writing
+             else dequantized(old.node[dq], read))  # refit in real units, requantized on writing
         if op == "MatMul" and w.ndim != 2:
             skipped.append(f"{node.name}: batched MatMul weight")
             continue
@@ -249,24 +249,6 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
     return out, skipped
 
 
-def _dequantize(dq: onnx.NodeProto, read) -> np.ndarray:
-    """The real values of a DequantizeLinear of stored constants: (q - zero_point) * scale."""
-    q = np.asarray(read(dq.input[0]), dtype=np.float64)
-    scale, zp = _quant_params(dq, read, q.ndim)
-    return (q - zp) * scale
-
-
-def _quant_params(dq: onnx.NodeProto, read, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, zero point) of a DequantizeLinear, shaped to broadcast along its axis."""
-    scale = np.asarray(read(dq.input[1]), dtype=np.float64)
-    zp = np.asarray(read(dq.input[2]), dtype=np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros(())
-    if scale.size > 1:
-        shape = [1] * ndim
-        shape[_attrs(dq).get("axis", 1) % ndim] = scale.size
-        scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp)
-    return scale, zp
-
-
 def _set_weight(proto: onnx.ModelProto, c: "_Consumer", array: np.ndarray) -> None:
     """Write a refit weight: as it is, or requantized into the DequantizeLinear's stored integers.
     Where the refit values leave a channel's representable range, its scale grows (and, for an
@@ -280,7 +262,7 @@ def _set_weight(proto: onnx.ModelProto, c: "_Consumer", array: np.ndarray) -> No
     read = lambda name: constant_array(consts[name])  # noqa: E731
     stored = read(node.input[0])
     info = np.iinfo(stored.dtype)
-    scale, zp = _quant_params(node, read, array.ndim)
+    scale, zp = qdq_params(node, read, array.ndim)
     n = scale.size
     per = np.moveaxis(array, _attrs(node).get("axis", 1) % array.ndim, 0).reshape(n, -1) if n > 1 else array.reshape(1, -1)
     lo, hi = np.minimum(per.min(axis=1), 0.0), np.maximum(per.max(axis=1), 0.0)
