@@ -21,6 +21,7 @@ LSTM/GRU/RNN recurrent weights R are left as sliced (their input, the hidden sta
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -140,6 +141,7 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
     consts_old = constant_values(old)
     out, skipped = [], []
     producer = {o: k for k, nd in enumerate(new.node) for o in nd.output}
+    readers = Counter(x for nd in new.node for x in nd.input)
     for n, node in enumerate(new.node):
         op = node.op_type
         at = _attrs(node)
@@ -162,9 +164,9 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
         if dq is not None and new.node[dq].op_type == "DequantizeLinear" and old.node[dq].input[0] in consts_old:
             if ("c", dq, 0, axis_in) not in plan.keep:
                 continue
-            readers = sum(x in (node.input[1], new.node[dq].input[0]) for nd in new.node for x in nd.input)
-            if op not in ("Conv", "Gemm", "MatMul") or readers > 2:
-                why = "recurrent" if readers <= 2 else "shared by several layers"
+            shared = readers[node.input[1]] > 1 or readers[new.node[dq].input[0]] > 1
+            if op not in ("Conv", "Gemm", "MatMul") or shared:
+                why = "shared by several layers" if shared else "recurrent"
                 skipped.append(f"{node.name or op}: quantized weight ({why}); left as sliced, not refit")
                 continue
             src = (dq, 0)
