@@ -60,11 +60,15 @@ class MaskSet:
         index = np.asarray(flat_index, dtype=np.int64)
         np.bitwise_and.at(self.entries[key].bits, index >> 3, ~(np.uint8(0x80) >> (index & 7).astype(np.uint8)))
 
-    def sparsity(self, key: str) -> float:
+    def pruned(self, key: str) -> int:
+        """How many entries of the weight are pruned."""
         e = self.entries[key]
         n = int(np.prod(e.shape, dtype=np.int64))
-        kept = int(np.unpackbits(e.bits, count=n).sum())
-        return 1 - kept / n if n else 0.0
+        return n - int(np.count_nonzero(np.unpackbits(e.bits, count=n)))
+
+    def sparsity(self, key: str) -> float:
+        n = int(np.prod(self.entries[key].shape, dtype=np.int64))
+        return self.pruned(key) / n if n else 0.0
 
     def manifest(self) -> dict:
         return {

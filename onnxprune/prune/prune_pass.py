@@ -156,22 +156,13 @@ class PrunePass(Pass):
                     result.weights.setdefault(key, {})["values_zeroed_by_existing_mask"] = changed
         return result
 
-    def _need(self, ctx, weights: list[Weight]) -> tuple[int, dict[str, np.ndarray | None]]:
-        """(entries still to prune so the set reaches the sparsity, flat alive mask per weight or
-        None where nothing is pruned yet); masks are unpacked one weight at a time, never all at once."""
-        alive: dict[str, np.ndarray | None] = {}
-        already = 0
-        for w in weights:
-            m = ctx.masks.get(w.key).reshape(-1) if w.key in ctx.masks else None
-            if m is not None and not m.all():
-                already += int(m.size - np.count_nonzero(m))
-                alive[w.key] = m
-            else:
-                alive[w.key] = None
-        return int(round(self.sparsity * sum(w.params for w in weights))) - already, alive
+    def _need(self, ctx, weights: list[Weight]) -> int:
+        """Entries still to prune so the set reaches the sparsity together."""
+        already = sum(ctx.masks.pruned(w.key) for w in weights if w.key in ctx.masks)
+        return int(round(self.sparsity * sum(w.params for w in weights))) - already
 
     def _global_cut(self, ctx, weights: list[Weight], score, bar) -> global_rank.GlobalCut:
-        need, alive = self._need(ctx, weights)
+        need = self._need(ctx, weights)
         if need <= 0:
             bar.update(sum(w.params for w in weights))
             return global_rank.GlobalCut(0, 0, 0)  # keeps every alive entry
@@ -181,8 +172,8 @@ class PrunePass(Pass):
         def alive_bits():  # the progress bar counts the first read (a narrowing read is rare)
             reads.append(1)
             for w in weights:
-                bits = global_rank.score_bits(score(w, ctx.model.read(w.key), ctx))
-                yield bits if alive[w.key] is None else bits[alive[w.key]]
+                bits, alive = global_rank.score_bits(score(w, ctx.model.read(w.key), ctx)), _alive(ctx, w)
+                yield bits if alive is None else bits[alive]
                 if len(reads) == 1:
                     bar.update(w.params)
 
@@ -190,13 +181,13 @@ class PrunePass(Pass):
 
     def _global_counts(self, ctx, weights: list[Weight], pattern: Pattern, score) -> list[int]:
         """How many more entries each weight prunes so the set reaches the sparsity together."""
-        need, alive = self._need(ctx, weights)
+        need = self._need(ctx, weights)
         if need <= 0:
             return [0] * len(weights)
         if pattern.kind == "block":
             def block_scores():
                 for w in weights:
-                    keep = alive[w.key]
+                    keep = _alive(ctx, w)
                     keep_m = w.matrix(np.ones(w.shape, dtype=bool) if keep is None else keep.reshape(w.shape))
                     yield global_rank.alive_block_scores(w.matrix(score(w, ctx.model.read(w.key), ctx)), keep_m,
                                                          pattern.a, pattern.b)
@@ -204,8 +195,15 @@ class PrunePass(Pass):
 
         def weights_bits():
             for w in weights:
-                yield global_rank.score_bits(score(w, ctx.model.read(w.key), ctx)), alive[w.key]
+                yield global_rank.score_bits(score(w, ctx.model.read(w.key), ctx)), _alive(ctx, w)
         return global_rank.counts(weights_bits, need)
+
+
+def _alive(ctx: Context, weight: Weight) -> np.ndarray | None:
+    """The weight's flat keep mask, or None while nothing of it is pruned (unpacked one weight at
+    a time, when it is read, never for all weights at once)."""
+    keep = ctx.masks.get(weight.key).reshape(-1) if weight.key in ctx.masks else None
+    return None if keep is None or keep.all() else keep
 
 
 def _prune_entries(ctx: Context, weight: Weight, index: np.ndarray) -> int:
