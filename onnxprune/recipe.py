@@ -13,7 +13,7 @@ Sections and keys (relative paths are taken from the current directory, like CLI
   [data]    calibration, evaluation, labels, samples, seed, shapes, int_ranges
   [check]   enabled, the thresholds (min_cosine, max_rel_l2, min_top1_agreement,
             max_accuracy_drop, atol, rtol, min_snr_db, max_abs, min_exact_match,
-            output_thresholds), batch_size, provider, threads
+            output_thresholds), batch_size, provider, threads, allow_guessed_shapes
   [target]  name (a targets/ file or path), emit, block, enforce, out (artifact folder);
             without prune.pattern, pruning uses the target's pattern
   [output]  model, report, masks, masks_in, external_data
@@ -56,7 +56,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "check": {"enabled": _BOOL, "min_cosine": _FLOAT, "max_rel_l2": _FLOAT, "min_top1_agreement": _FLOAT,
               "max_accuracy_drop": _FLOAT, "atol": _FLOAT, "rtol": _FLOAT, "min_snr_db": _FLOAT, "max_abs": _FLOAT,
               "min_exact_match": _FLOAT, "output_thresholds": _STRS, "batch_size": _INT, "provider": _STR,
-              "threads": _INT},
+              "threads": _INT, "allow_guessed_shapes": _BOOL},
     "target": {"name": _STR, "emit": _STR, "block": _STR, "enforce": _BOOL, "out": _STR},
     "output": {"model": _STR, "report": _STR, "masks": _STR, "masks_in": _STR, "external_data": _BOOL},
 }

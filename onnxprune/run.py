@@ -12,6 +12,7 @@ import click
 
 from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import Dataset, dataset_from_options
+from onnxprune.check.parity import refuse_guessed_shapes
 from onnxprune.errors import OptionError
 from onnxprune.model import Model
 from onnxprune.pack.eligibility import static_check
@@ -79,7 +80,7 @@ def _dataset(model: Model, recipe: Recipe, path: str | None) -> Dataset:
     d = recipe.data
     return dataset_from_options(model.proto, {"data": path, "labels": d.get("labels"), "samples": d.get("samples"),
                                               "seed": d.get("seed", 0), "shapes": d.get("shapes", []),
-                                              "int_ranges": d.get("int_ranges", [])})
+                                              "int_ranges": d.get("int_ranges", [])}, model.base_dir)
 
 
 def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
@@ -105,6 +106,8 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
             calib, evaluation = calib.split(0.5, seed=0)  # pruning reads the data: keep them disjoint
         else:
             evaluation = calib if calib is not None else _dataset(model, recipe, None)
+        if not recipe.check.get("allow_guessed_shapes"):
+            refuse_guessed_shapes(evaluation)  # before the work, not after it
     masks = None
     if recipe.output.get("masks_in"):
         masks = MaskSet.load(recipe.output["masks_in"], {w.key: w.shape for w in find_weights(model).weights})
@@ -122,7 +125,8 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
         ctx.masks.save(recipe.output["masks"])
     if target is not None:
         out_dir = recipe.target.get("out") or str(Path(output).with_suffix("")) + f".{target.name}"
-        _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"),
+        shapes = (calib or evaluation or _dataset(model, recipe, None)).feed_shapes.shapes  # MACs at the shapes fed
+        _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"), input_shapes=shapes,
                                enforce=recipe.target.get("enforce", True), progress=not quiet)
         report["target"] = packed
         if not quiet:

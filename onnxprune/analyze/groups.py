@@ -57,6 +57,7 @@ import onnx.numpy_helper
 
 from onnxprune.errors import DataError
 from onnxprune.model import subgraph_outer_refs
+from onnxprune.shapes import FeedShapes, input_specs, random_feeds, resolve_feed_shapes
 
 Dim = tuple  # ("v", name, axis) | ("c", node index, input index, axis) | ("h", node index) | ("s", node index, side)
 
@@ -1376,13 +1377,14 @@ def _subgraph_layers(node: onnx.NodeProto) -> int:
     return count
 
 
-def sample_feed(proto: onnx.ModelProto, data=None) -> dict[str, np.ndarray]:
-    """One feed: the first batch of `data` (a Dataset), else a synthetic one from the input spec."""
+def sample_feed(proto: onnx.ModelProto, data=None, base_dir: str | None = None) -> tuple[dict[str, np.ndarray], FeedShapes]:
+    """One feed and where its shapes came from: the first batch of `data` (a Dataset), else a synthetic
+    one at the shapes onnxprune.shapes resolves (which may be guessed, and then say so)."""
     if data is not None:
-        return next(iter(data.batches(1)))
-    from onnxprune.check.data import Dataset
-
-    return next(iter(Dataset.synthetic(proto, 1).batches(1)))
+        return next(iter(data.batches(1))), data.feed_shapes
+    shapes = resolve_feed_shapes(proto, base_dir=base_dir)
+    arrays = random_feeds(input_specs(proto), shapes.shapes, 1, 0, {})
+    return {k: v[0] for k, v in arrays.items()}, shapes
 
 
 def model_macs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:

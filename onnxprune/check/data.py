@@ -21,59 +21,24 @@ import onnx
 import onnx.helper
 
 from onnxprune.errors import DataError, OptionError
+from onnxprune.shapes import (DEFAULT_INT_RANGE, Dim, FeedShapes, InputSpec, input_specs, parse_shape, random_feeds,
+                              resolve_feed_shapes)
+
+__all__ = ["Dataset", "InputSpec", "input_specs", "load_dataset", "parse_shape", "parse_int_range", "dataset_from_options"]
 
 DEFAULT_SAMPLES = 16  # synthetic samples when no count is given
-DEFAULT_INT_RANGE = (0, 1)  # inclusive; valid for token ids, segment ids, masks and index inputs alike
 LABELS_KEY = "labels"
-
-Dim = int | str | None  # static size, dim_param name, or unnamed dynamic
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """A model input: name, numpy dtype and shape (None when the model gives no shape)."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[Dim, ...] | None
-
-    @property
-    def rank(self) -> int | None:
-        return None if self.shape is None else len(self.shape)
-
-    @property
-    def batch_dynamic(self) -> bool:
-        """True when axis 0 exists and has no fixed size."""
-        return bool(self.shape) and not isinstance(self.shape[0], int)
-
-    def describe(self) -> str:
-        dims = "?" if self.shape is None else ",".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.dtype.name}[{dims}]"
-
-
-def _dim(d: onnx.TensorShapeProto.Dimension) -> Dim:
-    kind = d.WhichOneof("value")
-    return d.dim_value if kind == "dim_value" else (d.dim_param if kind == "dim_param" else None)
-
-
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The inputs a caller must feed: graph inputs that are not initializers."""
-    graph = model.graph
-    consts = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
-    specs = []
-    for vi in graph.input:
-        if vi.name in consts:
-            continue
-        if vi.type.WhichOneof("value") != "tensor_type":
-            raise DataError(f"model input '{vi.name}' is not a tensor; onnxprune can only feed tensor inputs")
-        tt = vi.type.tensor_type
-        shape = tuple(_dim(d) for d in tt.shape.dim) if tt.HasField("shape") else None
-        specs.append(InputSpec(vi.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), shape))
-    return specs
 
 
 def _specs(model_inputs: onnx.ModelProto | Sequence[InputSpec]) -> tuple[InputSpec, ...]:
     return tuple(input_specs(model_inputs) if isinstance(model_inputs, onnx.ModelProto) else model_inputs)
+
+
+def _spec_model(specs: Sequence[InputSpec]) -> onnx.ModelProto:
+    """A bare model declaring `specs` as inputs, for shape resolution without the real graph."""
+    inputs = [onnx.helper.make_tensor_value_info(s.name, onnx.helper.np_dtype_to_tensor_dtype(s.dtype),
+                                                 None if s.shape is None else list(s.shape)) for s in specs]
+    return onnx.helper.make_model(onnx.helper.make_graph([], "specs", inputs, []))
 
 
 @dataclass(frozen=True)
@@ -200,39 +165,6 @@ def _check_labels(where: str, labels: np.ndarray, n: int) -> np.ndarray:
     return labels
 
 
-def _random(rng: np.random.Generator, spec: InputSpec, shape: tuple[int, ...], lohi: tuple[int, int]) -> np.ndarray:
-    kind = spec.dtype.kind
-    if kind == "b":
-        return rng.random(shape) < 0.5
-    if kind in "iu":
-        lo, hi = lohi
-        info = np.iinfo(spec.dtype)
-        if not info.min <= lo <= hi <= info.max:
-            raise OptionError(f"--int-range {lo},{hi} for input '{spec.name}' does not fit {spec.dtype.name} "
-                              f"({info.min}..{info.max}); give LO <= HI within it")
-        return rng.integers(lo, hi, size=shape, dtype=spec.dtype, endpoint=True)
-    if kind in "USO":
-        raise DataError(f"input '{spec.name}' ({spec.describe()}) cannot be generated; pass real data with --data")
-    return rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype)
-
-
-def _feed_shape(spec: InputSpec, given: Sequence[int] | None) -> tuple[int, ...]:
-    if given is None:
-        if spec.shape is None:
-            raise DataError(f"input '{spec.name}' has no shape in the model; "
-                            f"give one with --shape {spec.name}=D1xD2...")
-        return tuple(d if isinstance(d, int) else 1 for d in spec.shape)
-    given = tuple(int(d) for d in given)
-    if spec.shape is not None and (
-        len(given) != len(spec.shape) or any(isinstance(w, int) and g != w for g, w in zip(given, spec.shape))
-    ):
-        raise OptionError(f"--shape {spec.name}={'x'.join(map(str, given))} does not fit {spec.describe()}; "
-                          "keep the rank and the fixed dims")
-    if any(d < 0 for d in given):
-        raise OptionError(f"--shape {spec.name}: dims must be >= 0")
-    return given
-
-
 class Batch(NamedTuple):
     feed: dict[str, np.ndarray]
     labels: np.ndarray | None  # labels of these samples, axis 0 = samples
@@ -244,7 +176,7 @@ class Dataset:
 
     def __init__(self, specs: Sequence[InputSpec], blocks: Sequence[_Block], *, source: str,
                  labels: np.ndarray | None = None, synthetic: bool = False, seed: int | None = None,
-                 index: np.ndarray | None = None):
+                 index: np.ndarray | None = None, feed_shapes: FeedShapes | None = None):
         self.specs = tuple(specs)
         self.source = source
         self.synthetic = synthetic
@@ -253,6 +185,14 @@ class Dataset:
         self._starts = np.cumsum([0] + [b.n for b in self._blocks])
         self._all_labels = labels
         self._index = np.arange(self._starts[-1]) if index is None else index
+        self.feed_shapes = feed_shapes or FeedShapes(
+            {s.name: tuple(self._blocks[0].arrays[s.name].shape[1:]) for s in self.specs} if self._blocks else {},
+            {s.name: "data" for s in self.specs})
+
+    @property
+    def shapes_guessed(self) -> bool:
+        """True when a synthetic input has a dim no --shape, data or model hint fixed (see onnxprune.shapes)."""
+        return bool(self.feed_shapes.guessed)
 
     @classmethod
     def from_source(cls, source: str | os.PathLike, model_inputs: onnx.ModelProto | Sequence[InputSpec],
@@ -280,26 +220,30 @@ class Dataset:
     def synthetic(cls, model_inputs: onnx.ModelProto | Sequence[InputSpec], n: int = DEFAULT_SAMPLES, *,
                   shapes: Mapping[str, Sequence[int]] | None = None,
                   int_range: tuple[int, int] = DEFAULT_INT_RANGE,
-                  int_ranges: Mapping[str, tuple[int, int]] | None = None, seed: int = 0) -> "Dataset":
+                  int_ranges: Mapping[str, tuple[int, int]] | None = None, seed: int = 0,
+                  base_dir: str | os.PathLike | None = None) -> "Dataset":
         """n random feeds from the input spec: floats ~ N(0, 1), integers uniform in LO..HI (inclusive),
-        bools fair coin; dynamic dims are 1 unless `shapes` gives the whole feed shape."""
+        bools fair coin; feed shapes from `shapes` (whole feed shapes by input) or onnxprune.shapes."""
         specs = _specs(model_inputs)
         names = [s.name for s in specs]
-        shapes, int_ranges = dict(shapes or {}), dict(int_ranges or {})
-        for what, given in (("--shape", shapes), ("--int-range", int_ranges)):
-            for key in given:
-                if key not in names:
-                    raise OptionError(f"{what} names '{key}', which is not a model input (inputs: {', '.join(names)})")
+        int_ranges = dict(int_ranges or {})
+        for key in int_ranges:
+            if key not in names:
+                raise OptionError(f"--int-range names '{key}', which is not a model input (inputs: {', '.join(names)})")
         if n < 1:
             raise OptionError(f"synthetic data needs at least 1 sample, got {n}")
-        rng = np.random.default_rng(seed)
-        arrays = {s.name: _random(rng, s, (n,) + _feed_shape(s, shapes.get(s.name)), int_ranges.get(s.name, int_range))
-                  for s in specs}
-        return cls(specs, [_Block(arrays, n, False)], source="synthetic", synthetic=True, seed=seed)
+        ranges = {s.name: int_ranges.get(s.name, int_range) for s in specs}
+        if isinstance(model_inputs, onnx.ModelProto):
+            feed_shapes = resolve_feed_shapes(model_inputs, shapes, base_dir=base_dir, int_ranges=ranges)
+        else:
+            feed_shapes = resolve_feed_shapes(_spec_model(specs), shapes, probe=False)
+        arrays = random_feeds(specs, feed_shapes.shapes, n, seed, ranges)
+        return cls(specs, [_Block(arrays, n, False)], source="synthetic", synthetic=True, seed=seed,
+                   feed_shapes=feed_shapes)
 
     def _derive(self, index: np.ndarray) -> "Dataset":
         return Dataset(self.specs, self._blocks, source=self.source, labels=self._all_labels,
-                       synthetic=self.synthetic, seed=self.seed, index=index)
+                       synthetic=self.synthetic, seed=self.seed, index=index, feed_shapes=self.feed_shapes)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -354,33 +298,24 @@ class Dataset:
             "samples": len(self),
             "labels": self._all_labels is not None,
             "inputs": {s.name: s.describe() for s in self.specs},
+            **self.feed_shapes.describe(),
         }
 
 
 def load_dataset(model_inputs: onnx.ModelProto | Sequence[InputSpec], data: str | os.PathLike | None = None, *,
                  labels: str | os.PathLike | None = None, samples: int | None = None,
                  shapes: Mapping[str, Sequence[int]] | None = None, int_range: tuple[int, int] = DEFAULT_INT_RANGE,
-                 int_ranges: Mapping[str, tuple[int, int]] | None = None, seed: int = 0) -> Dataset:
-    """Data from `data` (the first `samples` of it), or `samples` synthetic feeds when no data is given."""
+                 int_ranges: Mapping[str, tuple[int, int]] | None = None, seed: int = 0,
+                 base_dir: str | os.PathLike | None = None) -> Dataset:
+    """Data from `data` (the first `samples` of it), or `samples` synthetic feeds when no data is given
+    (`base_dir`: where the model's external data lies, for trying guessed shapes)."""
     if data is None:
         if labels is not None:
             raise OptionError("labels need real inputs: give --data with --labels")
         return Dataset.synthetic(model_inputs, samples or DEFAULT_SAMPLES, shapes=shapes, int_range=int_range,
-                                 int_ranges=int_ranges, seed=seed)
+                                 int_ranges=int_ranges, seed=seed, base_dir=base_dir)
     ds = Dataset.from_source(data, model_inputs, labels=labels)
     return ds.subset(samples) if samples else ds
-
-
-def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """'name=1x3x224x224' -> ('name', (1, 3, 224, 224)); 'name=' is a scalar."""
-    name, sep, dims = text.rpartition("=")
-    try:
-        shape = tuple(int(d) for d in dims.split("x")) if dims else ()
-    except ValueError:
-        shape = None
-    if not sep or not name or shape is None:
-        raise OptionError(f"--shape '{text}': expected NAME=D1xD2..., e.g. input=1x3x224x224")
-    return name, shape
 
 
 def parse_int_range(text: str) -> tuple[str | None, tuple[int, int]]:
@@ -395,9 +330,9 @@ def parse_int_range(text: str) -> tuple[str | None, tuple[int, int]]:
     return name or None, (lo, hi)
 
 
-def dataset_from_options(model: onnx.ModelProto, opts: Mapping) -> Dataset:
+def dataset_from_options(model: onnx.ModelProto, opts: Mapping, base_dir: str | os.PathLike | None = None) -> Dataset:
     """The Dataset that option values describe (the CLI's --data/--labels/--shape/--int-range/--samples/--seed,
-    or a recipe's [data] section), for `model`'s inputs."""
+    or a recipe's [data] section), for `model`'s inputs (external data in `base_dir`)."""
     int_range, int_ranges = DEFAULT_INT_RANGE, {}
     for name, span in map(parse_int_range, opts.get("int_ranges", ())):
         if name is None:
@@ -406,4 +341,4 @@ def dataset_from_options(model: onnx.ModelProto, opts: Mapping) -> Dataset:
             int_ranges[name] = span
     return load_dataset(model, opts.get("data"), labels=opts.get("labels"), samples=opts.get("samples"),
                         shapes=dict(map(parse_shape, opts.get("shapes", ()))), int_range=int_range,
-                        int_ranges=int_ranges, seed=opts.get("seed", 0))
+                        int_ranges=int_ranges, seed=opts.get("seed", 0), base_dir=base_dir)

@@ -17,7 +17,9 @@ A check whose metric does not apply to an output is reported with passed = null 
 JSON report (`to_json`: schema "onnxprune.parity", version report.SCHEMA_VERSION):
   passed            bool, every check of every output holds
   original, candidate   model paths, or "<in-memory original>" / "<in-memory candidate>"
-  inputs            Dataset.describe(): source, synthetic, seed, samples, labels, inputs {name: "float32[N,16]"}
+  inputs            Dataset.describe(): source, synthetic, seed, samples, labels, inputs {name: "float32[N,16]"},
+                    shapes {name: [1, 16]} (the feed shapes run), shape_sources {name: "given" | "data" |
+                    "model" | "batch 1" | "model metadata ..." | "guessed (...)"}, shapes_guessed
   run               providers, threads, batch_size, batches
   thresholds        the global Thresholds (null = not checked) and per_output overrides
   outputs           list of {name, dtype, shape (first batch), kind ("float"|"classifier"|"exact"),
@@ -356,16 +358,20 @@ class ParityReport:
 
     def inputs_line(self) -> str:
         i = self.inputs
+        shapes = ", ".join(f"{k}={'x'.join(map(str, v)) or 'scalar'} ({i['shape_sources'][k]})"
+                           for k, v in i.get("shapes", {}).items())
         if i["synthetic"]:
-            return (f"inputs: synthetic (seed {i['seed']}), {i['samples']} samples; random data, "
+            return (f"inputs: synthetic (seed {i['seed']}), {i['samples']} samples of {shapes}; random data, "
                     "so these metrics do not measure accuracy on real inputs")
-        return f"inputs: {i['source']}, {i['samples']} samples" + (", with labels" if i["labels"] else "")
+        return (f"inputs: {i['source']}, {i['samples']} samples of {shapes}"
+                + (", with labels" if i["labels"] else ""))
 
     def verdict(self) -> str:
         checks = [c for o in self.outputs for c in o.checks if c.passed is not None]
         failures = self.failures()
         if not failures:
-            return f"PASS: all {len(checks)} checks hold on {len(self.outputs)} output(s)"
+            guessed = " (on GUESSED input shapes: not proof for real inputs)" if self.inputs.get("shapes_guessed") else ""
+            return f"PASS: all {len(checks)} checks hold on {len(self.outputs)} output(s){guessed}"
         return f"FAIL: {len(failures)} of {len(checks)} checks failed: " + "; ".join(failures)
 
     def render(self) -> str:
@@ -456,14 +462,29 @@ def _run(sess: ort.InferenceSession, names: list[str], feed: dict, label: str) -
                         "(for synthetic inputs: --shape, --int-range)") from e
 
 
+def refuse_guessed_shapes(dataset: Dataset) -> None:
+    """DataError when the dataset's synthetic shapes were guessed: a gate on them proves little."""
+    if not dataset.shapes_guessed:
+        return
+    name = dataset.feed_shapes.guessed[0]
+    spec = next(s for s in dataset.specs if s.name == name)
+    raise DataError(f"input '{name}' ({spec.describe()}) has dynamic dims that no data, --shape or model hint "
+                    f"fixes, so the gate would run on guessed shapes ({dataset.feed_shapes.text()}); give --data, "
+                    f"--shape {dataset.feed_shapes.template(name, spec)} with real sizes, "
+                    "or --allow-guessed-shapes to accept the guess")
+
+
 def compare(original: ModelSource, candidate: ModelSource, dataset: Dataset, thresholds: Thresholds | None = None, *,
             batch_size: int = 1, providers: Sequence[str] | None = None, threads: int = 1,
-            progress: Callable[[int], None] | None = None) -> ParityReport:
+            progress: Callable[[int], None] | None = None, allow_guessed_shapes: bool = False) -> ParityReport:
     """Run both models on every batch of `dataset` and gate on `thresholds` (default DEFAULT_THRESHOLDS).
 
     Models are paths, ModelProtos or onnxprune Models (in-memory ones must be under 2 GB).
-    `progress(n)` is called with the number of samples done after each batch.
+    `progress(n)` is called with the number of samples done after each batch. A synthetic dataset
+    whose shapes were guessed (`dataset.shapes_guessed`) is refused unless `allow_guessed_shapes`.
     """
+    if not allow_guessed_shapes:
+        refuse_guessed_shapes(dataset)
     thresholds = DEFAULT_THRESHOLDS if thresholds is None else thresholds
     providers = list(providers or ["CPUExecutionProvider"])
     available = ort.get_available_providers()

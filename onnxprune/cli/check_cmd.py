@@ -33,7 +33,8 @@ data_options = _stack(
     click.option("--labels", type=click.Path(dir_okay=False), help="Integer class labels (.npy), one per sample; "
                  "or a 'labels' array in the .npz files."),
     click.option("--shape", "shapes", multiple=True, metavar="NAME=D1xD2...",
-                 help="Feed shape of a synthetic input (dynamic dims default to 1), e.g. input=1x3x224x224."),
+                 help="Feed shape of a synthetic input, e.g. x=1x3x224x224 (dynamic dims otherwise come from the "
+                 "model's hints or are guessed, and the gate then needs --allow-guessed-shapes)."),
     click.option("--int-range", "int_ranges", multiple=True, metavar="[NAME=]LO,HI",
                  help=f"Synthetic integer values, inclusive (default {DEFAULT_INT_RANGE[0]},{DEFAULT_INT_RANGE[1]}); "
                  "NAME= limits it to one input."),
@@ -53,6 +54,9 @@ threshold_options = _stack(
     click.option("--min-snr-db", type=float, help="Least signal-to-noise ratio in dB per output."),
     click.option("--max-abs", type=float, help="Largest |cand - ref| per output."),
     click.option("--min-exact-match", type=float, help="Least fraction of equal elements (non-float outputs)."),
+    click.option("--allow-guessed-shapes", is_flag=True, default=None,
+                 help="Run the gate on synthetic inputs whose dynamic dims had to be guessed (refused by default: "
+                 "a pass on guessed shapes proves little)."),
     click.option("--output-threshold", "output_thresholds", multiple=True, metavar="OUTPUT:KEY=VALUE[,KEY=VALUE]",
                  help="Override thresholds for one output, e.g. 'logits:min_cosine=0.995'."),
 )
@@ -70,19 +74,19 @@ _THRESHOLD_KEYS = ("min_cosine", "max_rel_l2", "min_top1_agreement", "max_accura
                    "min_snr_db", "max_abs", "min_exact_match", "output_thresholds")
 
 
-def _proto(model: ModelSource) -> onnx.ModelProto:
+def _model(model: ModelSource) -> Model:
     if isinstance(model, onnx.ModelProto):
-        return model
-    return (model if isinstance(model, Model) else Model.load(model)).proto
+        return Model(model)
+    return model if isinstance(model, Model) else Model.load(model)
 
 
 def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, dataset: Dataset | None = None,
               report_path: str | os.PathLike | None = None, quiet: bool = False) -> ParityReport:
     """The gate from option values: data (unless `dataset` is given) and thresholds, compare, print the
     table (with `quiet`, the verdict only), write the JSON report. The caller exits 1 when `not report.passed`."""
-    spec_model = _proto(original)
-    _proto(candidate)  # a missing or unreadable candidate fails here with a one-line error
-    dataset = dataset_from_options(spec_model, opts) if dataset is None else dataset
+    spec_model = _model(original)
+    _model(candidate)  # a missing or unreadable candidate fails here with a one-line error
+    dataset = dataset_from_options(spec_model.proto, opts, spec_model.base_dir) if dataset is None else dataset
     thresholds = thresholds_from_options(**{k: opts.get(k) for k in _THRESHOLD_KEYS if opts.get(k) is not None})
     show = not quiet and sys.stderr.isatty()
     bar = (click.progressbar(length=len(dataset), label="checking", file=sys.stderr) if show
@@ -90,7 +94,8 @@ def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, d
     with bar as b:
         report = compare(original, candidate, dataset, thresholds, batch_size=opts.get("batch_size", 1),
                          providers=[opts.get("provider") or "CPUExecutionProvider"], threads=opts.get("threads", 1),
-                         progress=None if b is None else b.update)
+                         progress=None if b is None else b.update,
+                         allow_guessed_shapes=bool(opts.get("allow_guessed_shapes")))
     if report_path:
         report.write(report_path)
     click.echo(report.verdict() if quiet else report.render())

@@ -6,22 +6,11 @@ from pathlib import Path
 
 import click
 
-from onnxprune.errors import OptionError
 from onnxprune.model import Model
 from onnxprune.pack.passes import DEFAULT_MAX_INCREASE, pack_model, render_report
 from onnxprune.pack.targets import EMIT_MODES, load_target
 from onnxprune.report import write_json
-
-
-def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    name, sep, dims = text.rpartition("=")
-    try:
-        shape = tuple(int(d) for d in dims.split(","))
-    except ValueError:
-        shape = ()
-    if not sep or not name or not shape or any(d < 1 for d in shape):
-        raise OptionError(f"--input-shape {text!r}: use NAME=D1,D2,... with positive dims, e.g. input1=1,1,64,192")
-    return name, shape
+from onnxprune.shapes import parse_shape
 
 
 @click.command("pack")
@@ -37,8 +26,8 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 @click.option("--max-increase", default=DEFAULT_MAX_INCREASE, show_default=True, type=float,
               help="Enforcement leaves a weight alone if it would need more extra sparsity than this.")
 @click.option("--masks", "masks_in", type=click.Path(dir_okay=False), help="Masks of the pruning run (.npz + .json) for exact pattern checks.")
-@click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
-              help="Static input shape for MAC counts where the model's input dims are symbolic. Repeatable.")
+@click.option("--shape", "input_shapes", multiple=True, metavar="NAME=D1xD2...",
+              help="Input shape for MAC counts where the model's input dims are dynamic, e.g. x=1x3x48x320. Repeatable.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report (schema onnxprune.pack) here.")
 @click.option("--no-gzip", is_flag=True, help="Skip measuring gzip of the dense model (slow on large models).")
 @click.option("--all-rows", is_flag=True, help="Print every layer (default: the first 60).")
@@ -50,7 +39,7 @@ def command(model_path, target_name, output, emit, block, enforce, max_increase,
     Prints, per layer, whether it will run sparse on the target and if not why, the share of weights and
     MACs that run sparse, and the sizes against the information bound. The input file is never written."""
     target = load_target(target_name, block=block)
-    shapes = dict(parse_input_shape(s) for s in input_shapes)
+    shapes = dict(parse_shape(s) for s in input_shapes)
     model = Model.load(model_path)
     masks = None
     if masks_in:

@@ -46,13 +46,13 @@ def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_sam
                         calib_samples=calib_samples, sequential=sequential, repair=repair,
                         round_to=round_to, reinit=reinit)
     model = Model.load(model_path)
-    dataset = dataset_from_options(model.proto, rest)
+    dataset = dataset_from_options(model.proto, rest, model.base_dir)
     calibration = None
     if opts.uses_calibration():
         calibration, dataset = dataset.split(0.5, seed=0)  # disjoint calibration and evaluation halves
     thresholds = thresholds_from_options(**{k: rest.get(k) for k in _THRESHOLD_KEYS if rest.get(k) is not None})
     kw = {"batch_size": rest.get("batch_size", 1), "providers": [rest.get("provider") or "CPUExecutionProvider"],
-          "threads": rest.get("threads", 1)}
+          "threads": rest.get("threads", 1), "allow_guessed_shapes": bool(rest.get("allow_guessed_shapes"))}
 
     def echo(p: dict) -> None:
         click.echo(f"  sparsity {p['sparsity']:.3f}: {'PASS' if p['passed'] else 'FAIL'}", err=True)

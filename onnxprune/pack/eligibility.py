@@ -26,6 +26,7 @@ from onnxprune.analyze.weights import PASS_THROUGH, PRUNABLE_INPUTS, Analysis, U
 from onnxprune.model import Model, _walk_graphs
 from onnxprune.pack.formats.base import bits_of
 from onnxprune.pack.targets import Target
+from onnxprune.shapes import resolve_feed_shapes
 from onnxprune.prune.patterns import Pattern
 
 BLOCK_STRAY_TOLERANCE = 0.01  # without masks: zeros outside all-zero blocks allowed, as a share of the weight
@@ -306,39 +307,20 @@ def _attr(node: onnx.NodeProto | None, name: str, default=None):
 def infer_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[dict, list[str]]:
     """{tensor name: dims (None for unknown dims)} from ONNX shape inference, and notes.
 
-    Symbolic input dims are taken from `input_shapes` when given; a symbolic first dim otherwise
-    counts as a batch of 1 (MACs are then per sample); other symbolic dims stay unknown."""
+    Input dims come from onnxprune.shapes (`input_shapes` as --shape gives them, batch 1, the model's
+    hints, else a guess that the notes name)."""
     notes: list[str] = []
-    input_shapes = dict(input_shapes or {})
+    feed = resolve_feed_shapes(model.proto, input_shapes, base_dir=model.base_dir)
+    if feed.guessed:
+        notes.append(f"MACs at guessed input shapes ({feed.text()}); give --shape for the sizes the model runs at")
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
-    inits = {t.name for t in proto.graph.initializer}
     for inp in proto.graph.input:
-        if inp.name in inits or not inp.type.HasField("tensor_type"):
-            continue
-        dims = inp.type.tensor_type.shape.dim
-        given = input_shapes.pop(inp.name, None)
-        if given is not None:
-            if len(given) != len(dims):
-                from onnxprune.errors import OptionError
-
-                raise OptionError(f"input shape for {inp.name!r} has rank {len(given)}, the model's input has rank {len(dims)}")
-            for d, v in zip(dims, given):
+        if inp.name in feed.shapes:
+            dims = inp.type.tensor_type.shape.dim
+            for d, v in zip(dims, feed.shapes[inp.name]):
                 d.ClearField("dim_param")
                 d.dim_value = int(v)
-            continue
-        for i, d in enumerate(dims):
-            if not d.HasField("dim_value"):
-                if i == 0:
-                    d.ClearField("dim_param")
-                    d.dim_value = 1
-                    notes.append(f"input {inp.name!r}: symbolic first dim taken as batch 1 (MACs per sample)")
-                else:
-                    notes.append(f"input {inp.name!r}: dim {i} is symbolic; give --input-shape {inp.name}=... for exact MACs")
-    if input_shapes:
-        from onnxprune.errors import OptionError
-
-        raise OptionError(f"input shape given for {sorted(input_shapes)[0]!r}, which is not a model input")
     shapes: dict[str, tuple] = {}
     try:
         _collect_shapes(onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True), shapes)

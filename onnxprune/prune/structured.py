@@ -558,7 +558,9 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
         raise OptionError("reinit starts from fresh weights: repair would be thrown away; choose one")
     if round_to < 1:
         raise OptionError(f"round_to {round_to}: give a multiple >= 1")
-    feed = feed if feed is not None else sample_feed(model.proto, data)
+    feed_shapes = None
+    if feed is None:
+        feed, feed_shapes = sample_feed(model.proto, data, str(model.base_dir))
     analysis = analyze_groups(model.proto, feed, base_dir=str(model.base_dir), prefer=prefer)
     read = _reader(model, model.proto)
     if criterion == "activation":
@@ -569,6 +571,9 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
                    if any(fnmatch.fnmatch(p, pat) for p in g.producers for pat in skip)}
     forced: dict[int, str] = {}
     notes = list(analysis.notes)
+    if feed_shapes is not None and feed_shapes.guessed:
+        notes.append(f"channel analysis and MACs at guessed input shapes ({feed_shapes.text()}); give --shape "
+                     "or --data for the sizes the model really runs at")
     for attempt in range(max_retries + 1):
         removed = allocate(analysis, importance, sparsity, round_to, scope, skip_groups | set(forced))
         keep = keep_positions(analysis, removed)
@@ -624,6 +629,7 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
         "macs_ratio": sum(macs_after.values()) / sum(macs_before.values()) if sum(macs_before.values()) else 1.0,
         "macs_per_layer": {k: [v, macs_after.get(k, 0)] for k, v in macs_before.items()},
         "input_shapes": {k: list(np.shape(v)) for k, v in feed.items()},
+        "input_shapes_guessed": bool(feed_shapes and feed_shapes.guessed),
         "repair_report": repair_report,
         "notes": notes,
     }
