@@ -125,7 +125,8 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
         ctx.masks.save(recipe.output["masks"])
     if target is not None:
         out_dir = recipe.target.get("out") or str(Path(output).with_suffix("")) + f".{target.name}"
-        shapes = (calib or evaluation or _dataset(model, recipe, None)).feed_shapes.shapes  # MACs at the shapes fed
+        fed = (calib or evaluation or _dataset(model, recipe, None)).feed_shapes  # MACs at the shapes fed;
+        shapes = {k: v for k, v in fed.shapes.items() if k not in fed.guessed}  # guesses are re-made, and said
         _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"), input_shapes=shapes,
                                enforce=recipe.target.get("enforce", True), progress=not quiet)
         report["target"] = packed

@@ -150,3 +150,26 @@ def test_pack_macs_at_given_shape(tmp_path):
         conv = next(row for row in rep["eligibility"]["layers"] if row["weight"] == "w1")
         assert conv["macs"] == macs
         assert ("guessed input shapes" in r.output) == (shape is None)
+
+
+def test_prune_target_says_macs_are_at_guessed_shapes(tmp_path):
+    path = save(image_net(), tmp_path / "m.onnx")
+    r = cli("prune", path, "-o", tmp_path / "p.onnx", "--target", "npu-bitmask", "--min-params", "1")
+    assert r.exit_code == 0 and "MACs at guessed input shapes (x=1x3x224x224 (guessed))" in r.output, r.output
+
+
+@pytest.mark.real
+def test_paddle_recogniser_gate_runs_at_real_size(tmp_path):
+    """PP-OCRv4's recogniser (paddle2onnx, height '?'): 2:4 passed at 1x3x1x1 and fails at 1x3x48x320."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None:
+        pytest.skip("rapidocr-onnxruntime is not installed")
+    rec = Path(next(iter(spec.submodule_search_locations))) / "models" / "ch_PP-OCRv4_rec_infer.onnx"
+    out = tmp_path / "rec.onnx"
+    r = cli("prune", rec, "-o", out, "--pattern", "2:4", "--check", "--samples", "4")
+    assert r.exit_code == 2 and "--shape x=1x3xHxW" in r.output and not out.exists(), r.output
+    r = cli("prune", rec, "-o", out, "--pattern", "2:4", "--check", "--samples", "4", "--shape", "x=1x3x48x320")
+    assert r.exit_code == 1 and "x=1x3x48x320 (given)" in r.output and "FAIL" in r.output, r.output
