@@ -39,7 +39,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.check.data import Dataset
-from onnxprune.errors import DataError, ModelLoadError, OptionError
+from onnxprune.errors import DataError, ModelLoadError, OptionError, Opt
 from onnxprune.model import PROTOBUF_LIMIT, Model
 from onnxprune.report import table, to_json, write_json
 
@@ -117,8 +117,8 @@ def parse_output_threshold(text: str) -> tuple[str, Thresholds]:
         except ValueError:
             number = None
         if not name or not eq or key not in Thresholds.names() or number is None:
-            raise OptionError(f"--output-threshold '{text}': expected OUTPUT:KEY=VALUE[,KEY=VALUE...] with KEY "
-                              f"one of {', '.join(Thresholds.names())}")
+            raise OptionError(Opt("check.output_thresholds"), f" '{text}': expected OUTPUT:KEY=VALUE[,KEY=VALUE...] "
+                              f"with KEY one of {', '.join(Thresholds.names())}")
         values[key] = number
     return name, Thresholds(**values)
 
@@ -453,7 +453,7 @@ def _run(sess: ort.InferenceSession, names: list[str], feed: dict, label: str) -
         return sess.run(names, feed)
     except Exception as e:  # onnxruntime's own exception types
         raise DataError(f"{label}: onnxruntime failed on the given inputs: {_first_line(e)}; check the data "
-                        "(for synthetic inputs: --shape, --int-range)") from e
+                        "(for synthetic inputs: ", Opt("data.shapes"), ", ", Opt("data.int_ranges"), ")") from e
 
 
 def compare(original: ModelSource, candidate: ModelSource, dataset: Dataset, thresholds: Thresholds | None = None, *,

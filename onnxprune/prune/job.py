@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from onnxprune.analyze.fold import FoldConstantsPass
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, Opt
 from onnxprune.model import Model
 from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, parse_override
@@ -74,9 +74,11 @@ class PruneOptions:
         if self.repair not in ("none", "lstsq"):
             raise OptionError(f"repair {self.repair!r} for channel pruning: use none or lstsq (biases are refitted with it)")
         if self.steps != 1 or self.hooks or self.overrides:
-            raise OptionError("channel pruning is one-shot: --steps, --hook and --override do not apply to it")
+            raise OptionError("channel pruning is one-shot: ", Opt("prune.steps"), ", ", Opt("prune.hooks"), " and ",
+                              Opt("prune.overrides"), " do not apply to it")
         if self.reinit and self.repair != "none":
-            raise OptionError("--reinit emits fresh weights; it cannot be combined with --repair")
+            raise OptionError(Opt("prune.reinit"), " emits fresh weights; it cannot be combined with ",
+                              Opt("prune.repair"))
         self.channel_pass()  # sparsity, round_to, scope
 
     def final_sparsity(self) -> float:

@@ -1,0 +1,44 @@
+"""Issue 12, a verdict you can trust: N:M has one sparsity, the checked model is the deployed one,
+sweep fails before its work (and keeps what it measured), reports can go to stdout, and every
+interface (CLI, recipe, Python) names its own fix."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from nm_check import assert_model_nm
+from onnxprune.cli import main
+from onnxprune.errors import DataError, OptionError
+from onnxprune.model import Model
+from onnxprune.prune.job import PruneOptions, prune_model
+
+ROOT = Path(__file__).resolve().parents[1]
+MLP = str(ROOT / "samples" / "digits_mlp.onnx")
+EVAL = str(ROOT / "samples" / "digits_eval.npz")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def weights(path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+
+
+# -------------------------------------------------------------------------- each interface, its own fix
+
+def test_each_interface_names_its_own_fix(tmp_path):
+    out = tmp_path / "m.onnx"
+    r = run("prune", MLP, "-o", out, "--criterion", "wanda")
+    assert r.exit_code == 2 and "give --data FILE" in r.output, r.output
+    r = run("run", "unstructured-gate", MLP, "-o", out, "--set", 'prune.criterion="wanda"')
+    assert r.exit_code == 2 and 'give data.calibration="FILE"' in r.output and "--data" not in r.output, r.output
+    with pytest.raises(OptionError) as e:
+        prune_model(Model.load(MLP), PruneOptions(criterion="wanda"))
+    assert "give data='FILE'" in str(e.value) and "--" not in str(e.value)
+    assert not out.exists()
