@@ -91,8 +91,10 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     if not output:
         raise OptionError(f"{recipe.source}: no output path; give -o/--output or output.model")
     _check_output_paths(recipe, model_path, output)
-    model = Model.load(model_path)
     calibration_path, evaluation_path = recipe.data.get("calibration"), recipe.data.get("evaluation")
+    if recipe.prune.needs_data() and not calibration_path:  # not synthetic inputs: fail before any work
+        raise recipe.prune.no_data_error()
+    model = Model.load(model_path)
     calib = _dataset(model, recipe, calibration_path) if calibration_path else None
     if calib is None and recipe.prune.pattern == "channel":  # shapes for the one analysis run (--shape)
         calib = _dataset(model, recipe, None)

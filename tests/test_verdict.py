@@ -42,3 +42,18 @@ def test_each_interface_names_its_own_fix(tmp_path):
         prune_model(Model.load(MLP), PruneOptions(criterion="wanda"))
     assert "give data='FILE'" in str(e.value) and "--" not in str(e.value)
     assert not out.exists()
+
+
+def test_channel_repair_without_data_is_refused_not_run_on_synthetic_inputs(tmp_path):
+    r = run("prune", MLP, "-o", tmp_path / "m.onnx", "--pattern", "channel", "--repair", "lstsq")
+    assert r.exit_code == 2 and "repair lstsq reads calibration inputs: give --data FILE" in r.output, r.output
+
+
+def test_prune_model_takes_a_path(tmp_path):
+    before = Path(MLP).read_bytes()
+    ctx, report = prune_model(MLP, PruneOptions(sparsity=0.5), progress=False)
+    assert report["totals"]["sparsity_of_selected"] == pytest.approx(0.5, abs=1e-3)
+    assert Path(MLP).read_bytes() == before
+    ctx.model.save(tmp_path / "m.onnx")
+    with pytest.raises(OptionError, match="give a Model or the path"):
+        prune_model(42, PruneOptions())

@@ -6,6 +6,7 @@ fine-tuning hooks) -> `prune_model` runs it and returns the report.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -93,6 +94,16 @@ class PruneOptions:
         return ChannelPrunePass(self.final_sparsity(), self.round_to, self.scope, CHANNEL_CRITERIA[self.criterion],
                                 self.repair, self.reinit, skip=self.skip, calib_samples=self.calib_samples or 32)
 
+    def needs_data(self) -> bool:
+        """Do the criterion or the repair read calibration inputs?"""
+        return self.criterion != "magnitude" or self.repair != "none"
+
+    def no_data_error(self) -> OptionError:
+        what = ([f"criterion {self.criterion}"] * (self.criterion != "magnitude")
+                + [f"repair {self.repair}"] * (self.repair != "none"))
+        return OptionError(f"{' and '.join(what)} {'read' if len(what) > 1 else 'reads'} calibration inputs: give ",
+                           Opt("data.calibration", "FILE"))
+
     def uses_calibration(self) -> bool:
         """Does pruning itself read the data (so evaluation data must be kept apart)?"""
         return self.criterion != "magnitude" or self.repair != "none" or bool(self.hooks)
@@ -150,11 +161,23 @@ def calibration_passes(opts: PruneOptions) -> list[Pass]:
     return [CalibrationPass(opts.calib_samples)]
 
 
-def prune_model(model: Model, opts: PruneOptions, data=None, masks: MaskSet | None = None,
+def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None, masks: MaskSet | None = None,
                 progress: bool = True, on_step=None) -> tuple[Context, dict]:
     """Run the pruning job on `model` in place; returns the context and the report.
 
+    `model`: a Model, or the path of one (loaded; the file is never written: save `ctx.model`).
+    `data`: calibration inputs, a Dataset or the path of an .npz or folder.
     `on_step(ctx, result)` is called after each pass (e.g. to evaluate accuracy per step)."""
+    if isinstance(model, (str, os.PathLike)):
+        model = Model.load(model)
+    elif not isinstance(model, Model):
+        raise OptionError(f"model: give a Model or the path of an .onnx file, not a {type(model).__name__}")
+    if isinstance(data, (str, os.PathLike)):
+        from onnxprune.check.data import load_dataset
+
+        data = load_dataset(model.proto, data)
+    if data is None and opts.needs_data():
+        raise opts.no_data_error()
     ctx = Context(model, masks or MaskSet(), data, progress=progress)
     build_pipeline(opts).run(model, ctx, on_step)
     stamp(model, opts.to_dict())
