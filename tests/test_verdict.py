@@ -30,6 +30,31 @@ def weights(path) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
 
+# ------------------------------------------------------------------------------ N:M has one sparsity
+
+def test_nm_refuses_a_sparsity_other_than_1_minus_n_over_m(tmp_path):
+    out = tmp_path / "m.onnx"
+    r = run("prune", MLP, "-o", out, "--pattern", "2:4", "--sparsity", "0.4")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "1 - N/M = 0.5" in r.output and "leave --sparsity out" in r.output and not out.exists()
+    r = run("prune", MLP, "-o", out, "--pattern", "2:4", "--sparsity", "0.25")
+    assert r.exit_code == 2 and "--pattern 3:4" in r.output  # the N:M that has that sparsity
+    r = run("prune", MLP, "-o", out, "--pattern", "2:4", "--sparsity", "0.5", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert assert_model_nm(onnx.load(str(out)), 2, 4, ["fc1.weight", "fc2.weight"]) == 2
+
+
+def test_nm_override_can_only_leave_a_layer_dense(tmp_path):
+    out = tmp_path / "m.onnx"
+    r = run("prune", MLP, "-o", out, "--pattern", "2:4", "--override", "fc1*=0.3")
+    assert r.exit_code == 2 and "--override fc1*=0 or --skip fc1*" in r.output, r.output
+    r = run("prune", MLP, "-o", out, "--pattern", "2:4", "--override", "fc1*=0", "--quiet")
+    assert r.exit_code == 0, r.output
+    w = weights(out)
+    assert np.count_nonzero(w["fc1.weight"] == 0) == 0
+    assert assert_model_nm(onnx.load(str(out)), 2, 4, ["fc2.weight"]) == 1
+
+
 # -------------------------------------------------------------------------- each interface, its own fix
 
 def test_each_interface_names_its_own_fix(tmp_path):
@@ -41,6 +66,12 @@ def test_each_interface_names_its_own_fix(tmp_path):
     with pytest.raises(OptionError) as e:
         prune_model(Model.load(MLP), PruneOptions(criterion="wanda"))
     assert "give data='FILE'" in str(e.value) and "--" not in str(e.value)
+    recipe = tmp_path / "nm.toml"
+    recipe.write_text('[prune]\npattern = "2:4"\nsparsity = 0.4\n')
+    r = run("run", recipe, MLP, "-o", out)
+    assert r.exit_code == 2 and "nm.toml:3: prune.sparsity:" in r.output and "leave prune.sparsity out" in r.output
+    with pytest.raises(OptionError, match="leave sparsity out"):
+        PruneOptions(pattern="2:4", sparsity=0.4)
     assert not out.exists()
 
 

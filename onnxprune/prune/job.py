@@ -6,6 +6,7 @@ fine-tuning hooks) -> `prune_model` runs it and returns the report.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -17,6 +18,7 @@ from onnxprune.model import Model
 from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, parse_override
 from onnxprune.prune.masks import MaskSet
+from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import ScheduleStep, cubic_sparsity, schedule
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
@@ -64,9 +66,31 @@ class PruneOptions:
         if self.pattern == "channel":
             self._validate_channel()
             return
+        self._validate_nm()
         PrunePass(self.sparsity, self.pattern, self.scope, self.criterion, self.overrides, self.skip,
                   self.min_params, self.nm_remainder)  # pattern, criterion, overrides, N:M sparsity
         schedule(self.final_sparsity(), self.steps, self.initial_sparsity, self.t0, self.dt)
+
+    def _validate_nm(self) -> None:
+        """N:M fixes the sparsity at 1 - N/M: any other final sparsity (or override, except 0 = dense)
+        would leave weights off the pattern."""
+        pattern = Pattern.parse(self.pattern)
+        fixed = pattern.fixed_sparsity
+        if fixed is None:
+            return
+        if self.sparsity is not None and not math.isclose(self.sparsity, fixed, abs_tol=1e-9):
+            k = self.sparsity * pattern.b
+            other = (f"{pattern.b - round(k)}:{pattern.b}" if 0 < round(k) < pattern.b and math.isclose(k, round(k))
+                     else "unstructured")
+            raise OptionError(f"sparsity {self.sparsity:g} with pattern {pattern}: N:M fixes the sparsity at "
+                              f"1 - N/M = {fixed:g}; leave ", Opt("prune.sparsity"), " out, or prune at "
+                              f"{self.sparsity:g} with ", Opt("prune.pattern", other))
+        for text in self.overrides:
+            glob, s = parse_override(text)
+            if s != 0 and not math.isclose(s, fixed, abs_tol=1e-9):
+                raise OptionError(f"override {text!r} with pattern {pattern}: N:M fixes the sparsity at {fixed:g}; "
+                                  "an override can only leave a layer dense (", Opt("prune.overrides", [f"{glob}=0"]),
+                                  " or ", Opt("prune.skip", [glob]), ")")
 
     def _validate_channel(self) -> None:
         if self.criterion not in CHANNEL_CRITERIA:
@@ -83,8 +107,6 @@ class PruneOptions:
         self.channel_pass()  # sparsity, round_to, scope
 
     def final_sparsity(self) -> float:
-        from onnxprune.prune.patterns import Pattern
-
         if self.pattern == "channel":
             return self.sparsity if self.sparsity is not None else 0.5
         fixed = Pattern.parse(self.pattern).fixed_sparsity
