@@ -3,7 +3,6 @@ and `run` commands and the Python API all end here."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +18,10 @@ from onnxprune.pack.passes import pack_model
 from onnxprune.pack.passes import render_report as render_pack_report
 from onnxprune.pack.targets import load_target
 from onnxprune.pipeline import stamp
-from onnxprune.prune.job import prune_model
+from onnxprune.prune.job import prune_model, summarize
 from onnxprune.prune.masks import MaskSet
 from onnxprune.recipe import Recipe
 from onnxprune.report import table, write_json
-
-
-def fnmatch_escape(name: str) -> str:
-    """A glob that matches exactly `name`."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 @dataclass
@@ -110,25 +104,27 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     masks = None
     if recipe.output.get("masks_in"):
         masks = MaskSet.load(recipe.output["masks_in"], {w.key: w.shape for w in find_weights(model).weights})
-    opts, target = recipe.prune, None
-    if recipe.target.get("name"):
+    target, exclude = None, {}
+    if recipe.target.get("name"):  # prune only what the target can use
         target = load_target(recipe.target["name"], block=recipe.target.get("block"))
-        cannot = [fnmatch_escape(k) for k, reasons in static_check(target, model).items() if reasons]
-        opts = dataclasses.replace(opts, skip=list(opts.skip) + cannot)  # prune only what the target can use
-    ctx, report = prune_model(model, opts, calib, masks, progress=not quiet)
+        exclude = {k: f"not eligible for target {target.name}: {reasons[0].text}"
+                   for k, reasons in static_check(target, model).items() if reasons}
+    ctx, report = prune_model(model, recipe.prune, calib, masks, progress=not quiet, exclude=exclude)
     part = recipe.model_part()
     stamp(model, recipe.prune.to_dict(), {"onnxprune.recipe": part,
                                           "onnxprune.recipe_sha256": hashlib.sha256(part.encode()).hexdigest()})
-    model.save(output, external_data=True if recipe.output.get("external_data") else None)
-    if recipe.output.get("masks"):
-        ctx.masks.save(recipe.output["masks"])
-    if target is not None:
+    if target is not None:  # packing may re-prune: it runs before the save and the check (checked = deployed)
         out_dir = recipe.target.get("out") or str(Path(output).with_suffix("")) + f".{target.name}"
         _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"),
                                enforce=recipe.target.get("enforce", True), progress=not quiet)
+        if packed["enforce"] and packed["enforce"]["modified"]:
+            report = summarize(ctx, recipe.prune)
         report["target"] = packed
         if not quiet:
             click.echo(render_pack_report(packed))
+    model.save(output, external_data=True if recipe.output.get("external_data") else None)
+    if recipe.output.get("masks"):
+        ctx.masks.save(recipe.output["masks"])
     report.update(input=str(Path(model_path).resolve()), output=str(Path(output).resolve()),
                   recipe=recipe.to_dict(), recipe_sha256=recipe.sha256())
     if not quiet:

@@ -55,6 +55,30 @@ def test_nm_override_can_only_leave_a_layer_dense(tmp_path):
     assert assert_model_nm(onnx.load(str(out)), 2, 4, ["fc2.weight"]) == 1
 
 
+def test_target_prune_checks_the_model_it_deploys(tmp_path):
+    """Packing re-prunes (unstructured -> 2:4) before the output is written and checked."""
+    out, rep = tmp_path / "m.onnx", tmp_path / "r.json"
+    r = run("prune", MLP, "-o", out, "--target", "nvidia-2to4", "--pattern", "unstructured", "--sparsity", "0.5",
+            "--check", "--data", EVAL, "--min-cosine", "0", "--report", rep, "--quiet")
+    assert r.exit_code == 0, r.output
+    checked, deployed = weights(out), weights(tmp_path / "m.nvidia-2to4" / "model.onnx")
+    for name in ("fc1.weight", "fc2.weight"):
+        assert np.array_equal(checked[name], deployed[name])
+    report = json.loads(rep.read_text())
+    assert report["target"]["enforce"]["modified"]
+    fc1 = next(w for w in report["weights"] if w["name"] == "fc1.weight")
+    assert fc1["sparsity"] == pytest.approx(1 - np.count_nonzero(checked["fc1.weight"]) / checked["fc1.weight"].size)
+    assert fc1["sparsity"] > 0.55  # the re-pruned model, not the 50% one
+
+
+def test_target_excluded_layer_gives_the_target_reason(tmp_path):
+    rep = tmp_path / "r.json"
+    r = run("prune", MLP, "-o", tmp_path / "m.onnx", "--target", "nvidia-2to4", "--report", rep, "--quiet")
+    assert r.exit_code == 0, r.output
+    fc3 = next(w for w in json.loads(rep.read_text())["weights"] if w["name"] == "fc3.weight")
+    assert fc3["skipped"].startswith("not eligible for target nvidia-2to4: ") and "--skip" not in fc3["skipped"]
+
+
 # -------------------------------------------------------------------------- each interface, its own fix
 
 def test_each_interface_names_its_own_fix(tmp_path):

@@ -184,12 +184,13 @@ def calibration_passes(opts: PruneOptions) -> list[Pass]:
 
 
 def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None, masks: MaskSet | None = None,
-                progress: bool = True, on_step=None) -> tuple[Context, dict]:
+                progress: bool = True, on_step=None, exclude: dict[str, str] | None = None) -> tuple[Context, dict]:
     """Run the pruning job on `model` in place; returns the context and the report.
 
     `model`: a Model, or the path of one (loaded; the file is never written: save `ctx.model`).
     `data`: calibration inputs, a Dataset or the path of an .npz or folder.
-    `on_step(ctx, result)` is called after each pass (e.g. to evaluate accuracy per step)."""
+    `on_step(ctx, result)` is called after each pass (e.g. to evaluate accuracy per step).
+    `exclude`: weight key -> why the job leaves it dense (reported as its skip reason)."""
     if isinstance(model, (str, os.PathLike)):
         model = Model.load(model)
     elif not isinstance(model, Model):
@@ -200,7 +201,7 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
         data = load_dataset(model.proto, data)
     if data is None and opts.needs_data():
         raise opts.no_data_error()
-    ctx = Context(model, masks or MaskSet(), data, progress=progress)
+    ctx = Context(model, masks or MaskSet(), data, progress=progress, exclude=dict(exclude or {}))
     build_pipeline(opts).run(model, ctx, on_step)
     stamp(model, opts.to_dict())
     return ctx, summarize(ctx, opts)

@@ -94,7 +94,8 @@ class PrunePass(Pass):
         """(pattern, score function, allocation, result listing the skipped weights) for this step."""
         pattern = Pattern.parse(self.pattern)
         alloc = allocate(ctx.analysis.weights, self.sparsity, pattern, self.scope,
-                         [parse_override(o) for o in self.overrides], self.skip, self.min_params, self.nm_remainder)
+                         [parse_override(o) for o in self.overrides], self.skip, self.min_params, self.nm_remainder,
+                         ctx.exclude)
         result = PassResult(self.name, False)
         for key, reason in alloc.skipped.items():
             result.weights[key] = {"skipped": reason}
