@@ -55,6 +55,13 @@ def test_nm_override_can_only_leave_a_layer_dense(tmp_path):
     assert assert_model_nm(onnx.load(str(out)), 2, 4, ["fc2.weight"]) == 1
 
 
+@pytest.mark.parametrize("levels", [["--find-max"], ["--sparsities", "0.3,0.5,0.7"]])
+def test_sweep_refuses_nm_before_any_work(levels):
+    r = run("sweep", MLP, *levels, "--pattern", "2:4", "--data", EVAL)
+    assert r.exit_code == 2 and "N:M has one sparsity" in r.stderr, r.output
+    assert "--pattern 2:4 --check" in r.stderr and "sparsity 0." not in r.stderr  # nothing was measured
+
+
 def test_target_prune_checks_the_model_it_deploys(tmp_path):
     """Packing re-prunes (unstructured -> 2:4) before the output is written and checked."""
     out, rep = tmp_path / "m.onnx", tmp_path / "r.json"
@@ -77,6 +84,33 @@ def test_target_excluded_layer_gives_the_target_reason(tmp_path):
     assert r.exit_code == 0, r.output
     fc3 = next(w for w in json.loads(rep.read_text())["weights"] if w["name"] == "fc3.weight")
     assert fc3["skipped"].startswith("not eligible for target nvidia-2to4: ") and "--skip" not in fc3["skipped"]
+
+
+# ------------------------------------------------------------------------ sweep fails before its work
+
+def test_sweep_checks_the_plot_dependency_first(tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as if not installed
+    r = run("sweep", MLP, "--sparsities", "0.3,0.5", "--data", EVAL, "--plot", tmp_path / "p.png")
+    assert r.exit_code == 2 and "--plot needs matplotlib" in r.stderr
+    assert "sparsity 0." not in r.stderr  # no level ran
+
+
+def test_sweep_keeps_the_points_measured_before_a_failure(tmp_path, monkeypatch):
+    import onnxprune.check.sweep as sweep_mod
+
+    real = sweep_mod.prune_and_check
+
+    def fail_at_half(model_path, opts, sparsity, *args, **kw):
+        if sparsity == 0.5:
+            raise DataError("eval.npz: broken at 0.5")
+        return real(model_path, opts, sparsity, *args, **kw)
+
+    monkeypatch.setattr(sweep_mod, "prune_and_check", fail_at_half)
+    rep = tmp_path / "s.json"
+    r = run("sweep", MLP, "--sparsities", "0.3,0.5,0.7", "--data", EVAL, "--report", rep)
+    assert r.exit_code == 2 and "broken at 0.5" in r.stderr
+    report = json.loads(rep.read_text())
+    assert [p["sparsity"] for p in report["points"]] == [0.3] and "broken at 0.5" in report["error"]
 
 
 # -------------------------------------------------------------------------- each interface, its own fix
