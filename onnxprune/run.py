@@ -21,7 +21,7 @@ from onnxprune.pipeline import stamp
 from onnxprune.prune.job import prune_model, summarize
 from onnxprune.prune.masks import MaskSet
 from onnxprune.recipe import Recipe
-from onnxprune.report import table, write_json
+from onnxprune.report import is_stdout, table, write_json
 
 
 @dataclass
@@ -54,7 +54,7 @@ def _check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
     """No output may overwrite the input model (or its data) or another output."""
     written = {"output model": output, "output data": output + ".data"}
     for key, label in (("report", "report"), ("masks", "masks")):
-        if recipe.output.get(key):
+        if recipe.output.get(key) and not is_stdout(recipe.output[key]):
             written[label] = recipe.output[key]
     if recipe.output.get("masks"):
         written["masks manifest"] = recipe.output["masks"] + ".json"
@@ -113,6 +113,8 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     part = recipe.model_part()
     stamp(model, recipe.prune.to_dict(), {"onnxprune.recipe": part,
                                           "onnxprune.recipe_sha256": hashlib.sha256(part.encode()).hexdigest()})
+    report_path = recipe.output.get("report")
+    to_stderr = is_stdout(report_path)  # stdout carries the JSON report
     if target is not None:  # packing may re-prune: it runs before the save and the check (checked = deployed)
         out_dir = recipe.target.get("out") or str(Path(output).with_suffix("")) + f".{target.name}"
         _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"),
@@ -121,21 +123,22 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
             report = summarize(ctx, recipe.prune)
         report["target"] = packed
         if not quiet:
-            click.echo(render_pack_report(packed))
+            click.echo(render_pack_report(packed), err=to_stderr)
     model.save(output, external_data=True if recipe.output.get("external_data") else None)
     if recipe.output.get("masks"):
         ctx.masks.save(recipe.output["masks"])
     report.update(input=str(Path(model_path).resolve()), output=str(Path(output).resolve()),
                   recipe=recipe.to_dict(), recipe_sha256=recipe.sha256())
     if not quiet:
-        click.echo(render_summary(report))
+        click.echo(render_summary(report), err=to_stderr)
     passed = None
     if gate:
         from onnxprune.cli.check_cmd import run_check
 
-        parity = run_check(Model.load(model_path), output, recipe.check, dataset=evaluation, quiet=quiet)
+        parity = run_check(Model.load(model_path), output, recipe.check, dataset=evaluation, quiet=quiet,
+                           to_stderr=to_stderr)
         report["parity"] = parity.to_dict()
         passed = parity.passed
-    if recipe.output.get("report"):
-        write_json(recipe.output["report"], report, "prune")
+    if report_path:
+        write_json(report_path, report, "prune")
     return JobResult(report, passed)

@@ -113,6 +113,24 @@ def test_sweep_keeps_the_points_measured_before_a_failure(tmp_path, monkeypatch)
     assert [p["sparsity"] for p in report["points"]] == [0.3] and "broken at 0.5" in report["error"]
 
 
+# -------------------------------------------------------------------------------------------- outputs
+
+def test_report_dash_is_pure_json_on_stdout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pruned = tmp_path / "m.onnx"
+    gate = ["--data", EVAL, "--min-cosine", "0.5"]
+    for args, schema in [(["prune", MLP, "-o", pruned, "--target", "nvidia-2to4", "--check", *gate], "onnxprune.prune"),
+                         (["check", MLP, pruned, *gate], "onnxprune.parity"),
+                         (["sweep", MLP, "--sparsities", "0.3", "--data", EVAL], "onnxprune.sweep"),
+                         (["pack", pruned, "--target", "nvidia-2to4", "-o", tmp_path / "art", "--no-gzip"],
+                          "onnxprune.pack")]:
+        r = run(*args, "--report", "-")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["schema"] == schema
+        assert r.stderr.strip()  # the human output is still there, on stderr
+    assert not (tmp_path / "-").exists()
+
+
 # -------------------------------------------------------------------------- each interface, its own fix
 
 def test_each_interface_names_its_own_fix(tmp_path):

@@ -10,7 +10,7 @@ from onnxprune.errors import OptionError
 from onnxprune.model import Model
 from onnxprune.pack.passes import DEFAULT_MAX_INCREASE, pack_model, render_report
 from onnxprune.pack.targets import EMIT_MODES, load_target
-from onnxprune.report import write_json
+from onnxprune.report import is_stdout, write_json
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -39,7 +39,7 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
 @click.option("--masks", "masks_in", type=click.Path(dir_okay=False), help="Masks of the pruning run (.npz + .json) for exact pattern checks.")
 @click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME=D1,D2,...",
               help="Static input shape for MAC counts where the model's input dims are symbolic. Repeatable.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report (schema onnxprune.pack) here.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report (schema onnxprune.pack) here ('-': stdout).")
 @click.option("--no-gzip", is_flag=True, help="Skip measuring gzip of the dense model (slow on large models).")
 @click.option("--all-rows", is_flag=True, help="Print every layer (default: the first 60).")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
@@ -64,4 +64,4 @@ def command(model_path, target_name, output, emit, block, enforce, max_increase,
     if report_path:
         write_json(report_path, report, "pack")
     if not quiet:
-        click.echo(render_report(report, None if all_rows else 60))
+        click.echo(render_report(report, None if all_rows else 60), err=is_stdout(report_path))

@@ -16,7 +16,7 @@ from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.model import Model
 from onnxprune.prune.job import PruneOptions
 from onnxprune.prune.patterns import Pattern
-from onnxprune.report import table, write_json
+from onnxprune.report import is_stdout, table, write_json
 
 
 def _sparsities(text: str) -> list[float]:
@@ -45,7 +45,7 @@ def _refuse_nm(pattern: str) -> None:
 @data_options
 @threshold_options
 @run_options
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON curve here.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON curve here ('-': stdout).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the curve (needs matplotlib).")
 def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_samples, sequential, repair, skip, override, min_params, nm_remainder,
             round_to, reinit,
@@ -97,9 +97,10 @@ def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_sam
     cols = [k for k in HEADLINE if any(p.get(k) is not None for p in points)]
     click.echo(table(["sparsity", "achieved", *cols, "verdict"],
                      [(p["sparsity"], p["achieved_sparsity"], *(p.get(k) for k in cols), "PASS" if p["passed"] else "FAIL")
-                      for p in points]))
+                      for p in points]), err=is_stdout(report_path))
     if bisect:
-        click.echo(f"highest passing sparsity: {best if best is not None else 'none (even the lowest probed fails)'}")
+        click.echo(f"highest passing sparsity: {best if best is not None else 'none (even the lowest probed fails)'}",
+                   err=is_stdout(report_path))
     write_report(points, best, None)
     if plot_path:
         plot(points, plot_path, f"{model_path} ({pattern})")
