@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import click
@@ -47,6 +48,16 @@ def write_json(path: str | os.PathLike, report: dict, kind: str) -> None:
 def is_stdout(path: str | os.PathLike | None) -> bool:
     """Is this report path "-" (stdout)? Then human-readable output goes to stderr, so stdout is pure JSON."""
     return path is not None and str(path) == STDOUT
+
+
+def make_parent(path: str | os.PathLike | None) -> None:
+    """Create the folder an output is written into if it is missing, and say so on stderr."""
+    if path is None or is_stdout(path):
+        return
+    parent = Path(path).parent
+    if not parent.exists():
+        parent.mkdir(parents=True)
+        click.echo(f"onnxprune: created folder {parent}", err=True)
 
 
 def _cell(v: Any) -> str:

@@ -21,7 +21,7 @@ from onnxprune.pipeline import stamp
 from onnxprune.prune.job import prune_model, summarize
 from onnxprune.prune.masks import MaskSet
 from onnxprune.recipe import Recipe
-from onnxprune.report import is_stdout, table, write_json
+from onnxprune.report import is_stdout, make_parent, table, write_json
 
 
 @dataclass
@@ -117,6 +117,7 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     to_stderr = is_stdout(report_path)  # stdout carries the JSON report
     if target is not None:  # packing may re-prune: it runs before the save and the check (checked = deployed)
         out_dir = recipe.target.get("out") or str(Path(output).with_suffix("")) + f".{target.name}"
+        make_parent(out_dir)
         _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"),
                                enforce=recipe.target.get("enforce", True), progress=not quiet)
         if packed["enforce"] and packed["enforce"]["modified"]:
@@ -124,8 +125,10 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
         report["target"] = packed
         if not quiet:
             click.echo(render_pack_report(packed), err=to_stderr)
+    make_parent(output)
     model.save(output, external_data=True if recipe.output.get("external_data") else None)
     if recipe.output.get("masks"):
+        make_parent(recipe.output["masks"])
         ctx.masks.save(recipe.output["masks"])
     report.update(input=str(Path(model_path).resolve()), output=str(Path(output).resolve()),
                   recipe=recipe.to_dict(), recipe_sha256=recipe.sha256())
@@ -140,5 +143,6 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
         report["parity"] = parity.to_dict()
         passed = parity.passed
     if report_path:
+        make_parent(report_path)
         write_json(report_path, report, "prune")
     return JobResult(report, passed)

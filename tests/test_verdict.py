@@ -131,6 +131,15 @@ def test_report_dash_is_pure_json_on_stdout(tmp_path, monkeypatch):
     assert not (tmp_path / "-").exists()
 
 
+def test_missing_output_folder_is_created_and_said(tmp_path):
+    out = tmp_path / "new" / "sub" / "m.onnx"
+    r = run("prune", MLP, "-o", out, "--quiet")
+    assert r.exit_code == 0 and out.exists()
+    assert r.stderr.strip() == f"onnxprune: created folder {out.parent}"
+    r = run("prune", MLP, "-o", out, "--quiet")
+    assert "created folder" not in r.stderr  # only when it was missing
+
+
 # -------------------------------------------------------------------------- each interface, its own fix
 
 def test_each_interface_names_its_own_fix(tmp_path):

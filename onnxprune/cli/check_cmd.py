@@ -17,7 +17,7 @@ import onnx
 from onnxprune.check.data import DEFAULT_INT_RANGE, Dataset, dataset_from_options
 from onnxprune.check.parity import ModelSource, ParityReport, compare, thresholds_from_options
 from onnxprune.model import Model
-from onnxprune.report import is_stdout
+from onnxprune.report import is_stdout, make_parent
 
 
 def _stack(*options):
@@ -95,6 +95,7 @@ def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, d
                          providers=[opts.get("provider") or "CPUExecutionProvider"], threads=opts.get("threads", 1),
                          progress=None if b is None else b.update)
     if report_path:
+        make_parent(report_path)
         report.write(report_path)
     click.echo(report.verdict() if quiet else report.render(), err=to_stderr or is_stdout(report_path))
     return report

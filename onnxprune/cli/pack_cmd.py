@@ -10,7 +10,7 @@ from onnxprune.errors import OptionError
 from onnxprune.model import Model
 from onnxprune.pack.passes import DEFAULT_MAX_INCREASE, pack_model, render_report
 from onnxprune.pack.targets import EMIT_MODES, load_target
-from onnxprune.report import is_stdout, write_json
+from onnxprune.report import is_stdout, make_parent, write_json
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -58,10 +58,12 @@ def command(model_path, target_name, output, emit, block, enforce, max_increase,
         from onnxprune.prune.masks import MaskSet
 
         masks = MaskSet.load(masks_in, {w.key: w.shape for w in find_weights(model).weights})
+    make_parent(output)
     _, report = pack_model(model, target, output, emit=emit, enforce=enforce, masks=masks, input_shapes=shapes or None,
                            max_increase=max_increase, measure_gzip=not no_gzip, progress=not quiet)
     report["output"] = str(Path(output).resolve())
     if report_path:
+        make_parent(report_path)
         write_json(report_path, report, "pack")
     if not quiet:
         click.echo(render_report(report, None if all_rows else 60), err=is_stdout(report_path))

@@ -10,6 +10,7 @@ from onnxprune.pack.targets import load_target
 from onnxprune.prune.job import PruneOptions
 from onnxprune.prune.structured import DEFAULT_ROUND_TO
 from onnxprune.recipe import Recipe
+from onnxprune.report import make_parent
 from onnxprune.run import run_recipe
 
 
@@ -37,7 +38,7 @@ def prune_options(f):
 
 @click.command("prune")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output model path.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output model path (a missing folder is created).")
 @click.option("--sparsity", type=float, default=None, help="Final sparsity (default: 1-N/M for N:M, else 0.5).")
 @prune_options
 @click.option("--steps", default=1, show_default=True, help="Gradual pruning steps (1 = one-shot).")
@@ -86,6 +87,7 @@ def command(model_path, output, sparsity, pattern, scope, criterion, calib_sampl
                 "external_data": external_data or None},
     )
     if dump_recipe:
+        make_parent(dump_recipe)
         atomic_write_text(dump_recipe, recipe.dumps())
     result = run_recipe(recipe, quiet=quiet)
     if result.exit_code:

@@ -16,7 +16,7 @@ from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.model import Model
 from onnxprune.prune.job import PruneOptions
 from onnxprune.prune.patterns import Pattern
-from onnxprune.report import is_stdout, table, write_json
+from onnxprune.report import is_stdout, make_parent, table, write_json
 
 
 def _sparsities(text: str) -> list[float]:
@@ -81,6 +81,7 @@ def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_sam
 
     def write_report(points: list[dict], best: float | None, error: str | None) -> None:
         if report_path:
+            make_parent(report_path)
             write_json(report_path, {"model": model_path, "options": opts.to_dict(), "inputs": dataset.describe(),
                                      "thresholds": thresholds.to_dict(), "points": points, "max_passing": best,
                                      "error": error}, "sweep")
@@ -103,4 +104,5 @@ def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_sam
                    err=is_stdout(report_path))
     write_report(points, best, None)
     if plot_path:
+        make_parent(plot_path)
         plot(points, plot_path, f"{model_path} ({pattern})")
