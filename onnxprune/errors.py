@@ -80,3 +80,7 @@ class HookError(OnnxPruneError):
 
 class TargetError(OnnxPruneError):
     """A target description is invalid or a model cannot be packed for it."""
+
+
+class NothingToPackError(TargetError):
+    """No weight of the model is pruned: packing would produce nothing."""

@@ -140,6 +140,18 @@ def test_missing_output_folder_is_created_and_said(tmp_path):
     assert "created folder" not in r.stderr  # only when it was missing
 
 
+def test_pack_of_an_unpruned_model_says_to_prune_first(tmp_path):
+    r = run("pack", MLP, "--target", "nvidia-2to4", "-o", tmp_path / "art")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "no weight is pruned" in r.output and f"onnxprune prune {MLP} -o OUT --target nvidia-2to4" in r.output
+    assert not (tmp_path / "art").exists()
+    from onnxprune.errors import NothingToPackError
+    from onnxprune.pack.passes import pack_model
+
+    with pytest.raises(NothingToPackError, match=r"prune it in the target's pattern \(2:4\) first"):
+        pack_model(Model.load(MLP), "nvidia-2to4")
+
+
 # -------------------------------------------------------------------------- each interface, its own fix
 
 def test_each_interface_names_its_own_fix(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from onnxprune.errors import OptionError
+from onnxprune.errors import NothingToPackError, OptionError
 from onnxprune.model import Model
 from onnxprune.pack.passes import DEFAULT_MAX_INCREASE, pack_model, render_report
 from onnxprune.pack.targets import EMIT_MODES, load_target
@@ -59,8 +59,14 @@ def command(model_path, target_name, output, emit, block, enforce, max_increase,
 
         masks = MaskSet.load(masks_in, {w.key: w.shape for w in find_weights(model).weights})
     make_parent(output)
-    _, report = pack_model(model, target, output, emit=emit, enforce=enforce, masks=masks, input_shapes=shapes or None,
-                           max_increase=max_increase, measure_gzip=not no_gzip, progress=not quiet)
+    try:
+        _, report = pack_model(model, target, output, emit=emit, enforce=enforce, masks=masks,
+                               input_shapes=shapes or None, max_increase=max_increase, measure_gzip=not no_gzip,
+                               progress=not quiet)
+    except NothingToPackError as e:
+        raise NothingToPackError(f"{model_path}: no weight is pruned, so nothing can be packed for target "
+                                 f"{target.name}; prune it first: onnxprune prune {model_path} -o OUT "
+                                 f"--target {target_name}") from e
     report["output"] = str(Path(output).resolve())
     if report_path:
         make_parent(report_path)
