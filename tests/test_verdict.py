@@ -185,3 +185,33 @@ def test_prune_model_takes_a_path(tmp_path):
     ctx.model.save(tmp_path / "m.onnx")
     with pytest.raises(OptionError, match="give a Model or the path"):
         prune_model(42, PruneOptions())
+
+
+# ------------------------------------------------------------------- notes that matter (LayerNorm)
+
+def _layernorm_mlp(output_normalised: bool) -> onnx.ModelProto:
+    """x -> MatMul -> LayerNormalization -> MatMul; the normalised tensor optionally also a graph output
+    (which freezes its channel group)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.ones(32, np.float32), "ln_scale"),
+             numpy_helper.from_array(np.zeros(32, np.float32), "ln_bias"),
+             numpy_helper.from_array(rng.standard_normal((32, 8)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("LayerNormalization", ["h", "ln_scale", "ln_bias"], ["n"], name="ln", axis=-1),
+             helper.make_node("MatMul", ["n", "w2"], ["y"], name="fc2")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])]
+    if output_normalised:
+        outputs.append(helper.make_tensor_value_info("n", TensorProto.FLOAT, [1, 32]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_layernorm_note_only_when_its_axis_is_pruned(frozen):
+    _, report = prune_model(Model(_layernorm_mlp(frozen)), PruneOptions(pattern="channel", sparsity=0.5), progress=False)
+    notes = [n for n in report["structured"]["notes"] if "LayerNormalization" in n]
+    assert (notes == []) == frozen, report["structured"]["notes"]
