@@ -1,10 +1,57 @@
-"""One error hierarchy. Every message names the file, tensor or node and says what to do."""
+"""One error hierarchy. Every message names the file, tensor or node and says what to do.
+
+A message that names an option (the fix) holds it as an `Opt`: a neutral key, rendered by the
+interface that reports the error in its own terms: the CLI flag (`--data FILE`), the recipe key
+(`data.calibration="FILE"`, for `onnxprune run`) or the Python parameter (`data='FILE'`, `str(e)`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# Python parameter names where they differ from the key's last part
+_PYTHON_NAMES = {"data.calibration": "data", "target.name": "target"}
+
+
+@dataclass(frozen=True)
+class Opt:
+    """An option named in a message: `key` is the recipe key ("section.name"); `value` an example value."""
+
+    key: str
+    value: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.key.rpartition(".")[2]
+
+
+def python_name(opt: Opt) -> str:
+    """An option as a Python keyword argument: `sparsity`, `nm_remainder='pad'`."""
+    name = _PYTHON_NAMES.get(opt.key, opt.name)
+    return name if opt.value is None else f"{name}={opt.value!r}"
 
 
 class OnnxPruneError(Exception):
-    """A usage or input error: the CLI prints the message on one line and exits with code 2."""
+    """A usage or input error: the CLI prints the message on one line and exits with code 2.
+
+    The message is given in parts: text, and `Opt`s that `render` names in the interface's terms."""
 
     exit_code = 2
+
+    def __init__(self, *parts: str | Opt):
+        super().__init__(*parts)
+        self.parts = parts
+
+    @property
+    def options(self) -> list[Opt]:
+        return [p for p in self.parts if isinstance(p, Opt)]
+
+    def render(self, name: Callable[[Opt], str] = python_name) -> str:
+        return "".join(p if isinstance(p, str) else name(p) for p in self.parts)
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 class ModelLoadError(OnnxPruneError):
@@ -33,3 +80,7 @@ class HookError(OnnxPruneError):
 
 class TargetError(OnnxPruneError):
     """A target description is invalid or a model cannot be packed for it."""
+
+
+class NothingToPackError(TargetError):
+    """No weight of the model is pruned: packing would produce nothing."""

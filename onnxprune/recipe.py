@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ else:  # pragma: no cover
 import tomli_w
 
 from onnxprune.bundled import toml_files
-from onnxprune.errors import OptionError
+from onnxprune.errors import OnnxPruneError, OptionError, Opt
 from onnxprune.prune.job import PruneOptions
 
 _FLOAT, _INT, _BOOL, _STR, _STRS = (int, float), int, bool, str, list
@@ -93,6 +94,11 @@ class Recipe:
         """The sections that determine the output model's bytes (not paths of outputs or checks)."""
         full = self.to_dict()
         return tomli_w.dumps({k: full[k] for k in ("prune", "data") if k in full})
+
+
+def recipe_key(opt: Opt) -> str:
+    """An option as a recipe key (what `--set` takes): `prune.sparsity`, `data.calibration="FILE"`."""
+    return opt.key if opt.value is None else f"{opt.key}={json.dumps(opt.value)}"  # JSON scalars and lists are TOML
 
 
 def _line_of(text: str, section: str, key: str | None) -> int | None:
@@ -163,17 +169,20 @@ def from_dict(data: dict, source: str = "<recipe>", text: str = "") -> Recipe:
 
         try:
             prune["pattern"] = str(load_target(recipe.target["name"], block=recipe.target.get("block")).pattern)
-        except OptionError as e:
-            raise _err(source, text, "target", "name", str(e)) from e
+        except OnnxPruneError as e:
+            raise _err(source, text, "target", "name", e.render(recipe_key)) from e
     try:
         recipe.prune = PruneOptions(**prune)
         from onnxprune.prune.job import build_pipeline
 
         build_pipeline(recipe.prune)  # validates values (pattern, scope, schedule, hooks)
     except OptionError as e:
-        key = next((k for k in prune if k.replace("_", "-") in str(e) or k in str(e)), None)
+        what = e.render(recipe_key)
+        key = next((o.name for o in e.options if o.key.startswith("prune.") and o.name in prune), None)
+        key = key or next((k for k in prune if k.replace("_", "-") in what or k in what), None)
         line = _line_of(text, "prune", key) if key else _line_of(text, "prune", None)
-        raise OptionError(f"{source}:{line}: prune{'.' + key if key else ''}: {e}" if line else f"{source}: {e}") from e
+        raise OptionError(f"{source}:{line}: prune{'.' + key if key else ''}: {what}" if line
+                          else f"{source}: {what}") from e
     return recipe
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import click
 import numpy as np
 
 from onnxprune.atomic import atomic_write_text
 
 SCHEMA_VERSION = 1
+STDOUT = "-"  # a --report path that means standard output
 
 
 def _jsonable(obj: Any) -> Any:
@@ -33,8 +37,27 @@ def to_json(report: dict, kind: str) -> str:
     return json.dumps(_jsonable(body), indent=2, sort_keys=False) + "\n"
 
 
-def write_json(path: str, report: dict, kind: str) -> None:
-    atomic_write_text(path, to_json(report, kind))
+def write_json(path: str | os.PathLike, report: dict, kind: str) -> None:
+    """Write the report to `path`, or to standard output when `path` is "-"."""
+    if is_stdout(path):
+        click.echo(to_json(report, kind), nl=False)
+    else:
+        atomic_write_text(path, to_json(report, kind))
+
+
+def is_stdout(path: str | os.PathLike | None) -> bool:
+    """Is this report path "-" (stdout)? Then human-readable output goes to stderr, so stdout is pure JSON."""
+    return path is not None and str(path) == STDOUT
+
+
+def make_parent(path: str | os.PathLike | None) -> None:
+    """Create the folder an output is written into if it is missing, and say so on stderr."""
+    if path is None or is_stdout(path):
+        return
+    parent = Path(path).parent
+    if not parent.exists():
+        parent.mkdir(parents=True)
+        click.echo(f"onnxprune: created folder {parent}", err=True)
 
 
 def _cell(v: Any) -> str:

@@ -3,7 +3,6 @@ and `run` commands and the Python API all end here."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +19,10 @@ from onnxprune.pack.passes import pack_model
 from onnxprune.pack.passes import render_report as render_pack_report
 from onnxprune.pack.targets import load_target
 from onnxprune.pipeline import stamp
-from onnxprune.prune.job import prune_model
+from onnxprune.prune.job import prune_model, summarize
 from onnxprune.prune.masks import MaskSet
 from onnxprune.recipe import Recipe
-from onnxprune.report import table, write_json
-
-
-def fnmatch_escape(name: str) -> str:
-    """A glob that matches exactly `name`."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+from onnxprune.report import is_stdout, make_parent, table, write_json
 
 
 @dataclass
@@ -61,7 +55,7 @@ def _check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
     """No output may overwrite the input model (or its data) or another output."""
     written = {"output model": output, "output data": output + ".data"}
     for key, label in (("report", "report"), ("masks", "masks")):
-        if recipe.output.get(key):
+        if recipe.output.get(key) and not is_stdout(recipe.output[key]):
             written[label] = recipe.output[key]
     if recipe.output.get("masks"):
         written["masks manifest"] = recipe.output["masks"] + ".json"
@@ -92,8 +86,10 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     if not output:
         raise OptionError(f"{recipe.source}: no output path; give -o/--output or output.model")
     _check_output_paths(recipe, model_path, output)
-    model = Model.load(model_path)
     calibration_path, evaluation_path = recipe.data.get("calibration"), recipe.data.get("evaluation")
+    if recipe.prune.needs_data() and not calibration_path:  # not synthetic inputs: fail before any work
+        raise recipe.prune.no_data_error()
+    model = Model.load(model_path)
     calib = _dataset(model, recipe, calibration_path) if calibration_path else None
     if calib is None and recipe.prune.pattern == "channel":  # shapes for the one analysis run (--shape)
         calib = _dataset(model, recipe, None)
@@ -111,38 +107,47 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     masks = None
     if recipe.output.get("masks_in"):
         masks = MaskSet.load(recipe.output["masks_in"], {w.key: w.shape for w in find_weights(model).weights})
-    opts, target = recipe.prune, None
-    if recipe.target.get("name"):
+    target, exclude = None, {}
+    if recipe.target.get("name"):  # prune only what the target can use
         target = load_target(recipe.target["name"], block=recipe.target.get("block"))
-        cannot = [fnmatch_escape(k) for k, reasons in static_check(target, model).items() if reasons]
-        opts = dataclasses.replace(opts, skip=list(opts.skip) + cannot)  # prune only what the target can use
-    ctx, report = prune_model(model, opts, calib, masks, progress=not quiet)
+        exclude = {k: f"not eligible for target {target.name}: {reasons[0].text}"
+                   for k, reasons in static_check(target, model).items() if reasons}
+    ctx, report = prune_model(model, recipe.prune, calib, masks, progress=not quiet, exclude=exclude)
     part = recipe.model_part()
     stamp(model, recipe.prune.to_dict(), {"onnxprune.recipe": part,
                                           "onnxprune.recipe_sha256": hashlib.sha256(part.encode()).hexdigest()})
-    model.save(output, external_data=True if recipe.output.get("external_data") else None)
-    if recipe.output.get("masks"):
-        ctx.masks.save(recipe.output["masks"])
-    if target is not None:
+    report_path = recipe.output.get("report")
+    to_stderr = is_stdout(report_path)  # stdout carries the JSON report
+    if target is not None:  # packing may re-prune: it runs before the save and the check (checked = deployed)
         out_dir = recipe.target.get("out") or str(Path(output).with_suffix("")) + f".{target.name}"
         fed = (calib or evaluation or _dataset(model, recipe, None)).feed_shapes  # MACs at the shapes fed;
         shapes = {k: v for k, v in fed.shapes.items() if k not in fed.guessed}  # guesses are re-made, and said
+        make_parent(out_dir)
         _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"), input_shapes=shapes,
                                enforce=recipe.target.get("enforce", True), progress=not quiet)
+        if packed["enforce"] and packed["enforce"]["modified"]:
+            report = summarize(ctx, recipe.prune)
         report["target"] = packed
         if not quiet:
-            click.echo(render_pack_report(packed))
+            click.echo(render_pack_report(packed), err=to_stderr)
+    make_parent(output)
+    model.save(output, external_data=True if recipe.output.get("external_data") else None)
+    if recipe.output.get("masks"):
+        make_parent(recipe.output["masks"])
+        ctx.masks.save(recipe.output["masks"])
     report.update(input=str(Path(model_path).resolve()), output=str(Path(output).resolve()),
                   recipe=recipe.to_dict(), recipe_sha256=recipe.sha256())
     if not quiet:
-        click.echo(render_summary(report))
+        click.echo(render_summary(report), err=to_stderr)
     passed = None
     if gate:
         from onnxprune.cli.check_cmd import run_check
 
-        parity = run_check(Model.load(model_path), output, recipe.check, dataset=evaluation, quiet=quiet)
+        parity = run_check(Model.load(model_path), output, recipe.check, dataset=evaluation, quiet=quiet,
+                           to_stderr=to_stderr)
         report["parity"] = parity.to_dict()
         passed = parity.passed
-    if recipe.output.get("report"):
-        write_json(recipe.output["report"], report, "prune")
+    if report_path:
+        make_parent(report_path)
+        write_json(report_path, report, "prune")
     return JobResult(report, passed)

@@ -484,7 +484,7 @@ def test_pipeline_wiring_and_errors(tmp_path):
     with pytest.raises(OptionError, match="repair"):
         build_pipeline(PruneOptions(repair="magic"))
     proto = _mlp()
-    with pytest.raises(OptionError, match="--data"):
+    with pytest.raises(OptionError, match="give data='FILE'"):  # the Python parameter, not the CLI flag
         _prune(proto, None, PruneOptions(criterion="wanda"))
 
 

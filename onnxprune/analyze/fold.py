@@ -12,7 +12,7 @@ import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from onnxprune.errors import AnalysisError
+from onnxprune.errors import AnalysisError, Opt
 from onnxprune.model import Model, check_structure
 from onnxprune.pipeline import Context, Pass, PassResult
 
@@ -36,7 +36,8 @@ def fold_constants(model: Model) -> bool:
         if folded.ByteSize() < 2**31 - 1:
             check_structure(folded)
     except Exception as e:  # the folder reports many error types
-        raise AnalysisError(f"{model.path}: constant folding failed ({type(e).__name__}: {e}); run without --fold-constants") from e
+        raise AnalysisError(f"{model.path}: constant folding failed ({type(e).__name__}: {e}); run without ",
+                            Opt("prune.fold_constants")) from e
     if folded.SerializeToString() == before:
         return False
     model.replace_proto(folded)

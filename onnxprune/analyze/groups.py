@@ -164,6 +164,7 @@ class GroupAnalysis:
     blocked: dict[Dim, str]
     sizes: dict[Dim, int]
     notes: list[str] = field(default_factory=list)
+    dim_notes: list[tuple[Dim, str]] = field(default_factory=list)  # notes that matter if the dim's group is pruned
 
     @property
     def prunable(self) -> list[ChannelGroup]:
@@ -330,6 +331,7 @@ class _Builder:
         self.pending: list[_Pending] = []
         self.fixups: list[Fixup] = []
         self.notes: list[str] = []
+        self.dim_notes: list[tuple[Dim, str]] = []
         self._why: dict[int, tuple[bool, str | None]] = {}
         self.producer: dict[str, int] = {}
         for i, n in enumerate(self.g.node):
@@ -942,7 +944,8 @@ class _Builder:
                 d = self.I(n, i, a)
                 self.link(n, d, self.O(n, 0, a + r - ri))
                 self.role(d, "norm" if i == 1 else "param")
-        self.notes.append(f"LayerNormalization {node.name!r}: pruning its normalised axis changes its statistics")
+        self.dim_notes += [(d, f"LayerNormalization {node.name!r}: pruning its normalised axis changes its statistics")
+                           for d in (self.I(n, 0, a) for a in range(axis, r)) if d is not None]
 
     def op_DequantizeLinear(self, n, node):
         r = self.rank_in(n, 0)
@@ -1364,7 +1367,7 @@ def analyze_groups(proto: onnx.ModelProto, feed: dict[str, np.ndarray] | None = 
         if inner := _subgraph_layers(node):
             b.notes.append(f"{node.op_type} node {node.name!r}: its subgraphs hold {inner} layer(s) with weights; "
                            "structured pruning rewrites the main graph only, so they keep their channels")
-    return GroupAnalysis(groups, b.fixups, shapes, b.blocked, b.sizes, list(dict.fromkeys(b.notes)))
+    return GroupAnalysis(groups, b.fixups, shapes, b.blocked, b.sizes, list(dict.fromkeys(b.notes)), b.dim_notes)
 
 
 def _subgraph_layers(node: onnx.NodeProto) -> int:

@@ -41,7 +41,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.check.data import Dataset
-from onnxprune.errors import DataError, ModelLoadError, OptionError
+from onnxprune.errors import DataError, ModelLoadError, Opt, OptionError
 from onnxprune.model import PROTOBUF_LIMIT, Model
 from onnxprune.report import table, to_json, write_json
 
@@ -119,8 +119,8 @@ def parse_output_threshold(text: str) -> tuple[str, Thresholds]:
         except ValueError:
             number = None
         if not name or not eq or key not in Thresholds.names() or number is None:
-            raise OptionError(f"--output-threshold '{text}': expected OUTPUT:KEY=VALUE[,KEY=VALUE...] with KEY "
-                              f"one of {', '.join(Thresholds.names())}")
+            raise OptionError(Opt("check.output_thresholds"), f" '{text}': expected OUTPUT:KEY=VALUE[,KEY=VALUE...] "
+                              f"with KEY one of {', '.join(Thresholds.names())}")
         values[key] = number
     return name, Thresholds(**values)
 
@@ -459,7 +459,7 @@ def _run(sess: ort.InferenceSession, names: list[str], feed: dict, label: str) -
         return sess.run(names, feed)
     except Exception as e:  # onnxruntime's own exception types
         raise DataError(f"{label}: onnxruntime failed on the given inputs: {_first_line(e)}; check the data "
-                        "(for synthetic inputs: --shape, --int-range)") from e
+                        "(for synthetic inputs: ", Opt("data.shapes"), ", ", Opt("data.int_ranges"), ")") from e
 
 
 def refuse_guessed_shapes(dataset: Dataset) -> None:
@@ -468,10 +468,10 @@ def refuse_guessed_shapes(dataset: Dataset) -> None:
         return
     name = dataset.feed_shapes.guessed[0]
     spec = next(s for s in dataset.specs if s.name == name)
-    raise DataError(f"input '{name}' ({spec.describe()}) has dynamic dims that no data, --shape or model hint "
-                    f"fixes, so the gate would run on guessed shapes ({dataset.feed_shapes.text()}); give --data, "
-                    f"--shape {dataset.feed_shapes.template(name, spec)} with real sizes, "
-                    "or --allow-guessed-shapes to accept the guess")
+    raise DataError(f"input '{name}' ({spec.describe()}) has dynamic dims that no data, shape or model hint fixes, "
+                    f"so the gate would run on guessed shapes ({dataset.feed_shapes.text()}); give ",
+                    Opt("data.calibration", "FILE"), ", ", Opt("data.shapes", [dataset.feed_shapes.template(name, spec)]),
+                    " with real sizes, or ", Opt("check.allow_guessed_shapes", True), " to accept the guess")
 
 
 def compare(original: ModelSource, candidate: ModelSource, dataset: Dataset, thresholds: Thresholds | None = None, *,

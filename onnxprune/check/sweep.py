@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from onnxprune.check.parity import ParityReport, Thresholds, compare
+from onnxprune.errors import OptionError, Opt
 from onnxprune.model import Model
 from onnxprune.prune.job import PruneOptions, prune_model
 
@@ -73,19 +74,24 @@ def find_max(model_path, opts: PruneOptions, dataset, thresholds: Thresholds, ca
     return best, sorted(points, key=lambda p: p["sparsity"])
 
 
-def plot(points: list[dict], path: str | Path, title: str) -> None:
-    """A PNG of the metric curve (needs the optional matplotlib extra)."""
-    from onnxprune.errors import OptionError
-
+def pyplot():
+    """matplotlib.pyplot on the Agg backend, or an OptionError saying how to install it (call it before
+    a sweep, so a missing plot dependency fails before the work)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise OptionError("--plot needs matplotlib: pip install 'onnxprune[plot]'") from e
+        raise OptionError(Opt("sweep.plot"), " needs matplotlib: pip install 'onnxprune[plot]'") from e
+    return plt
+
+
+def plot(points: list[dict], path: str | Path, title: str) -> None:
+    """A PNG of the metric curve (needs the optional matplotlib extra)."""
     from onnxprune.atomic import atomic_open
 
+    plt = pyplot()
     pts = sorted(points, key=lambda p: p["sparsity"])
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("top1_agreement", "cosine_mean"):

@@ -2,7 +2,8 @@
 
 Each command lives in its own module here and is registered below. Commands parse options,
 build the same objects the Python API uses, print, and return an exit code:
-0 success, 1 parity failed, 2 usage or input error (one line on stderr).
+0 success, 1 parity failed, 2 usage or input error (one line on stderr, naming options as flags;
+`run` names them as recipe keys).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 import click
 
 from onnxprune import __version__
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, Opt
 
 # command name -> module under onnxprune.cli that defines a click command called `command`
 COMMANDS = {
@@ -24,6 +25,20 @@ COMMANDS = {
     "targets": "targets_cmd",
     "pack": "pack_cmd",
 }
+
+# flags whose name is not "--" + the recipe key's last part with "-" for "_"
+_FLAGS = {"prune.overrides": "--override", "prune.hooks": "--hook", "prune.dt": "--delta-t",
+          "data.calibration": "--data", "data.evaluation": "--eval-data", "data.shapes": "--shape",
+          "data.int_ranges": "--int-range", "check.enabled": "--check", "check.output_thresholds": "--output-threshold",
+          "target.name": "--target", "output.model": "-o", "output.masks": "--masks-out"}
+
+
+def cli_flag(opt: Opt) -> str:
+    """An option as a command-line flag: `--sparsity`, `--data FILE` (a list value: the flag repeated)."""
+    flag = _FLAGS.get(opt.key, "--" + opt.name.replace("_", "-"))
+    if opt.value is None or opt.value is True:  # True: an on/off flag
+        return flag
+    return " ".join(f"{flag} {v}" for v in (opt.value if isinstance(opt.value, list) else [opt.value]))
 
 
 class _Group(click.Group):
@@ -42,7 +57,11 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except OnnxPruneError as e:
-            click.echo(f"onnxprune: error: {e}", err=True)
+            if ctx.invoked_subcommand == "run":
+                from onnxprune.recipe import recipe_key as name
+            else:
+                name = cli_flag
+            click.echo(f"onnxprune: error: {e.render(name)}", err=True)
             ctx.exit(e.exit_code)
 
 

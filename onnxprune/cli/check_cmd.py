@@ -17,6 +17,7 @@ import onnx
 from onnxprune.check.data import DEFAULT_INT_RANGE, Dataset, dataset_from_options
 from onnxprune.check.parity import ModelSource, ParityReport, compare, thresholds_from_options
 from onnxprune.model import Model
+from onnxprune.report import is_stdout, make_parent
 
 
 def _stack(*options):
@@ -81,9 +82,11 @@ def _model(model: ModelSource) -> Model:
 
 
 def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, dataset: Dataset | None = None,
-              report_path: str | os.PathLike | None = None, quiet: bool = False) -> ParityReport:
+              report_path: str | os.PathLike | None = None, quiet: bool = False,
+              to_stderr: bool = False) -> ParityReport:
     """The gate from option values: data (unless `dataset` is given) and thresholds, compare, print the
-    table (with `quiet`, the verdict only), write the JSON report. The caller exits 1 when `not report.passed`."""
+    table (with `quiet`, the verdict only; on stderr with `to_stderr` or a report to stdout), write the JSON
+    report. The caller exits 1 when `not report.passed`."""
     spec_model = _model(original)
     _model(candidate)  # a missing or unreadable candidate fails here with a one-line error
     dataset = dataset_from_options(spec_model.proto, opts, spec_model.base_dir) if dataset is None else dataset
@@ -97,8 +100,9 @@ def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, d
                          progress=None if b is None else b.update,
                          allow_guessed_shapes=bool(opts.get("allow_guessed_shapes")))
     if report_path:
+        make_parent(report_path)
         report.write(report_path)
-    click.echo(report.verdict() if quiet else report.render())
+    click.echo(report.verdict() if quiet else report.render(), err=to_stderr or is_stdout(report_path))
     return report
 
 
@@ -108,7 +112,7 @@ def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, d
 @data_options
 @threshold_options
 @run_options
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here ('-': stdout).")
 @click.option("--quiet", is_flag=True, help="Print only the verdict line.")
 def command(original: str, candidate: str, report_path: str | None, quiet: bool, **opts) -> None:
     """Compare CANDIDATE with ORIGINAL in onnxruntime on the same inputs; exit 1 if a threshold fails."""

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
+from onnxprune.errors import NothingToPackError
 from onnxprune.model import Model
 from onnxprune.pack.passes import DEFAULT_MAX_INCREASE, pack_model, render_report
 from onnxprune.pack.targets import EMIT_MODES, load_target
-from onnxprune.report import write_json
+from onnxprune.report import is_stdout, make_parent, write_json
 from onnxprune.shapes import parse_shape
 
 
@@ -28,7 +29,7 @@ from onnxprune.shapes import parse_shape
 @click.option("--masks", "masks_in", type=click.Path(dir_okay=False), help="Masks of the pruning run (.npz + .json) for exact pattern checks.")
 @click.option("--shape", "input_shapes", multiple=True, metavar="NAME=D1xD2...",
               help="Input shape for MAC counts where the model's input dims are dynamic, e.g. x=1x3x48x320. Repeatable.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report (schema onnxprune.pack) here.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report (schema onnxprune.pack) here ('-': stdout).")
 @click.option("--no-gzip", is_flag=True, help="Skip measuring gzip of the dense model (slow on large models).")
 @click.option("--all-rows", is_flag=True, help="Print every layer (default: the first 60).")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
@@ -47,10 +48,18 @@ def command(model_path, target_name, output, emit, block, enforce, max_increase,
         from onnxprune.prune.masks import MaskSet
 
         masks = MaskSet.load(masks_in, {w.key: w.shape for w in find_weights(model).weights})
-    _, report = pack_model(model, target, output, emit=emit, enforce=enforce, masks=masks, input_shapes=shapes or None,
-                           max_increase=max_increase, measure_gzip=not no_gzip, progress=not quiet)
+    make_parent(output)
+    try:
+        _, report = pack_model(model, target, output, emit=emit, enforce=enforce, masks=masks,
+                               input_shapes=shapes or None, max_increase=max_increase, measure_gzip=not no_gzip,
+                               progress=not quiet)
+    except NothingToPackError as e:
+        raise NothingToPackError(f"{model_path}: no weight is pruned, so nothing can be packed for target "
+                                 f"{target.name}; prune it first: onnxprune prune {model_path} -o OUT "
+                                 f"--target {target_name}") from e
     report["output"] = str(Path(output).resolve())
     if report_path:
+        make_parent(report_path)
         write_json(report_path, report, "pack")
     if not quiet:
-        click.echo(render_report(report, None if all_rows else 60))
+        click.echo(render_report(report, None if all_rows else 60), err=is_stdout(report_path))

@@ -10,6 +10,7 @@ from onnxprune.pack.targets import load_target
 from onnxprune.prune.job import PruneOptions
 from onnxprune.prune.structured import DEFAULT_ROUND_TO
 from onnxprune.recipe import Recipe
+from onnxprune.report import make_parent
 from onnxprune.run import run_recipe
 
 
@@ -37,7 +38,7 @@ def prune_options(f):
 
 @click.command("prune")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output model path.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output model path (a missing folder is created).")
 @click.option("--sparsity", type=float, default=None, help="Final sparsity (default: 1-N/M for N:M, else 0.5).")
 @prune_options
 @click.option("--steps", default=1, show_default=True, help="Gradual pruning steps (1 = one-shot).")
@@ -52,7 +53,7 @@ def prune_options(f):
 @run_options
 @click.option("--masks-in", type=click.Path(dir_okay=False), help="Start from these masks (.npz + .json manifest).")
 @click.option("--masks-out", type=click.Path(dir_okay=False), help="Write the final masks (.npz + .json manifest).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here ('-': stdout).")
 @click.option("--external-data", is_flag=True, help="Store weights in OUT.data beside the model (automatic above 2 GiB).")
 @click.option("--quiet", is_flag=True, help="No table, no progress bar.")
 @click.option("--target", "target_name", metavar="NAME", help="Prune in this target's pattern (only the layers it can use), then pack for it (see onnxprune targets).")
@@ -86,6 +87,7 @@ def command(model_path, output, sparsity, pattern, scope, criterion, calib_sampl
                 "external_data": external_data or None},
     )
     if dump_recipe:
+        make_parent(dump_recipe)
         atomic_write_text(dump_recipe, recipe.dumps())
     result = run_recipe(recipe, quiet=quiet)
     if result.exit_code:

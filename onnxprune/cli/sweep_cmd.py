@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
-from onnxprune.check.parity import thresholds_from_options
-from onnxprune.check.sweep import HEADLINE, find_max, plot, sweep
+from onnxprune.check.parity import refuse_guessed_shapes, thresholds_from_options
+from onnxprune.check.sweep import HEADLINE, find_max, plot, pyplot, sweep
 from onnxprune.check.data import dataset_from_options
+from onnxprune.cli import cli_flag
 from onnxprune.cli.check_cmd import _THRESHOLD_KEYS, data_options, run_options, threshold_options
 from onnxprune.cli.prune_cmd import prune_options
-from onnxprune.errors import OptionError
+from onnxprune.errors import OnnxPruneError, OptionError
 from onnxprune.model import Model
 from onnxprune.prune.job import PruneOptions
 from onnxprune.prune.patterns import Pattern
-from onnxprune.report import table, write_json
+from onnxprune.report import is_stdout, make_parent, table, write_json
 
 
 def _sparsities(text: str) -> list[float]:
@@ -26,6 +29,14 @@ def _sparsities(text: str) -> list[float]:
     return values
 
 
+def _refuse_nm(pattern: str) -> None:
+    fixed = Pattern.parse(pattern).fixed_sparsity if pattern != "channel" else None
+    if fixed is not None:
+        raise OptionError(f"sweep --pattern {pattern}: N:M has one sparsity (1 - N/M = {fixed:g}), so there is no "
+                          f"curve to sweep; check that one with `onnxprune prune MODEL -o OUT --pattern {pattern} "
+                          "--check`, or sweep --pattern unstructured")
+
+
 @click.command("sweep")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--sparsities", default="0.3,0.5,0.7,0.9", show_default=True, help="Comma-separated sparsity levels.")
@@ -34,17 +45,26 @@ def _sparsities(text: str) -> list[float]:
 @data_options
 @threshold_options
 @run_options
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON curve here.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON curve here ('-': stdout).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the curve (needs matplotlib).")
 def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_samples, sequential, repair, skip, override, min_params, nm_remainder,
             round_to, reinit,
             fold_constants, report_path, plot_path, **rest):
-    """Prune at each sparsity level and report the parity metric curve."""
+    """Prune at each sparsity level and report the parity metric curve (not for N:M, which has one sparsity).
+
+    Every level and the plot dependency are checked before the first run; if a level fails while
+    running, the report keeps the points measured so far."""
     pattern = pattern or "unstructured"
+    _refuse_nm(pattern)
     opts = PruneOptions(pattern=pattern, scope=scope, criterion=criterion, overrides=list(override),
                         skip=list(skip), min_params=min_params, nm_remainder=nm_remainder, fold_constants=fold_constants,
                         calib_samples=calib_samples, sequential=sequential, repair=repair,
                         round_to=round_to, reinit=reinit)
+    levels = None if bisect else _sparsities(sparsities)
+    for s in levels or ():
+        dataclasses.replace(opts, sparsity=s)  # validates the level with these options
+    if plot_path:
+        pyplot()
     model = Model.load(model_path)
     dataset = dataset_from_options(model.proto, rest, model.base_dir)
     calibration = None
@@ -53,26 +73,38 @@ def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_sam
     thresholds = thresholds_from_options(**{k: rest.get(k) for k in _THRESHOLD_KEYS if rest.get(k) is not None})
     kw = {"batch_size": rest.get("batch_size", 1), "providers": [rest.get("provider") or "CPUExecutionProvider"],
           "threads": rest.get("threads", 1), "allow_guessed_shapes": bool(rest.get("allow_guessed_shapes"))}
+    if not kw["allow_guessed_shapes"]:
+        refuse_guessed_shapes(dataset)  # before the first level, not at it
+    measured: list[dict] = []
 
-    def echo(p: dict) -> None:
+    def on_point(p: dict) -> None:
+        measured.append(p)
         click.echo(f"  sparsity {p['sparsity']:.3f}: {'PASS' if p['passed'] else 'FAIL'}", err=True)
 
-    if bisect:
-        fixed = Pattern.parse(pattern).fixed_sparsity if pattern != "channel" else None
-        best, points = find_max(model_path, opts, dataset, thresholds, calibration, hi=fixed or 0.99,
-                                on_point=echo, **kw)
-    else:
-        best, points = None, sweep(model_path, opts, _sparsities(sparsities), dataset, thresholds, calibration,
-                                     on_point=echo, **kw)
+    def write_report(points: list[dict], best: float | None, error: str | None) -> None:
+        if report_path:
+            make_parent(report_path)
+            write_json(report_path, {"model": model_path, "options": opts.to_dict(), "inputs": dataset.describe(),
+                                     "thresholds": thresholds.to_dict(), "points": points, "max_passing": best,
+                                     "error": error}, "sweep")
+
+    try:
+        if bisect:
+            best, points = find_max(model_path, opts, dataset, thresholds, calibration, on_point=on_point, **kw)
+        else:
+            best, points = None, sweep(model_path, opts, levels, dataset, thresholds, calibration,
+                                         on_point=on_point, **kw)
+    except OnnxPruneError as e:  # keep what was measured
+        write_report(sorted(measured, key=lambda p: p["sparsity"]), None, e.render(cli_flag))
+        raise
     cols = [k for k in HEADLINE if any(p.get(k) is not None for p in points)]
     click.echo(table(["sparsity", "achieved", *cols, "verdict"],
                      [(p["sparsity"], p["achieved_sparsity"], *(p.get(k) for k in cols), "PASS" if p["passed"] else "FAIL")
-                      for p in points]))
+                      for p in points]), err=is_stdout(report_path))
     if bisect:
-        click.echo(f"highest passing sparsity: {best if best is not None else 'none (even the lowest probed fails)'}")
-    if report_path:
-        write_json(report_path, {"model": model_path, "options": opts.to_dict(), "inputs": dataset.describe(),
-                                 "thresholds": thresholds.to_dict(), "points": points, "max_passing": best}, "sweep")
+        click.echo(f"highest passing sparsity: {best if best is not None else 'none (even the lowest probed fails)'}",
+                   err=is_stdout(report_path))
+    write_report(points, best, None)
     if plot_path:
+        make_parent(plot_path)
         plot(points, plot_path, f"{model_path} ({pattern})")
-

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxprune.errors import TargetError
+from onnxprune.errors import NothingToPackError, TargetError
 from onnxprune.model import Model
 from onnxprune.pack import formats
 from onnxprune.pack.eligibility import (BLOCK_STRAY_TOLERANCE, EligibilityReport, assess, check_pattern,
@@ -183,6 +183,9 @@ class PackWeights(Pass):
         st = target_state(ctx)
         if st.eligibility is None or st.eligibility.target != target.name:
             st.eligibility = assess(model, target, ctx.analysis, ctx.masks, self.input_shapes or None)
+        if not any(s.sparsity > 0 for s in st.eligibility.weights.values()):
+            raise NothingToPackError(f"{model.path or 'the model'}: no weight is pruned, so nothing can be packed for "
+                                     f"target {target.name}; prune it in the target's pattern ({target.pattern}) first")
         by_key = ctx.analysis.by_key()
         result = PassResult(self.name, False)
         st.packed, st.info = {}, {}

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxprune.bundled import data_dir, toml_files
-from onnxprune.errors import OptionError, TargetError
+from onnxprune.errors import OptionError, Opt, TargetError
 from onnxprune.prune.patterns import Pattern
 
 if sys.version_info >= (3, 11):
@@ -117,14 +117,16 @@ class Target:
         if block is None:
             return self
         if self.block_choices is None:
-            raise TargetError(f"target {self.name}: --block is not configurable (its pattern is {self.pattern}); "
-                              "leave --block out or choose a block target (bsr-generic, xnnpack-bsr)")
+            raise TargetError(f"target {self.name}: ", Opt("target.block"), f" is not configurable (its pattern is "
+                              f"{self.pattern}); leave ", Opt("target.block"),
+                              " out or choose a block target (bsr-generic, xnnpack-bsr)")
         try:
             p = Pattern.parse(block)
         except OptionError:
             p = None
         if p is None or p.kind != "block":
-            raise TargetError(f"target {self.name}: --block {block!r} is not a block; use RxC, e.g. 4x4 or 8x1")
+            raise TargetError(f"target {self.name}: ", Opt("target.block"),
+                              f" {block!r} is not a block; use RxC, e.g. 4x4 or 8x1")
         if "any" not in self.block_choices and str(p) not in self.block_choices:
             raise TargetError(f"target {self.name}: block {p} is not supported; use one of {', '.join(self.block_choices)}")
         params = dict(self.format_params)

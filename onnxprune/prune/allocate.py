@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from onnxprune.analyze.weights import Weight
 from onnxprune.errors import OptionError
@@ -41,13 +42,20 @@ def allocate(
     skip: list[str] = (),
     min_params: int = DEFAULT_MIN_PARAMS,
     nm_remainder: str = "skip",
+    exclude: Mapping[str, str] | None = None,
 ) -> Allocation:
+    """Per weight: its target sparsity, global ranking, or why it is skipped (`exclude`: weight key ->
+    the reason the job leaves it dense, e.g. not eligible for the target)."""
     if scope not in ("layer", "global"):
         raise OptionError(f"scope {scope!r}: use layer or global")
     if nm_remainder not in ("skip", "pad"):
         raise OptionError(f"nm remainder {nm_remainder!r}: use skip or pad")
     alloc = Allocation()
+    exclude = exclude or {}
     for w in weights:
+        if w.key in exclude:
+            alloc.skipped[w.key] = exclude[w.key]
+            continue
         names = [w.key] + [u.node for u in w.uses]
         if any(fnmatch.fnmatchcase(n, g) for g in skip for n in names):
             alloc.skipped[w.key] = "skipped by --skip"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.analyze.weights import Weight
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, Opt
 from onnxprune.pipeline import Context, PassResult
 from onnxprune.prune import criteria, patterns
 from onnxprune.prune.patterns import Pattern
@@ -47,7 +47,8 @@ def _note(ctx: Context, text: str) -> None:
 
 def _stats(ctx: Context, weight: Weight, gram: bool) -> LayerStats | None:
     if ctx.data is None:
-        raise OptionError("criteria wanda and sparsegpt need calibration inputs: give --data FILE")
+        raise OptionError("criteria wanda and sparsegpt need calibration inputs: give ",
+                          Opt("data.calibration", "FILE"))
     return calibration_state(ctx).get(weight, gram)
 
 
@@ -267,7 +268,8 @@ class CalibratedPrunePass(PrunePass):
 
     def call(self, model, ctx: Context) -> PassResult:
         if ctx.data is None:
-            raise OptionError(f"criterion {self.criterion} needs calibration inputs: give --data FILE")
+            raise OptionError(f"criterion {self.criterion} needs calibration inputs: give ",
+                              Opt("data.calibration", "FILE"))
         pattern, score, alloc, result = self._plan(ctx)
         weights = ctx.analysis.weights
         by_key = ctx.analysis.by_key()

@@ -6,16 +6,19 @@ fine-tuning hooks) -> `prune_model` runs it and returns the report.
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from onnxprune.analyze.fold import FoldConstantsPass
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, Opt
 from onnxprune.model import Model
 from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, parse_override
 from onnxprune.prune.masks import MaskSet
+from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import ScheduleStep, cubic_sparsity, schedule
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
@@ -63,9 +66,31 @@ class PruneOptions:
         if self.pattern == "channel":
             self._validate_channel()
             return
+        self._validate_nm()
         PrunePass(self.sparsity, self.pattern, self.scope, self.criterion, self.overrides, self.skip,
                   self.min_params, self.nm_remainder)  # pattern, criterion, overrides, N:M sparsity
         schedule(self.final_sparsity(), self.steps, self.initial_sparsity, self.t0, self.dt)
+
+    def _validate_nm(self) -> None:
+        """N:M fixes the sparsity at 1 - N/M: any other final sparsity (or override, except 0 = dense)
+        would leave weights off the pattern."""
+        pattern = Pattern.parse(self.pattern)
+        fixed = pattern.fixed_sparsity
+        if fixed is None:
+            return
+        if self.sparsity is not None and not math.isclose(self.sparsity, fixed, abs_tol=1e-9):
+            k = self.sparsity * pattern.b
+            other = (f"{pattern.b - round(k)}:{pattern.b}" if 0 < round(k) < pattern.b and math.isclose(k, round(k))
+                     else "unstructured")
+            raise OptionError(f"sparsity {self.sparsity:g} with pattern {pattern}: N:M fixes the sparsity at "
+                              f"1 - N/M = {fixed:g}; leave ", Opt("prune.sparsity"), " out, or prune at "
+                              f"{self.sparsity:g} with ", Opt("prune.pattern", other))
+        for text in self.overrides:
+            glob, s = parse_override(text)
+            if s != 0 and not math.isclose(s, fixed, abs_tol=1e-9):
+                raise OptionError(f"override {text!r} with pattern {pattern}: N:M fixes the sparsity at {fixed:g}; "
+                                  "an override can only leave a layer dense (", Opt("prune.overrides", [f"{glob}=0"]),
+                                  " or ", Opt("prune.skip", [glob]), ")")
 
     def _validate_channel(self) -> None:
         if self.criterion not in CHANNEL_CRITERIA:
@@ -74,14 +99,14 @@ class PruneOptions:
         if self.repair not in ("none", "lstsq"):
             raise OptionError(f"repair {self.repair!r} for channel pruning: use none or lstsq (biases are refitted with it)")
         if self.steps != 1 or self.hooks or self.overrides:
-            raise OptionError("channel pruning is one-shot: --steps, --hook and --override do not apply to it")
+            raise OptionError("channel pruning is one-shot: ", Opt("prune.steps"), ", ", Opt("prune.hooks"), " and ",
+                              Opt("prune.overrides"), " do not apply to it")
         if self.reinit and self.repair != "none":
-            raise OptionError("--reinit emits fresh weights; it cannot be combined with --repair")
+            raise OptionError(Opt("prune.reinit"), " emits fresh weights; it cannot be combined with ",
+                              Opt("prune.repair"))
         self.channel_pass()  # sparsity, round_to, scope
 
     def final_sparsity(self) -> float:
-        from onnxprune.prune.patterns import Pattern
-
         if self.pattern == "channel":
             return self.sparsity if self.sparsity is not None else 0.5
         fixed = Pattern.parse(self.pattern).fixed_sparsity
@@ -90,6 +115,16 @@ class PruneOptions:
     def channel_pass(self) -> ChannelPrunePass:
         return ChannelPrunePass(self.final_sparsity(), self.round_to, self.scope, CHANNEL_CRITERIA[self.criterion],
                                 self.repair, self.reinit, skip=self.skip, calib_samples=self.calib_samples or 32)
+
+    def needs_data(self) -> bool:
+        """Do the criterion or the repair read calibration inputs?"""
+        return self.criterion != "magnitude" or self.repair != "none"
+
+    def no_data_error(self) -> OptionError:
+        what = ([f"criterion {self.criterion}"] * (self.criterion != "magnitude")
+                + [f"repair {self.repair}"] * (self.repair != "none"))
+        return OptionError(f"{' and '.join(what)} {'read' if len(what) > 1 else 'reads'} calibration inputs: give ",
+                           Opt("data.calibration", "FILE"))
 
     def uses_calibration(self) -> bool:
         """Does pruning itself read the data (so evaluation data must be kept apart)?"""
@@ -148,12 +183,25 @@ def calibration_passes(opts: PruneOptions) -> list[Pass]:
     return [CalibrationPass(opts.calib_samples)]
 
 
-def prune_model(model: Model, opts: PruneOptions, data=None, masks: MaskSet | None = None,
-                progress: bool = True, on_step=None) -> tuple[Context, dict]:
+def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None, masks: MaskSet | None = None,
+                progress: bool = True, on_step=None, exclude: dict[str, str] | None = None) -> tuple[Context, dict]:
     """Run the pruning job on `model` in place; returns the context and the report.
 
-    `on_step(ctx, result)` is called after each pass (e.g. to evaluate accuracy per step)."""
-    ctx = Context(model, masks or MaskSet(), data, progress=progress)
+    `model`: a Model, or the path of one (loaded; the file is never written: save `ctx.model`).
+    `data`: calibration inputs, a Dataset or the path of an .npz or folder.
+    `on_step(ctx, result)` is called after each pass (e.g. to evaluate accuracy per step).
+    `exclude`: weight key -> why the job leaves it dense (reported as its skip reason)."""
+    if isinstance(model, (str, os.PathLike)):
+        model = Model.load(model)
+    elif not isinstance(model, Model):
+        raise OptionError(f"model: give a Model or the path of an .onnx file, not a {type(model).__name__}")
+    if isinstance(data, (str, os.PathLike)):
+        from onnxprune.check.data import load_dataset
+
+        data = load_dataset(model.proto, data)
+    if data is None and opts.needs_data():
+        raise opts.no_data_error()
+    ctx = Context(model, masks or MaskSet(), data, progress=progress, exclude=dict(exclude or {}))
     build_pipeline(opts).run(model, ctx, on_step)
     stamp(model, opts.to_dict())
     return ctx, summarize(ctx, opts)

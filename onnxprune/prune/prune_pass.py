@@ -8,7 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from onnxprune.analyze.weights import Weight
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, Opt
 from onnxprune.pipeline import Context, Pass, PassResult
 from onnxprune.prune import criteria, global_rank, patterns
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, allocate, parse_override
@@ -77,7 +77,8 @@ class PrunePass(Pass):
         self.sparsity = float(sparsity if sparsity is not None else (fixed if fixed is not None else 0.5))
         if fixed is not None and self.sparsity > fixed + 1e-9:
             raise OptionError(f"sparsity {self.sparsity:g} with pattern {self.pattern}: N:M prunes at most "
-                              f"1 - N/M = {fixed:g}; leave --sparsity out, or choose a pattern such as 1:4 or 1:8")
+                              f"1 - N/M = {fixed:g}; leave ", Opt("prune.sparsity"),
+                              " out, or choose a pattern such as 1:4 or 1:8")
         self.scope = scope
         self.criterion = criterion
         criteria.get(criterion)
@@ -93,7 +94,8 @@ class PrunePass(Pass):
         """(pattern, score function, allocation, result listing the skipped weights) for this step."""
         pattern = Pattern.parse(self.pattern)
         alloc = allocate(ctx.analysis.weights, self.sparsity, pattern, self.scope,
-                         [parse_override(o) for o in self.overrides], self.skip, self.min_params, self.nm_remainder)
+                         [parse_override(o) for o in self.overrides], self.skip, self.min_params, self.nm_remainder,
+                         ctx.exclude)
         result = PassResult(self.name, False)
         for key, reason in alloc.skipped.items():
             result.weights[key] = {"skipped": reason}

@@ -603,6 +603,8 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
         g.reasons.append(why)
     for gid in skip_groups:
         analysis.groups[gid].reasons.append("skipped by --skip")
+    group_of = {m.dim: g.id for g in analysis.groups for m in g.members}
+    notes += list(dict.fromkeys(text for d, text in analysis.dim_notes if group_of.get(d) in removed))  # pruned only
     repair_report = None
     if repair == "lstsq":
         from onnxprune.repair.structured_repair import lstsq_repair

@@ -46,7 +46,7 @@ import onnx
 import onnx.helper
 
 from onnxprune.analyze.weights import Weight
-from onnxprune.errors import DataError, OptionError
+from onnxprune.errors import DataError, OptionError, Opt
 from onnxprune.model import Model, subgraph_outer_refs, unique_path
 from onnxprune.pipeline import Context, Pass, PassResult
 
@@ -474,7 +474,8 @@ def capture(model: Model, data, weights: Sequence[Weight], *, gram: bool = True,
             threads: int | None = None, trace_memory: bool = True) -> Capture:
     """Run the calibration data through onnxruntime once and accumulate statistics for `weights`."""
     if data is None:
-        raise OptionError("calibration needs data: give calibration inputs (--data FILE, with --calib-samples N)")
+        raise OptionError("calibration needs data: give calibration inputs (", Opt("data.calibration", "FILE"),
+                          ", with ", Opt("prune.calib_samples", "N"), ")")
     start = time.perf_counter()
     tracing = trace_memory and not tracemalloc.is_tracing()
     if tracing:
@@ -743,12 +744,12 @@ class CalibrationPass(Pass):
         if self.batch_size < 1:
             raise OptionError(f"calibration batch size must be >= 1, got {batch_size}")
         if samples is not None and samples < 1:
-            raise OptionError(f"--calib-samples must be >= 1, got {samples}")
+            raise OptionError(Opt("prune.calib_samples"), f" must be >= 1, got {samples}")
 
     def call(self, model: Model, ctx: Context) -> PassResult:
         if ctx.data is None:
-            raise OptionError("calibration-aware pruning and repair need calibration inputs: give --data FILE "
-                              "(an .npz or a folder of .npz/.npy, rows along axis 0)")
+            raise OptionError("calibration-aware pruning and repair need calibration inputs: give ",
+                              Opt("data.calibration", "FILE"), " (an .npz or a folder of .npz/.npy, rows along axis 0)")
         state = calibration_state(ctx, samples=self.samples, batch_size=self.batch_size, max_cols=self.max_cols,
                                   threads=self.threads)
         state.samples, state.batch_size, state.max_cols, state.threads = (

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from onnxprune.analyze.weights import Weight
-from onnxprune.errors import OptionError
+from onnxprune.errors import OptionError, Opt
 from onnxprune.pipeline import Context, Pass, PassResult
 from onnxprune.prune.prune_pass import apply_mask
 from onnxprune.repair.capture import LayerStats, StagedStats, _attrs, _find_node, calibration_state, state_for_proto
@@ -193,7 +193,7 @@ def repair(ctx: Context, method: str = "lstsq", *, sequential: bool = False, dam
     report, notes). With write=False nothing is written (hooks); sequential needs write=True."""
     do_lstsq, do_bias = _parse(method)
     if ctx.data is None:
-        raise OptionError("repair needs calibration inputs: give --data FILE")
+        raise OptionError("repair needs calibration inputs: give ", Opt("data.calibration", "FILE"))
     if sequential and not write:
         raise OptionError("sequential repair writes as it goes; it cannot run as a hook")
     state = calibration_state(ctx)
@@ -339,7 +339,7 @@ def _hook(hctx, method: str) -> dict[str, np.ndarray]:
     state = state_for_proto(hctx.model)
     if state is None or state.ctx is None:
         raise RuntimeError(f"{method} needs the calibration state of the running pipeline (calibration data and "
-                           "the dense weights): give --data and build the job with build_pipeline (it adds "
+                           "the dense weights): give calibration data and build the job with build_pipeline (it adds "
                            "CalibrationPass), or run RepairPass instead")
     updates, _, _ = repair(state.ctx, method, write=False)
     return updates
