@@ -24,7 +24,7 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 
-from onnxprune.errors import DataError, OptionError
+from onnxprune.errors import DataError, Opt, OptionError
 
 Dim = int | str | None  # static size, dim_param name, or unnamed dynamic (also -1 / 0 from some exporters)
 
@@ -95,7 +95,7 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     except ValueError:
         shape = None
     if not sep or not name or shape is None or any(d < 1 for d in shape):
-        raise OptionError(f"--shape '{text}': expected NAME=D1xD2... with positive dims, e.g. input=1x3x224x224")
+        raise OptionError(Opt("data.shapes"), f" '{text}': expected NAME=D1xD2... with positive dims, e.g. input=1x3x224x224")
     return name, shape
 
 
@@ -108,11 +108,12 @@ def random_feed(rng: np.random.Generator, spec: InputSpec, shape: tuple[int, ...
         lo, hi = lohi
         info = np.iinfo(spec.dtype)
         if not info.min <= lo <= hi <= info.max:
-            raise OptionError(f"--int-range {lo},{hi} for input '{spec.name}' does not fit {spec.dtype.name} "
-                              f"({info.min}..{info.max}); give LO <= HI within it")
+            raise OptionError(Opt("data.int_ranges", [f"{spec.name}={lo},{hi}"]),
+                              f" does not fit {spec.dtype.name} ({info.min}..{info.max}); give LO <= HI within it")
         return rng.integers(lo, hi, size=shape, dtype=spec.dtype, endpoint=True)
     if kind in "USO":
-        raise DataError(f"input '{spec.name}' ({spec.describe()}) cannot be generated; pass real data with --data")
+        raise DataError(f"input '{spec.name}' ({spec.describe()}) cannot be generated; pass real data with ",
+                        Opt("data.calibration", "FILE"))
     return rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype)
 
 
@@ -269,7 +270,7 @@ def resolve_feed_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int
     names = [s.name for s in specs]
     for key in given:
         if key not in names:
-            raise OptionError(f"--shape names '{key}', which is not a model input (inputs: {', '.join(names)})")
+            raise OptionError(Opt("data.shapes"), f" names '{key}', which is not a model input (inputs: {', '.join(names)})")
     known: dict[str, int] = {}  # dim_param -> size
     shapes: dict[str, tuple[int, ...]] = {}
     sources: dict[str, str] = {}
@@ -279,7 +280,8 @@ def resolve_feed_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int
             sources[s.name] = "given"
             known.update({d: v for d, v in zip(s.shape or (), shapes[s.name]) if isinstance(d, str)})
         elif s.shape is None:
-            raise DataError(f"input '{s.name}' has no shape in the model; give one with --shape {s.name}=D1xD2...")
+            raise DataError(f"input '{s.name}' has no shape in the model; give one with ",
+                            Opt("data.shapes", [f"{s.name}=D1xD2..."]))
     batch = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str)}
     open_: list[_Open] = []
     for s in specs:
@@ -348,8 +350,8 @@ def _check_given(spec: InputSpec, given: tuple[int, ...]) -> tuple[int, ...]:
     if spec.shape is not None and (
         len(given) != len(spec.shape) or any(is_fixed(w) and g != w for g, w in zip(given, spec.shape))
     ):
-        raise OptionError(f"--shape {spec.name}={'x'.join(map(str, given))} does not fit {spec.describe()}; "
-                          "keep the rank and the fixed dims")
+        raise OptionError(Opt("data.shapes", [f"{spec.name}={'x'.join(map(str, given))}"]),
+                          f" does not fit {spec.describe()}; keep the rank and the fixed dims")
     if any(d < 1 for d in given):
-        raise OptionError(f"--shape {spec.name}: dims must be >= 1")
+        raise OptionError(Opt("data.shapes"), f" for {spec.name}: dims must be >= 1")
     return given

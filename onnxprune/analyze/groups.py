@@ -55,7 +55,7 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 
-from onnxprune.errors import DataError
+from onnxprune.errors import DataError, Opt
 from onnxprune.model import subgraph_outer_refs
 from onnxprune.shapes import FeedShapes, input_specs, random_feeds, resolve_feed_shapes
 
@@ -287,8 +287,8 @@ def tensor_shapes(proto: onnx.ModelProto, feed: dict[str, np.ndarray], base_dir:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         shapes_given = ", ".join(f"{k}={'x'.join(map(str, np.shape(v)))}" for k, v in feed.items())
         raise DataError(f"channel analysis runs the model once to learn its shapes, and onnxruntime failed on "
-                        f"inputs {shapes_given} ({first[:300]}); give real data (--data) or larger shapes "
-                        "(--shape NAME=DIMS)") from e
+                        f"inputs {shapes_given} ({first[:300]}); give real data (", Opt("data.calibration", "FILE"),
+                        ") or larger shapes (", Opt("data.shapes", ["NAME=DIMS"]), ")") from e
     shapes: dict[str, tuple[int, ...]] = {k: tuple(np.shape(v)) for k, v in feed.items()}
     values: dict[str, np.ndarray] = {}
     for name, arr in zip(names, outs):

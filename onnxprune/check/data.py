@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx.helper
 
-from onnxprune.errors import DataError, OptionError
+from onnxprune.errors import DataError, Opt, OptionError
 from onnxprune.shapes import (DEFAULT_INT_RANGE, Dim, FeedShapes, InputSpec, input_specs, parse_shape, random_feeds,
                               resolve_feed_shapes)
 
@@ -229,7 +229,8 @@ class Dataset:
         int_ranges = dict(int_ranges or {})
         for key in int_ranges:
             if key not in names:
-                raise OptionError(f"--int-range names '{key}', which is not a model input (inputs: {', '.join(names)})")
+                raise OptionError(Opt("data.int_ranges"), f" names '{key}', which is not a model input "
+                                  f"(inputs: {', '.join(names)})")
         if n < 1:
             raise OptionError(f"synthetic data needs at least 1 sample, got {n}")
         ranges = {s.name: int_ranges.get(s.name, int_range) for s in specs}
@@ -311,7 +312,8 @@ def load_dataset(model_inputs: onnx.ModelProto | Sequence[InputSpec], data: str 
     (`base_dir`: where the model's external data lies, for trying guessed shapes)."""
     if data is None:
         if labels is not None:
-            raise OptionError("labels need real inputs: give --data with --labels")
+            raise OptionError("labels need real inputs: give ", Opt("data.calibration", "FILE"), " with ",
+                              Opt("data.labels", "FILE"))
         return Dataset.synthetic(model_inputs, samples or DEFAULT_SAMPLES, shapes=shapes, int_range=int_range,
                                  int_ranges=int_ranges, seed=seed, base_dir=base_dir)
     ds = Dataset.from_source(data, model_inputs, labels=labels)
@@ -326,7 +328,7 @@ def parse_int_range(text: str) -> tuple[str | None, tuple[int, int]]:
     except ValueError:
         lo = hi = None
     if lo is None or lo > hi:
-        raise OptionError(f"--int-range '{text}': expected [NAME=]LO,HI with LO <= HI, e.g. 0,255 or ids=0,30521")
+        raise OptionError(Opt("data.int_ranges"), f" '{text}': expected [NAME=]LO,HI with LO <= HI, e.g. 0,255 or ids=0,30521")
     return name or None, (lo, hi)
 
 

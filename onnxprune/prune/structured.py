@@ -41,7 +41,7 @@ from onnxprune.analyze.groups import (
     ChannelGroup, Dim, GroupAnalysis, _attrs, analyze_groups, constant_array, constant_values, dequantized,
     model_macs, model_params, sample_feed, tensor_shapes,
 )
-from onnxprune.errors import DataError, OnnxPruneError, OptionError
+from onnxprune.errors import DataError, OnnxPruneError, Opt, OptionError
 from onnxprune.model import Model, check_structure
 from onnxprune.pipeline import Context, Pass, PassResult
 
@@ -553,7 +553,8 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
     if repair not in ("none", "lstsq"):
         raise OptionError(f"repair {repair!r} for channel pruning: use none or lstsq")
     if (repair != "none" or criterion == "activation") and data is None:
-        raise OptionError("channel pruning with repair or the activation criterion needs calibration data (--data)")
+        raise OptionError("channel pruning with repair or the activation criterion needs calibration data (",
+                          Opt("data.calibration", "FILE"), ")")
     if repair != "none" and reinit:
         raise OptionError("reinit starts from fresh weights: repair would be thrown away; choose one")
     if round_to < 1:
