@@ -735,3 +735,63 @@ def test_quantized_weight_shared_by_two_layers_is_not_refit_for_one_of_them(tmp_
     res = prune_channels(Model(proto), 0.5, round_to=8, data=Dataset.from_source(str(tmp_path / "c.npz"), proto),
                          repair="lstsq", calib_samples=64)
     assert sum("shared by several layers" in s for s in res.report["repair_report"]["skipped"]) == 2
+
+
+# ------------------------------------------------------- constants left unread (issue 12, item 6)
+
+def test_remove_unused_sweeps_dead_constants_and_keeps_outer_references():
+    """One sweep: unread initializers, Constant nodes and the nodes that only feed them go; a
+    constant read only by an If branch (outer reference), a graph output, an initializer that is
+    also a graph input, and nodes of unknown domains stay; a branch's own unread initializer goes."""
+    from onnxprune.analyze.cleanup import PostconditionError, check_no_unused, remove_unused, unused_constants
+
+    t = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    then = helper.make_graph([helper.make_node("Add", ["x", "outer_w"], ["ty"], name="t_add")], "then", [],
+                             [vi("ty", [2])], [t("then_unread", [1.0])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["ey"], name="e_id")], "else", [], [vi("ey", [2])])
+    nodes = [helper.make_node("Constant", [], ["dead_c"], name="dead_const", value=t("v", [1.0, 2.0])),
+             helper.make_node("Transpose", ["dead_c"], ["dead_t"], name="dead_transpose"),
+             helper.make_node("Constant", [], ["out_c"], name="out_const", value=t("o", [3.0])),
+             helper.make_node("Relu", ["unread_w"], ["custom_in"], name="feeds_custom"),
+             helper.make_node("Mystery", ["custom_in"], ["custom_out"], name="custom", domain="example.custom"),
+             helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then, else_branch=other)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), vi("x", [2]), vi("in_init", [2])],
+        [vi("y", [2]), vi("out_c", [1])],
+        [t("outer_w", [1.0, 1.0]), t("unread", [5.0]), t("in_init", [0.0, 0.0]), t("unread_w", [1.0])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)])
+    assert {s.split()[-1] for s in unused_constants(proto)} == {"'unread'", "'then_unread'"}  # dead_c has a reader
+    with pytest.raises(PostconditionError, match="nothing reads"):
+        check_no_unused(proto, "test")
+    removed = remove_unused(proto)
+    assert len(removed) == 4  # dead_transpose, dead_const, unread, then_unread
+    assert [n.name for n in proto.graph.node] == ["out_const", "feeds_custom", "custom", "if"]
+    assert {i.name for i in proto.graph.initializer} == {"outer_w", "in_init", "unread_w"}
+    branches = {a.name: a.g for a in proto.graph.node[-1].attribute}
+    assert not branches["then_branch"].initializer and [n.name for n in branches["then_branch"].node] == ["t_add"]
+    check_no_unused(proto, "test")
+    assert remove_unused(proto) == []
+
+
+def test_pipeline_sweeps_and_checks_after_a_structural_pass():
+    """Whatever a structural pass leaves unread is removed before the next pass; a pass that
+    leaves a constant unread is caught by the postcondition rather than shipped."""
+    from onnxprune.pipeline import Pass, PassResult
+
+    class LeavesDeadConstant(Pass):
+        name, structural = "leaves-dead", True
+
+        def call(self, model, ctx):
+            p = onnx.ModelProto()
+            p.CopyFrom(model.proto)
+            p.graph.node.insert(0, helper.make_node("Constant", [], ["dead"], name="dead",
+                                                    value=numpy_helper.from_array(np.ones(3, np.float32), "d")))
+            p.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.float32), "dead_init"))
+            model.replace_proto(p)
+            return PassResult(self.name, True)
+
+    model = Model(mlp())
+    ctx = Pipeline([LeavesDeadConstant()]).run(model)
+    assert not any(n.name == "dead" for n in model.proto.graph.node)
+    assert not any(t.name == "dead_init" for t in model.proto.graph.initializer)
+    assert "removed 2 unread constants/nodes" in ctx.results[0].notes
