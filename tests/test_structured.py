@@ -739,6 +739,45 @@ def test_quantized_weight_shared_by_two_layers_is_not_refit_for_one_of_them(tmp_
 
 # ------------------------------------------------------- constants left unread (issue 12, item 6)
 
+def test_constant_node_weights_are_refit_in_place_not_copied(tmp_path):
+    """Weights in Constant nodes (Paddle, TF exports): `--pattern channel --sparsity 0.1 --repair
+    lstsq` wrote the refit weights as new initializers beside the old Constants (1.575x the original
+    parameters). Now the Constant takes the refit value: no initializer appears, nothing is left
+    unread, and the model shrinks about as much as its channels."""
+    from click.testing import CliRunner
+
+    import builders as B
+    from onnxprune.analyze.cleanup import unused_constants
+    from onnxprune.analyze.groups import model_params
+    from onnxprune.cli import main
+
+    proto = B.conv_net_constant_nodes()
+    src, out = B.save(proto, tmp_path / "m.onnx"), tmp_path / "p.onnx"
+    np.savez(tmp_path / "c.npz", X=np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))
+    r = CliRunner().invoke(main, ["prune", str(src), "-o", str(out), "--pattern", "channel", "--sparsity", "0.1",
+                                  "--repair", "lstsq", "--data", str(tmp_path / "c.npz")])
+    assert r.exit_code == 0, r.output
+    pruned = onnx.load(str(out))
+    assert not pruned.graph.initializer and not unused_constants(pruned)
+    ratio = model_params(pruned) / model_params(proto)
+    assert ratio < 0.85, ratio  # 0.806; it was 1.575
+    assert signature(pruned) == signature(proto)
+    assert run(pruned, B.feeds(proto))[0].shape == (1, 10)
+
+
+def test_repair_of_constant_node_model_refits_layers_and_reinit_reaches_constants(tmp_path):
+    import builders as B
+    from onnxprune.analyze.groups import model_params
+
+    proto = B.conv_net_constant_nodes()
+    np.savez(tmp_path / "c.npz", X=np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))
+    res = prune_channels(Model(proto), 0.1, data=Dataset.from_source(str(tmp_path / "c.npz"), proto), repair="lstsq")
+    assert set(res.report["repair_report"]["layers"]) == {"c2", "c3"}
+    assert res.report["params_after"] == model_params(res.proto) < res.report["params_before"]
+    fresh = prune_channels(Model(proto), 0.1, reinit=True)
+    assert "reinit: 11 weight tensors" in " ".join(fresh.report["notes"])  # 3 Conv W+b, 4 BN, fc W (b: an Add)
+
+
 def test_remove_unused_sweeps_dead_constants_and_keeps_outer_references():
     """One sweep: unread initializers, Constant nodes and the nodes that only feed them go; a
     constant read only by an If branch (outer reference), a graph output, an initializer that is
@@ -771,6 +810,31 @@ def test_remove_unused_sweeps_dead_constants_and_keeps_outer_references():
     assert not branches["then_branch"].initializer and [n.name for n in branches["then_branch"].node] == ["t_add"]
     check_no_unused(proto, "test")
     assert remove_unused(proto) == []
+
+
+def test_weight_tied_layers_are_not_untied_into_a_bigger_model():
+    """Y = relu(X.W).W with one W (64x64): its two uses would keep different channels, and at 25% two
+    sliced copies of W (64x48, 48x64) hold more than W. The group is frozen instead of growing the model."""
+    g = G(5)
+    w = g.w((64, 64), 0.2)
+    g.nodes.append(helper.make_node("MatMul", [g.op("Relu", [g.op("MatMul", ["x", w])]), w], ["y"], name="mm2"))
+    proto = g.model([vi("x", ["N", 64])], [vi("y", ["N", 64])])
+    res = prune_channels(Model(proto), 0.25, round_to=8, feed=feed_for(proto))
+    assert res.report["params_after"] == res.report["params_before"] and not res.plan.removed
+    assert any("shared constant" in n and "raising the parameters" in n for n in res.report["notes"]), res.report["notes"]
+
+
+def test_refit_of_a_shared_constant_node_writes_a_copy_and_a_sole_reader_writes_in_place():
+    from onnxprune.repair.structured_repair import _set_const
+
+    c = helper.make_node("Constant", [], ["w"], name="cw", value=numpy_helper.from_array(np.ones((2, 2), np.float32), "v"))
+    m1, m2 = (helper.make_node("MatMul", ["x", "w"], [f"y{k}"], name=f"mm{k}") for k in (1, 2))
+    proto = helper.make_model(helper.make_graph([c, m1, m2], "g", [vi("x", [1, 2])], [vi("y1", [1, 2]), vi("y2", [1, 2])]))
+    _set_const(proto, 1, 1, np.full((2, 2), 2.0))  # w is shared: mm1 gets a copy
+    assert proto.graph.node[1].input[1] == "y1__repaired_in1" and len(proto.graph.initializer) == 1
+    _set_const(proto, 2, 1, np.full((2, 2), 3.0))  # now mm2 is w's only reader: the Constant changes
+    assert proto.graph.node[2].input[1] == "w" and len(proto.graph.initializer) == 1
+    assert np.all(numpy_helper.to_array(proto.graph.node[0].attribute[0].t) == 3.0)
 
 
 def test_pipeline_sweeps_and_checks_after_a_structural_pass():
