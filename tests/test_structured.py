@@ -859,3 +859,16 @@ def test_pipeline_sweeps_and_checks_after_a_structural_pass():
     assert not any(n.name == "dead" for n in model.proto.graph.node)
     assert not any(t.name == "dead_init" for t in model.proto.graph.initializer)
     assert "removed 2 unread constants/nodes" in ctx.results[0].notes
+
+
+def test_unnamed_output_dims_stay_unnamed_after_the_rewrite():
+    """Shape inference names the dims it cannot relate ("unk__1"), and onnxruntime carried such a
+    name into a graph output the exporter left unnamed (skl2onnx's labels): the signature changed."""
+    g = G(7)
+    h = g.op("Relu", [g.gemm("x", 20, 32)])
+    flat = g.op("Reshape", [g.gemm(h, 32, 4), g.const(np.array([-1], np.int64))])
+    g.nodes.append(helper.make_node("Identity", [flat], ["y"], name="out"))
+    proto = g.model([vi("x", ["N", 20])], [vi("y", [None])])
+    res = prune_channels(Model(proto), 0.5, round_to=8, feed=feed_for(proto))
+    assert res.plan.removed
+    assert signature(res.proto) == signature(proto)

@@ -443,6 +443,23 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception:  # inference is an aid, not a requirement: the onnxruntime run below decides
         pass
+    # The graph's inputs and outputs keep their declared types. Inference names the dynamic dims it
+    # cannot relate ("unk__1"); onnxruntime then carries such a name from the value_info to a graph
+    # output the model left unnamed (skl2onnx's labels), which changes the signature: the names the
+    # original did not use go.
+    stored = {t.name for t in proto.graph.initializer}  # old IR lists them as inputs: their shapes changed
+    for mine, theirs in ((proto.graph.input, src.graph.input), (proto.graph.output, src.graph.output)):
+        declared = {v.name: v for v in theirs}
+        for v in mine:
+            if v.name in declared and v.name not in stored:
+                v.type.CopyFrom(declared[v.name].type)
+    used = {d.dim_param for vs in (src.graph.input, src.graph.output, src.graph.value_info) for v in vs
+            if v.type.HasField("tensor_type") for d in v.type.tensor_type.shape.dim if d.dim_param}
+    for v in proto.graph.value_info:
+        if v.type.HasField("tensor_type"):
+            for d in v.type.tensor_type.shape.dim:
+                if d.HasField("dim_param") and d.dim_param not in used:
+                    d.ClearField("dim_param")
     return proto
 
 
