@@ -872,3 +872,32 @@ def test_unnamed_output_dims_stay_unnamed_after_the_rewrite():
     res = prune_channels(Model(proto), 0.5, round_to=8, feed=feed_for(proto))
     assert res.plan.removed
     assert signature(res.proto) == signature(proto)
+
+
+def _zipmap_mlp() -> onnx.ModelProto:
+    """skl2onnx's classifier layout: MLP -> Softmax -> ZipMap (a sequence of {class: probability} maps)
+    and the ArgMax label."""
+    g = G(8)
+    h = g.op("Relu", [g.op("Add", [g.op("MatMul", ["x", g.w((20, 32))]), g.w((32,), 0.1)])])
+    p = g.op("Softmax", [g.op("Add", [g.op("MatMul", [h, g.w((32, 10))]), g.w((10,), 0.1)])], axis=1)
+    g.nodes.append(helper.make_node("ArgMax", [p], ["label"], axis=1, keepdims=0, name="argmax"))
+    g.nodes.append(helper.make_node("ZipMap", [p], ["probabilities"], domain="ai.onnx.ml",
+                                    classlabels_int64s=list(range(10)), name="zipmap"))
+    seq = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(F, [])))
+    graph = helper.make_graph(g.nodes, "g", [vi("x", ["N", 20])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+                               helper.make_value_info("probabilities", seq)], g.inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+                             ir_version=8)
+
+
+def test_repair_guard_reads_map_outputs(tmp_path):
+    """The repair's guard compares the model outputs: it died on a ZipMap output (TypeError: float()
+    argument must be ... not 'dict'); it now reads the maps as the parity gate does."""
+    proto = _zipmap_mlp()
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((32, 20)).astype(np.float32))
+    res = prune_channels(Model(proto), 0.5, round_to=8, data=Dataset.from_source(str(tmp_path / "c.npz"), proto),
+                         repair="lstsq")
+    rep = res.report["repair_report"]
+    assert rep["layers"] and rep["guard_rel_l2_before"] > 0, rep
+    assert signature(res.proto) == signature(proto)

@@ -356,6 +356,7 @@ def _write(proto: onnx.ModelProto, c: _Consumer, w: np.ndarray, b: np.ndarray | 
 
 def _output_error(model: Model, proto: onnx.ModelProto, ds, batch_size: int) -> float:
     """Relative L2 error of all float outputs of `proto` against the dense model over `ds`."""
+    from onnxprune.check.parity import _as_array
     from onnxprune.repair.capture import _session
 
     cand = Model(proto, model.path)
@@ -364,10 +365,13 @@ def _output_error(model: Model, proto: onnx.ModelProto, ds, batch_size: int) -> 
     ref.CopyFrom(model.proto)
     s_o, s_p = _session(ref, model, None), _session(proto, cand, None)
     num = den = 0.0
+    names = [o.name for o in s_o.get_outputs()]
     for feed in ds.batches(batch_size):
-        for a, b in zip(s_o.run(None, feed), s_p.run(None, feed)):
-            a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        for name, a, b in zip(names, s_o.run(None, feed), s_p.run(None, feed)):
+            # sequence and map outputs (skl2onnx's ZipMap probabilities) as arrays, as the gate reads them
+            a, b = _as_array(a, name, "original"), _as_array(b, name, "repaired")
             if a.dtype.kind == "f" and a.shape == b.shape:
+                a, b = a.astype(np.float64), b.astype(np.float64)
                 num += float(((a - b) ** 2).sum())
                 den += float((a ** 2).sum())
     return float(np.sqrt(num / den)) if den else 0.0
