@@ -743,13 +743,17 @@ class ChannelPrunePass(Pass):
         res = prune_channels(model, self.sparsity, round_to=self.round_to, scope=self.scope,
                              criterion=self.criterion, data=ctx.data, repair=self.repair, reinit=self.reinit,
                              seed=self.seed, skip=self.skip, calib_samples=self.calib_samples, prefer=self.prefer)
-        before = {t.name: tuple(t.dims) for t in model.proto.graph.initializer}
-        after = {t.name: tuple(t.dims) for t in res.proto.graph.initializer}
+        # initializers and Constant nodes alike (Paddle exports keep every weight in a Constant)
+        before = {k: tuple(constant_shape(e)) for k, e in constant_values(model.proto.graph).items()}
+        after = {k: tuple(constant_shape(e)) for k, e in constant_values(res.proto.graph).items()}
         changed = {k: {"shape_before": list(v), "shape_after": list(after[k])}
                    for k, v in before.items() if k in after and after[k] != v}
         for k in after:
             if k not in before:
                 changed[k] = {"shape_before": None, "shape_after": list(after[k]), "note": "new (cloned or added)"}
+        for k in before:
+            if k not in after:
+                changed[k] = {"shape_before": list(before[k]), "shape_after": None, "note": "removed (nothing reads it)"}
         modified = bool(res.plan.removed) or self.reinit
         if modified:
             model.replace_proto(res.proto)
