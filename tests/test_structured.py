@@ -904,3 +904,23 @@ def test_repair_guard_reads_map_outputs(tmp_path):
     rep = res.report["repair_report"]
     assert rep["layers"] and rep["guard_rel_l2_before"] > 0, rep
     assert signature(res.proto) == signature(proto)
+
+
+def test_a_prune_that_would_add_parameters_is_stopped(monkeypatch):
+    """Postcondition of every pruning job: the model holds no more parameters than it did (after
+    --fold-constants, which materialises weights, when that runs)."""
+    import onnxprune.prune.job as job
+    from onnxprune.analyze.cleanup import PostconditionError
+    from onnxprune.pipeline import Pass, PassResult
+
+    class Grows(Pass):
+        name = "grows"
+
+        def call(self, model, ctx):
+            model.proto.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.float32), "extra"))
+            model.replace_proto(model.proto)
+            return PassResult(self.name, True)
+
+    monkeypatch.setattr(job, "build_pipeline", lambda opts: Pipeline([Grows()]))
+    with pytest.raises(PostconditionError, match="increased the parameters"):
+        job.prune_model(Model(mlp()), job.PruneOptions(sparsity=0.5))
