@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onnxprune import __version__
+from onnxprune.analyze.cleanup import check_no_unused, remove_unused
 from onnxprune.analyze.weights import Analysis, find_weights
 from onnxprune.model import Model
 from onnxprune.prune.masks import MaskSet
@@ -95,6 +96,12 @@ class Pipeline:
         for p in self.passes:
             result = p(model, ctx)
             if p.structural and result.modified:
+                # what the rewrite left unread goes; then nothing unread may remain (postcondition)
+                swept = remove_unused(model.proto)
+                if swept:
+                    model.replace_proto(model.proto)
+                    result.notes.append(f"removed {len(swept)} unread constants/nodes")
+                check_no_unused(model.proto, f"pass {p.name!r}")
                 ctx.invalidate()
             if on_step:
                 on_step(ctx, result)

@@ -184,6 +184,41 @@ def matmul_constant_node(seed: int = 0) -> onnx.ModelProto:
                   [_vi("X", [2, 8])], [_vi("Y", [2, 4])])
 
 
+def conv_net_constant_nodes(seed: int = 0) -> onnx.ModelProto:
+    """Every weight, bias and norm parameter in a Constant node (no initializers), as some Paddle and
+    TensorFlow exports have them: X(1,3,16,16) -> Conv 3->64 + BatchNorm + Relu -> Conv 64->64 + Relu
+    -> Conv 64->32 + Relu -> GlobalAveragePool -> Flatten -> MatMul(32x10) + Add -> Y(1,10). Channel
+    counts let 10% channel pruning at multiples of 8 remove channels."""
+    rng = _rng(seed)
+    nodes, k = [], [0]
+
+    def const(array, hint):
+        k[0] += 1
+        name = f"{hint}_{k[0]}"
+        nodes.append(helper.make_node("Constant", [], [name], name=f"const_{name}",
+                                      value=_init(f"{name}_value", np.asarray(array, np.float32))))
+        return name
+
+    def conv(x, cin, cout, out):
+        w = const(rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (9 * cin)), "conv_w")
+        b = const(rng.standard_normal(cout) * 0.1, "conv_b")
+        nodes.append(helper.make_node("Conv", [x, w, b], [out], name=out, pads=[1, 1, 1, 1]))
+        return out
+
+    bn = [const(rng.uniform(0.5, 1.5, 64), "bn_scale"), const(rng.standard_normal(64) * 0.1, "bn_bias"),
+          const(rng.standard_normal(64) * 0.1, "bn_mean"), const(rng.uniform(0.5, 1.5, 64), "bn_var")]
+    nodes.append(helper.make_node("BatchNormalization", [conv("X", 3, 64, "c1"), *bn], ["n1"], name="bn1"))
+    nodes.append(helper.make_node("Relu", ["n1"], ["r1"], name="relu1"))
+    nodes.append(helper.make_node("Relu", [conv("r1", 64, 64, "c2")], ["r2"], name="relu2"))
+    nodes.append(helper.make_node("Relu", [conv("r2", 64, 32, "c3")], ["r3"], name="relu3"))
+    nodes.append(helper.make_node("GlobalAveragePool", ["r3"], ["p"], name="pool"))
+    nodes.append(helper.make_node("Flatten", ["p"], ["f"], name="flatten"))
+    w, b = const(rng.standard_normal((32, 10)) * 0.3, "fc_w"), const(rng.standard_normal(10) * 0.1, "fc_b")
+    nodes.append(helper.make_node("MatMul", ["f", w], ["h"], name="fc"))
+    nodes.append(helper.make_node("Add", ["h", b], ["Y"], name="fc_bias"))
+    return _model(nodes, [_vi("X", [1, 3, 16, 16])], [_vi("Y", [1, 10])])
+
+
 # ------------------------------------------------------------------------------------- subgraphs
 
 def if_branches(seed: int = 0) -> onnx.ModelProto:
@@ -314,6 +349,7 @@ BUILDERS = {
     "matmul_dq_per_tensor": matmul_dequantized,
     "matmul_dq_per_axis": lambda: matmul_dequantized(True),
     "matmul_constant_node": matmul_constant_node,
+    "conv_net_constant_nodes": conv_net_constant_nodes,
     "if_branches": if_branches,
     "if_twice": if_twice,
     "loop_body": loop_body,

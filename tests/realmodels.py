@@ -27,6 +27,13 @@ _PACKAGED = {
     "silero_vad_16k_sequence": ("silero_vad", "data/silero_vad_16k_sequence.onnx"),
     "ddddocr_common": ("ddddocr", "common.onnx"),
     "ddddocr_det": ("ddddocr", "common_det.onnx"),
+    # other exporters (tests/exporters.py): TorchScript, dynamo, paddle2onnx (rapidocr-onnxruntime,
+    # installed with --no-deps: its ONNX files need only onnxruntime)
+    "silero_vad_op15": ("silero_vad", "data/silero_vad_16k_op15.onnx"),
+    "silero_vad_op18_ifless": ("silero_vad", "data/silero_vad_op18_ifless.onnx"),
+    "paddle_det": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx"),
+    "paddle_rec": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx"),
+    "paddle_cls": ("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
 }
 MODEL_KEYS = ("magika", *_PACKAGED)
 

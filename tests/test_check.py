@@ -437,3 +437,33 @@ def test_scalar_inputs_stay_scalars_in_feeds():
     model = helper.make_model(graph)
     feed = next(iter(Dataset.synthetic(model, 2, int_range=(16000, 16000)).batches(1)))
     assert feed["sr"].shape == () and int(feed["sr"]) == 16000
+
+
+def _zipmap_classifier(w=W, b=B):
+    """x [N, 16] -> Softmax probabilities as skl2onnx writes them by default: ZipMap, a sequence of
+    {class: probability} maps; and the per-class columns as a sequence of tensors."""
+    seq = h.make_sequence_type_proto(h.make_map_type_proto(T.INT64, h.make_tensor_type_proto(T.FLOAT, [])))
+    cols = h.make_sequence_type_proto(h.make_tensor_type_proto(T.FLOAT, None))
+    graph = h.make_graph(
+        [h.make_node("MatMul", ["x", "W"], ["xw"]), h.make_node("Add", ["xw", "B"], ["logits"]),
+         h.make_node("Softmax", ["logits"], ["p"], axis=1),
+         h.make_node("ZipMap", ["p"], ["probabilities"], domain="ai.onnx.ml", classlabels_int64s=list(range(10))),
+         h.make_node("SplitToSequence", ["p", "one"], ["columns"], axis=1)],
+        "g", [h.make_tensor_value_info("x", T.FLOAT, ["N", 16])],
+        [h.make_value_info("probabilities", seq), h.make_value_info("columns", cols)],
+        [nh.from_array(w, "W"), nh.from_array(b, "B"), nh.from_array(np.array(1, np.int64), "one")])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("ai.onnx.ml", 3)], ir_version=8)
+
+
+def test_sequence_and_map_outputs_are_compared_as_arrays():
+    """skl2onnx classifiers output ZipMap (a sequence of maps): the gate crashed with AttributeError
+    ('list' object has no attribute 'dtype'). Maps are compared as [rows, classes] by key order,
+    sequences of equal tensors as their stack."""
+    ds = Dataset.synthetic(_zipmap_classifier(), 8)
+    same = compare(_zipmap_classifier(), _zipmap_classifier(), ds)
+    assert same.passed
+    probs, columns = same.outputs
+    assert probs.kind == "classifier" and probs.shape == [1, 10] and probs.metrics["top1_agreement"] == 1.0
+    assert columns.shape == [10, 1, 1] and columns.metrics["cosine_mean"] == 1.0
+    other = compare(_zipmap_classifier(), _zipmap_classifier(w=W * 0.5), ds)
+    assert other.outputs[0].metrics["cosine_mean"] < 1.0

@@ -39,7 +39,7 @@ def image_net(dims=(-1, 3, -1, -1), metadata=None, flatten_k=None, resize=None) 
     inits.append(numpy_helper.from_array(rng.standard_normal((k, 10)).astype(np.float32), "w2"))
     nodes.append(helper.make_node("Gemm", ["f", "w2"], ["y"], name="fc"))
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 10])
     m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
     for k_, v in (metadata or {}).items():
         m.metadata_props.add(key=k_, value=v)

@@ -735,3 +735,192 @@ def test_quantized_weight_shared_by_two_layers_is_not_refit_for_one_of_them(tmp_
     res = prune_channels(Model(proto), 0.5, round_to=8, data=Dataset.from_source(str(tmp_path / "c.npz"), proto),
                          repair="lstsq", calib_samples=64)
     assert sum("shared by several layers" in s for s in res.report["repair_report"]["skipped"]) == 2
+
+
+# ------------------------------------------------------- constants left unread (issue 12, item 6)
+
+def test_constant_node_weights_are_refit_in_place_not_copied(tmp_path):
+    """Weights in Constant nodes (Paddle, TF exports): `--pattern channel --sparsity 0.1 --repair
+    lstsq` wrote the refit weights as new initializers beside the old Constants (1.575x the original
+    parameters). Now the Constant takes the refit value: no initializer appears, nothing is left
+    unread, and the model shrinks about as much as its channels."""
+    from click.testing import CliRunner
+
+    import builders as B
+    from onnxprune.analyze.cleanup import unused_constants
+    from onnxprune.analyze.groups import model_params
+    from onnxprune.cli import main
+
+    proto = B.conv_net_constant_nodes()
+    src, out = B.save(proto, tmp_path / "m.onnx"), tmp_path / "p.onnx"
+    np.savez(tmp_path / "c.npz", X=np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))
+    r = CliRunner().invoke(main, ["prune", str(src), "-o", str(out), "--pattern", "channel", "--sparsity", "0.1",
+                                  "--repair", "lstsq", "--data", str(tmp_path / "c.npz"),
+                                  "--report", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    pruned = onnx.load(str(out))
+    changes = __import__("json").loads((tmp_path / "r.json").read_text())["passes"][-1]["weights"]
+    assert changes["conv_w_7"] == {"shape_before": [64, 64, 3, 3], "shape_after": [56, 56, 3, 3]}  # a Constant
+    assert not pruned.graph.initializer and not unused_constants(pruned)
+    ratio = model_params(pruned) / model_params(proto)
+    assert ratio < 0.85, ratio  # 0.806; it was 1.575
+    assert signature(pruned) == signature(proto)
+    assert run(pruned, B.feeds(proto))[0].shape == (1, 10)
+
+
+def test_repair_of_constant_node_model_refits_layers_and_reinit_reaches_constants(tmp_path):
+    import builders as B
+    from onnxprune.analyze.groups import model_params
+
+    proto = B.conv_net_constant_nodes()
+    np.savez(tmp_path / "c.npz", X=np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))
+    res = prune_channels(Model(proto), 0.1, data=Dataset.from_source(str(tmp_path / "c.npz"), proto), repair="lstsq")
+    assert set(res.report["repair_report"]["layers"]) == {"c2", "c3"}
+    assert res.report["params_after"] == model_params(res.proto) < res.report["params_before"]
+    fresh = prune_channels(Model(proto), 0.1, reinit=True)
+    assert "reinit: 11 weight tensors" in " ".join(fresh.report["notes"])  # 3 Conv W+b, 4 BN, fc W (b: an Add)
+
+
+def test_remove_unused_sweeps_dead_constants_and_keeps_outer_references():
+    """One sweep: unread initializers, Constant nodes and the nodes that only feed them go; a
+    constant read only by an If branch (outer reference), a graph output, an initializer that is
+    also a graph input, and nodes of unknown domains stay; a branch's own unread initializer goes."""
+    from onnxprune.analyze.cleanup import PostconditionError, check_no_unused, remove_unused, unused_constants
+
+    t = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    then = helper.make_graph([helper.make_node("Add", ["x", "outer_w"], ["ty"], name="t_add")], "then", [],
+                             [vi("ty", [2])], [t("then_unread", [1.0])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["ey"], name="e_id")], "else", [], [vi("ey", [2])])
+    nodes = [helper.make_node("Constant", [], ["dead_c"], name="dead_const", value=t("v", [1.0, 2.0])),
+             helper.make_node("Transpose", ["dead_c"], ["dead_t"], name="dead_transpose"),
+             helper.make_node("Constant", [], ["out_c"], name="out_const", value=t("o", [3.0])),
+             helper.make_node("Relu", ["unread_w"], ["custom_in"], name="feeds_custom"),
+             helper.make_node("Mystery", ["custom_in"], ["custom_out"], name="custom", domain="example.custom"),
+             helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then, else_branch=other)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), vi("x", [2]), vi("in_init", [2])],
+        [vi("y", [2]), vi("out_c", [1])],
+        [t("outer_w", [1.0, 1.0]), t("unread", [5.0]), t("in_init", [0.0, 0.0]), t("unread_w", [1.0])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)])
+    assert {s.split()[-1] for s in unused_constants(proto)} == {"'unread'", "'then_unread'"}  # dead_c has a reader
+    with pytest.raises(PostconditionError, match="nothing reads"):
+        check_no_unused(proto, "test")
+    removed = remove_unused(proto)
+    assert len(removed) == 4  # dead_transpose, dead_const, unread, then_unread
+    assert [n.name for n in proto.graph.node] == ["out_const", "feeds_custom", "custom", "if"]
+    assert {i.name for i in proto.graph.initializer} == {"outer_w", "in_init", "unread_w"}
+    branches = {a.name: a.g for a in proto.graph.node[-1].attribute}
+    assert not branches["then_branch"].initializer and [n.name for n in branches["then_branch"].node] == ["t_add"]
+    check_no_unused(proto, "test")
+    assert remove_unused(proto) == []
+
+
+def test_weight_tied_layers_are_not_untied_into_a_bigger_model():
+    """Y = relu(X.W).W with one W (64x64): its two uses would keep different channels, and at 25% two
+    sliced copies of W (64x48, 48x64) hold more than W. The group is frozen instead of growing the model."""
+    g = G(5)
+    w = g.w((64, 64), 0.2)
+    g.nodes.append(helper.make_node("MatMul", [g.op("Relu", [g.op("MatMul", ["x", w])]), w], ["y"], name="mm2"))
+    proto = g.model([vi("x", ["N", 64])], [vi("y", ["N", 64])])
+    res = prune_channels(Model(proto), 0.25, round_to=8, feed=feed_for(proto))
+    assert res.report["params_after"] == res.report["params_before"] and not res.plan.removed
+    assert any("shared constant" in n and "raising the parameters" in n for n in res.report["notes"]), res.report["notes"]
+
+
+def test_refit_of_a_shared_constant_node_writes_a_copy_and_a_sole_reader_writes_in_place():
+    from onnxprune.repair.structured_repair import _set_const
+
+    c = helper.make_node("Constant", [], ["w"], name="cw", value=numpy_helper.from_array(np.ones((2, 2), np.float32), "v"))
+    m1, m2 = (helper.make_node("MatMul", ["x", "w"], [f"y{k}"], name=f"mm{k}") for k in (1, 2))
+    proto = helper.make_model(helper.make_graph([c, m1, m2], "g", [vi("x", [1, 2])], [vi("y1", [1, 2]), vi("y2", [1, 2])]))
+    _set_const(proto, 1, 1, np.full((2, 2), 2.0))  # w is shared: mm1 gets a copy
+    assert proto.graph.node[1].input[1] == "y1__repaired_in1" and len(proto.graph.initializer) == 1
+    _set_const(proto, 2, 1, np.full((2, 2), 3.0))  # now mm2 is w's only reader: the Constant changes
+    assert proto.graph.node[2].input[1] == "w" and len(proto.graph.initializer) == 1
+    assert np.all(numpy_helper.to_array(proto.graph.node[0].attribute[0].t) == 3.0)
+
+
+def test_pipeline_sweeps_and_checks_after_a_structural_pass():
+    """Whatever a structural pass leaves unread is removed before the next pass; a pass that
+    leaves a constant unread is caught by the postcondition rather than shipped."""
+    from onnxprune.pipeline import Pass, PassResult
+
+    class LeavesDeadConstant(Pass):
+        name, structural = "leaves-dead", True
+
+        def call(self, model, ctx):
+            p = onnx.ModelProto()
+            p.CopyFrom(model.proto)
+            p.graph.node.insert(0, helper.make_node("Constant", [], ["dead"], name="dead",
+                                                    value=numpy_helper.from_array(np.ones(3, np.float32), "d")))
+            p.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.float32), "dead_init"))
+            model.replace_proto(p)
+            return PassResult(self.name, True)
+
+    model = Model(mlp())
+    ctx = Pipeline([LeavesDeadConstant()]).run(model)
+    assert not any(n.name == "dead" for n in model.proto.graph.node)
+    assert not any(t.name == "dead_init" for t in model.proto.graph.initializer)
+    assert "removed 2 unread constants/nodes" in ctx.results[0].notes
+
+
+def test_unnamed_output_dims_stay_unnamed_after_the_rewrite():
+    """Shape inference names the dims it cannot relate ("unk__1"), and onnxruntime carried such a
+    name into a graph output the exporter left unnamed (skl2onnx's labels): the signature changed."""
+    g = G(7)
+    h = g.op("Relu", [g.gemm("x", 20, 32)])
+    flat = g.op("Reshape", [g.gemm(h, 32, 4), g.const(np.array([-1], np.int64))])
+    g.nodes.append(helper.make_node("Identity", [flat], ["y"], name="out"))
+    proto = g.model([vi("x", ["N", 20])], [vi("y", [None])])
+    res = prune_channels(Model(proto), 0.5, round_to=8, feed=feed_for(proto))
+    assert res.plan.removed
+    assert signature(res.proto) == signature(proto)
+
+
+def _zipmap_mlp() -> onnx.ModelProto:
+    """skl2onnx's classifier layout: MLP -> Softmax -> ZipMap (a sequence of {class: probability} maps)
+    and the ArgMax label."""
+    g = G(8)
+    h = g.op("Relu", [g.op("Add", [g.op("MatMul", ["x", g.w((20, 32))]), g.w((32,), 0.1)])])
+    p = g.op("Softmax", [g.op("Add", [g.op("MatMul", [h, g.w((32, 10))]), g.w((10,), 0.1)])], axis=1)
+    g.nodes.append(helper.make_node("ArgMax", [p], ["label"], axis=1, keepdims=0, name="argmax"))
+    g.nodes.append(helper.make_node("ZipMap", [p], ["probabilities"], domain="ai.onnx.ml",
+                                    classlabels_int64s=list(range(10)), name="zipmap"))
+    seq = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(F, [])))
+    graph = helper.make_graph(g.nodes, "g", [vi("x", ["N", 20])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+                               helper.make_value_info("probabilities", seq)], g.inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
+                             ir_version=8)
+
+
+def test_repair_guard_reads_map_outputs(tmp_path):
+    """The repair's guard compares the model outputs: it died on a ZipMap output (TypeError: float()
+    argument must be ... not 'dict'); it now reads the maps as the parity gate does."""
+    proto = _zipmap_mlp()
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((32, 20)).astype(np.float32))
+    res = prune_channels(Model(proto), 0.5, round_to=8, data=Dataset.from_source(str(tmp_path / "c.npz"), proto),
+                         repair="lstsq")
+    rep = res.report["repair_report"]
+    assert rep["layers"] and rep["guard_rel_l2_before"] > 0, rep
+    assert signature(res.proto) == signature(proto)
+
+
+def test_a_prune_that_would_add_parameters_is_stopped(monkeypatch):
+    """Postcondition of every pruning job: the model holds no more parameters than it did (after
+    --fold-constants, which materialises weights, when that runs)."""
+    import onnxprune.prune.job as job
+    from onnxprune.analyze.cleanup import PostconditionError
+    from onnxprune.pipeline import Pass, PassResult
+
+    class Grows(Pass):
+        name = "grows"
+
+        def call(self, model, ctx):
+            model.proto.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.float32), "extra"))
+            model.replace_proto(model.proto)
+            return PassResult(self.name, True)
+
+    monkeypatch.setattr(job, "build_pipeline", lambda opts: Pipeline([Grows()]))
+    with pytest.raises(PostconditionError, match="increased the parameters"):
+        job.prune_model(Model(mlp()), job.PruneOptions(sparsity=0.5))

@@ -281,6 +281,26 @@ def test_folding_an_external_data_model_reads_its_own_data(tmp_path, monkeypatch
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+def test_folding_keeps_sequence_and_map_outputs_typed():
+    """onnx-graphsurgeon exported a ZipMap output (sequence of maps, as skl2onnx writes classifiers)
+    as a sequence of tensors of element type 0: the folded model did not load in onnxruntime."""
+    from onnx import TensorProto, helper
+
+    proto = B.matmul_constant_node()
+    g = proto.graph
+    g.node.append(helper.make_node("Softmax", ["Y"], ["P"], name="softmax", axis=1))
+    g.node.append(helper.make_node("ZipMap", ["P"], ["probs"], name="zipmap", domain="ai.onnx.ml",
+                                   classlabels_int64s=[0, 1, 2, 3]))
+    seq = helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64,
+                                                                     helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    g.output.append(helper.make_value_info("probs", seq))
+    proto.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    model = Model(proto)
+    fold_constants(model)
+    assert model.proto.graph.output[1].type == proto.graph.output[1].type
+    B.run(model.proto)  # loads and runs
+
+
 # ------------------------------------------------------------------------------ real models
 
 

@@ -29,6 +29,7 @@ def fold_constants(model: Model) -> bool:
         graph.fold_constants(recurse_subgraphs=True, fold_shapes=False, error_ok=True)
         graph.cleanup(recurse_subgraphs=True)
         folded = gs.export_onnx(graph, do_type_check=False)
+        _keep_signature(folded, model.proto)
         folded.ir_version = model.proto.ir_version
         del folded.metadata_props[:]
         folded.metadata_props.extend(model.proto.metadata_props)
@@ -42,6 +43,18 @@ def fold_constants(model: Model) -> bool:
         return False
     model.replace_proto(folded)
     return True
+
+
+def _keep_signature(folded: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Give the graph's inputs and outputs their declared types back. onnx-graphsurgeon knows only
+    tensor types: it exported skl2onnx's ZipMap output, a sequence of maps, as a sequence of tensors
+    of element type 0, a model onnxruntime refuses to load. Folding does not change the signature."""
+    stored = {t.name for t in folded.graph.initializer}
+    for mine, theirs in ((folded.graph.input, original.graph.input), (folded.graph.output, original.graph.output)):
+        declared = {v.name: v for v in theirs}
+        for v in mine:
+            if v.name in declared and v.name not in stored:
+                v.type.CopyFrom(declared[v.name].type)
 
 
 def _is_lazy_external(c) -> bool:

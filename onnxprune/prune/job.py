@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from onnxprune.analyze.cleanup import check_params_not_increased
 from onnxprune.analyze.fold import FoldConstantsPass
 from onnxprune.errors import OptionError, Opt
 from onnxprune.model import Model
@@ -202,9 +203,23 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
     if data is None and opts.needs_data():
         raise opts.no_data_error()
     ctx = Context(model, masks or MaskSet(), data, progress=progress, exclude=dict(exclude or {}))
-    build_pipeline(opts).run(model, ctx, on_step)
+    counted = {"before": stored_params(model)}
+
+    def step(ctx: Context, result) -> None:
+        if result.pass_name == FoldConstantsPass.name:  # folding materialises weights: count from there
+            counted["before"] = stored_params(model)
+        if on_step:
+            on_step(ctx, result)
+
+    build_pipeline(opts).run(model, ctx, step)
+    check_params_not_increased(counted["before"], stored_params(model), "pruning")  # postcondition
     stamp(model, opts.to_dict())
     return ctx, summarize(ctx, opts)
+
+
+def stored_params(model: Model) -> int:
+    """Elements of every constant tensor (initializers and Constant values, subgraphs included)."""
+    return int(sum(int(np.prod(tuple(r.proto.dims), dtype=np.int64)) for r in model.tensors()))
 
 
 def summarize(ctx: Context, opts: PruneOptions) -> dict:

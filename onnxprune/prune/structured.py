@@ -37,9 +37,10 @@ import onnx.helper
 import onnx.numpy_helper
 import onnx.shape_inference
 
+from onnxprune.analyze.cleanup import check_no_unused, check_params_not_increased, remove_unused
 from onnxprune.analyze.groups import (
-    ChannelGroup, Dim, GroupAnalysis, _attrs, analyze_groups, constant_array, constant_values, dequantized,
-    model_macs, model_params, sample_feed, tensor_shapes,
+    ChannelGroup, Dim, GroupAnalysis, _attrs, analyze_groups, constant_array, constant_shape, constant_values,
+    dequantized, model_macs, model_params, sample_feed, tensor_shapes,
 )
 from onnxprune.errors import DataError, OnnxPruneError, Opt, OptionError
 from onnxprune.model import Model, check_structure
@@ -418,7 +419,8 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
                 if t.name == name:
                     del g.initializer[k]
                     break
-    # Constant nodes left without readers are harmless (onnxruntime drops them)
+    # Constant nodes left without readers stay until prune_channels' final sweep (remove_unused):
+    # node indices must match the original model's until the repair has run.
     for vi in g.input:  # initializers also listed as inputs (old IR): keep their declared shapes right
         if vi.name in init_index or any(t.name == vi.name for t in g.initializer):
             t = next((t for t in g.initializer if t.name == vi.name), None)
@@ -426,12 +428,53 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
                 vi.type.tensor_type.shape.Clear()
                 for dim in t.dims:
                     vi.type.tensor_type.shape.dim.add().dim_value = dim
+    # A shared constant whose uses keep different channels is copied per use: that unties it, and
+    # where the copies hold more elements than the removed channels save, the prune would make the
+    # model bigger. Then the groups that sliced those copies are frozen instead (retry).
+    if plan.renamed:
+        before, after = model_params(src), _read_params(proto)
+        if after > before:
+            shared = sorted({src.graph.node[n].input[i] for n, i in plan.renamed})
+            raise RewriteError(f"shared constant(s) {', '.join(map(repr, shared[:3]))} would be copied per layer "
+                               f"(the layers keep different channels), raising the parameters from {before} to {after}",
+                               [("c", n, i, a) for n, i in plan.renamed for a in range(8)])
     del g.value_info[:]
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception:  # inference is an aid, not a requirement: the onnxruntime run below decides
         pass
+    # The graph's inputs and outputs keep their declared types. Inference names the dynamic dims it
+    # cannot relate ("unk__1"); onnxruntime then carries such a name from the value_info to a graph
+    # output the model left unnamed (skl2onnx's labels), which changes the signature: the names the
+    # original did not use go.
+    stored = {t.name for t in proto.graph.initializer}  # old IR lists them as inputs: their shapes changed
+    for mine, theirs in ((proto.graph.input, src.graph.input), (proto.graph.output, src.graph.output)):
+        declared = {v.name: v for v in theirs}
+        for v in mine:
+            if v.name in declared and v.name not in stored:
+                v.type.CopyFrom(declared[v.name].type)
+    used = {d.dim_param for vs in (src.graph.input, src.graph.output, src.graph.value_info) for v in vs
+            if v.type.HasField("tensor_type") for d in v.type.tensor_type.shape.dim if d.dim_param}
+    for v in proto.graph.value_info:
+        if v.type.HasField("tensor_type"):
+            for d in v.type.tensor_type.shape.dim:
+                if d.HasField("dim_param") and d.dim_param not in used:
+                    d.ClearField("dim_param")
     return proto
+
+
+def _read_params(proto: onnx.ModelProto) -> int:
+    """Elements of the main graph's constants that something reads (model_params without the ones
+    a rewrite left unread, which the final sweep removes)."""
+    from onnxprune.model import subgraph_outer_refs
+
+    g = proto.graph
+    reads = {x for n in g.node for x in n.input} | {o.name for o in g.output} | {i.name for i in g.input}
+    for n in g.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute):
+            reads |= subgraph_outer_refs(n)
+    return int(sum(int(np.prod(constant_shape(e), dtype=np.int64))
+                   for name, e in constant_values(g).items() if name in reads))
 
 
 def predicted_shapes(plan: RewritePlan) -> dict[str, tuple[int, ...]]:
@@ -479,18 +522,25 @@ def reinit_weights(proto: onnx.ModelProto, seed: int = 0) -> list[str]:
     +-1/sqrt(hidden) (the PyTorch default), zero RNN biases. Returns the tensors rewritten."""
     rng = np.random.default_rng(seed)
     g = proto.graph
-    inits = {t.name: t for t in g.initializer}
+    consts = constant_values(g)  # initializers and Constant nodes (Paddle, TF exports)
     done = []
 
     def put(name, arr):
-        t = inits.get(name)
-        if t is None or name in done:
+        entry = consts.get(name)
+        if entry is None or name in done:
             return
-        t.CopyFrom(_tensor(arr.astype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)), name, t))
+        if entry[0] == "initializer":
+            t = entry[1]
+            t.CopyFrom(_tensor(arr.astype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)), name, t))
+        else:
+            node = entry[1][1]
+            old = constant_array(entry)
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("value", _tensor(arr.astype(old.dtype), name)))
         done.append(name)
 
     def shape(name):
-        return tuple(inits[name].dims) if name in inits else None
+        return tuple(constant_shape(consts[name])) if name in consts else None
 
     for node in g.node:
         op, ins = node.op_type, list(node.input)
@@ -613,10 +663,15 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
         repair_report = lstsq_repair(model, proto, plan, data, samples=calib_samples)
     if reinit:
         notes.append(f"reinit: {len(reinit_weights(proto, seed))} weight tensors freshly initialised (seed {seed})")
+    # Constants the rewrite or the repair replaced (and nodes computing only for them) go: a sliced
+    # or refitted copy must not leave its original behind. Plan indices refer to the model before.
+    swept = remove_unused(proto)
+    check_no_unused(proto, "channel pruning")
     check_structure(proto)
     macs_before = model_macs(model.proto, analysis.shapes)
     macs_after = model_macs(proto, new_shapes)
     params_before, params_after = model_params(model.proto), model_params(proto)
+    check_params_not_increased(params_before, params_after, "channel pruning")
     rows = [_group_row(g, removed.get(g.id)) for g in analysis.groups]
     report = {
         "sparsity": sparsity, "round_to": round_to, "scope": scope, "criterion": criterion,
@@ -634,6 +689,7 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
         "input_shapes": {k: list(np.shape(v)) for k, v in feed.items()},
         "input_shapes_guessed": bool(feed_shapes and feed_shapes.guessed),
         "repair_report": repair_report,
+        "removed_unused": len(swept),
         "notes": notes,
     }
     return StructuredResult(proto, plan, report)
@@ -696,13 +752,17 @@ class ChannelPrunePass(Pass):
         res = prune_channels(model, self.sparsity, round_to=self.round_to, scope=self.scope,
                              criterion=self.criterion, data=ctx.data, repair=self.repair, reinit=self.reinit,
                              seed=self.seed, skip=self.skip, calib_samples=self.calib_samples, prefer=self.prefer)
-        before = {t.name: tuple(t.dims) for t in model.proto.graph.initializer}
-        after = {t.name: tuple(t.dims) for t in res.proto.graph.initializer}
+        # initializers and Constant nodes alike (Paddle exports keep every weight in a Constant)
+        before = {k: tuple(constant_shape(e)) for k, e in constant_values(model.proto.graph).items()}
+        after = {k: tuple(constant_shape(e)) for k, e in constant_values(res.proto.graph).items()}
         changed = {k: {"shape_before": list(v), "shape_after": list(after[k])}
                    for k, v in before.items() if k in after and after[k] != v}
         for k in after:
             if k not in before:
                 changed[k] = {"shape_before": None, "shape_after": list(after[k]), "note": "new (cloned or added)"}
+        for k in before:
+            if k not in after:
+                changed[k] = {"shape_before": list(before[k]), "shape_after": None, "note": "removed (nothing reads it)"}
         modified = bool(res.plan.removed) or self.reinit
         if modified:
             model.replace_proto(res.proto)

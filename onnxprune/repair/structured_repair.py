@@ -111,23 +111,53 @@ class _Consumer:
         return w, b, {"rows": self.rows, "cols": cp, "damp": round(damp_eff, 5)}
 
 
+def _pinned(g: onnx.GraphProto) -> set[str]:
+    """Names read by something other than a main-graph node input: graph outputs and subgraphs'
+    outer references (a constant they read must not change under them)."""
+    from onnxprune.model import subgraph_outer_refs
+
+    pinned = {o.name for o in g.output}
+    for node in g.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            pinned |= subgraph_outer_refs(node)
+    return pinned
+
+
+def _const_dtype(entry) -> np.dtype:
+    kind, obj = entry
+    if kind == "initializer":
+        return onnx.helper.tensor_dtype_to_np_dtype(obj.data_type)
+    a = obj[1].attribute[0]
+    if a.name == "value":
+        return onnx.helper.tensor_dtype_to_np_dtype(a.t.data_type)
+    return constant_array(entry).dtype
+
+
 def _set_const(proto: onnx.ModelProto, n: int, i: int, array: np.ndarray) -> None:
-    """Write `array` as node n's input i, cloning the constant when other nodes read it too."""
+    """Write `array` as node n's input i. When that node is the constant's only reader, the constant
+    itself takes the new value (an initializer's tensor, or a Constant node's `value`), so no copy is
+    left behind; otherwise this input gets a new initializer of its own and the old constant stays
+    for its other readers (a constant left with none is removed by the sweep after the prune)."""
     g = proto.graph
     node = g.node[n]
     consts = constant_values(g)
     name = node.input[i] if i < len(node.input) else ""
-    readers = sum(1 for m in g.node for x in m.input if x == name) if name else 0
-    if name and name in consts and readers == 1 and consts[name][0] == "initializer":
-        t = consts[name][1]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-        t.CopyFrom(onnx.numpy_helper.from_array(np.array(array, dtype=dtype, order="C"), name))
-        return
-    dtype = np.float32
-    if name and name in consts and consts[name][0] == "initializer":
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(consts[name][1].data_type)
+    entry = consts.get(name) if name else None
+    dtype = np.dtype(np.float32) if entry is None else _const_dtype(entry)
+    value = np.array(array, dtype=dtype, order="C")
+    if entry is not None:
+        readers = sum(1 for m in g.node for x in m.input if x == name)
+        if readers == 1 and name not in _pinned(g):
+            t = onnx.numpy_helper.from_array(value, name)
+            if entry[0] == "initializer":
+                entry[1].CopyFrom(t)
+            else:
+                cn = entry[1][1]
+                del cn.attribute[:]
+                cn.attribute.append(onnx.helper.make_attribute("value", t))
+            return
     new = f"{node.output[0]}__repaired_in{i}"
-    g.initializer.append(onnx.numpy_helper.from_array(np.array(array, dtype=dtype, order="C"), new))
+    g.initializer.append(onnx.numpy_helper.from_array(value, new))
     while len(node.input) <= i:
         node.input.append("")
     node.input[i] = new
@@ -142,6 +172,11 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
     out, skipped = [], []
     producer = {o: k for k, nd in enumerate(new.node) for o in nd.output}
     readers = Counter(x for nd in new.node for x in nd.input)
+    pinned = _pinned(new)
+
+    def sole(name: str) -> bool:
+        """Only this layer reads constant `name`: refitting it in place unties nothing."""
+        return readers[name] == 1 and name not in pinned
     for n, node in enumerate(new.node):
         op = node.op_type
         at = _attrs(node)
@@ -164,7 +199,7 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
         if dq is not None and new.node[dq].op_type == "DequantizeLinear" and old.node[dq].input[0] in consts_old:
             if ("c", dq, 0, axis_in) not in plan.keep:
                 continue
-            shared = readers[node.input[1]] > 1 or readers[new.node[dq].input[0]] > 1
+            shared = not sole(node.input[1]) or not sole(new.node[dq].input[0])
             if op not in ("Conv", "Gemm", "MatMul") or shared:
                 why = "shared by several layers" if shared else "recurrent"
                 skipped.append(f"{node.name or op}: quantized weight ({why}); left as sliced, not refit")
@@ -175,6 +210,10 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
             continue
         if src[0] == n and wname not in consts_old:
             skipped.append(f"{node.name}: weight is not a constant")
+            continue
+        if src[0] == n and not sole(node.input[1]):
+            # a refit copy for this layer would untie the weight and add its size to the model
+            skipped.append(f"{node.name or op}: weight shared by several layers; left as sliced, not refit")
             continue
         w = (np.asarray(read(wname), dtype=np.float64) if src[0] == n
              else dequantized(old.node[dq], read))  # refit in real units, requantized on writing
@@ -195,11 +234,11 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
             c_in = w.shape[1]
             wm = w.transpose(*range(2, w.ndim), 1, 0).reshape(-1, w.shape[0])  # (k*C, O)
             if len(node_old.input) > 2 and node_old.input[2]:
-                if node_old.input[2] in consts_old:
+                if node_old.input[2] in consts_old and sole(node.input[2]):
                     b = np.asarray(read(node_old.input[2]), dtype=np.float64)
                     b = b[kept_out] if kept_out is not None else b
                     bias_ref = ("input", 2)
-                # else a computed (e.g. quantized) bias: it stays, and the fit keeps it fixed
+                # else a computed (e.g. quantized) or shared bias: it stays, and the fit keeps it fixed
             else:
                 b = np.zeros(wm.shape[1])
                 bias_ref = ("input", 2)
@@ -212,7 +251,7 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
             meta["alpha"], meta["beta"], meta["transA"] = alpha, beta, at.get("transA", 0)
             c_in = wm.shape[0]
             cname = node_old.input[2] if len(node_old.input) > 2 else ""
-            if cname and cname in consts_old:
+            if cname and cname in consts_old and sole(node.input[2]):
                 c = np.asarray(read(cname), dtype=np.float64)
                 if c.size == w.shape[0 if at.get("transB", 0) else 1] and beta != 0:
                     c = c.reshape(-1)
@@ -228,7 +267,7 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
             if len(users) == 1 and new.node[users[0][0]].op_type == "Add":
                 m, j = users[0]
                 other = old.node[m].input[1 - j]
-                if other in consts_old:
+                if other in consts_old and sole(new.node[m].input[1 - j]):
                     c = np.asarray(read(other), dtype=np.float64)
                     if c.size == w.shape[1] and c.shape[-1] == w.shape[1]:
                         b = c.reshape(-1)[kept_out] if kept_out is not None else c.reshape(-1)
@@ -240,7 +279,7 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
             wm = w.transpose(2, 0, 1).reshape(i, d * gh)
             c_in = i
             meta["rnn_shape"] = (d, gh)
-            if len(node_old.input) > 3 and node_old.input[3]:
+            if len(node_old.input) > 3 and node_old.input[3] and sole(node.input[3]):
                 bb = np.asarray(read(node_old.input[3]), dtype=np.float64)
                 full_gh = bb.shape[1] // 2
                 wb = bb[:, :full_gh]
@@ -317,6 +356,7 @@ def _write(proto: onnx.ModelProto, c: _Consumer, w: np.ndarray, b: np.ndarray | 
 
 def _output_error(model: Model, proto: onnx.ModelProto, ds, batch_size: int) -> float:
     """Relative L2 error of all float outputs of `proto` against the dense model over `ds`."""
+    from onnxprune.check.parity import _as_array
     from onnxprune.repair.capture import _session
 
     cand = Model(proto, model.path)
@@ -325,10 +365,13 @@ def _output_error(model: Model, proto: onnx.ModelProto, ds, batch_size: int) -> 
     ref.CopyFrom(model.proto)
     s_o, s_p = _session(ref, model, None), _session(proto, cand, None)
     num = den = 0.0
+    names = [o.name for o in s_o.get_outputs()]
     for feed in ds.batches(batch_size):
-        for a, b in zip(s_o.run(None, feed), s_p.run(None, feed)):
-            a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        for name, a, b in zip(names, s_o.run(None, feed), s_p.run(None, feed)):
+            # sequence and map outputs (skl2onnx's ZipMap probabilities) as arrays, as the gate reads them
+            a, b = _as_array(a, name, "original"), _as_array(b, name, "repaired")
             if a.dtype.kind == "f" and a.shape == b.shape:
+                a, b = a.astype(np.float64), b.astype(np.float64)
                 num += float(((a - b) ** 2).sum())
                 den += float((a ** 2).sum())
     return float(np.sqrt(num / den)) if den else 0.0
