@@ -6,6 +6,10 @@ class OnnxPruneError(Exception):
 
     exit_code = 2
 
+    def __str__(self) -> str:
+        # one line, even when it quotes a multi-line message (onnx's checker, onnxruntime, a path)
+        return " ".join(part.strip() for part in super().__str__().splitlines() if part.strip())
+
 
 class ModelLoadError(OnnxPruneError):
     """The model file cannot be read, parsed or trusted."""
