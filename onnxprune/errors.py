@@ -37,3 +37,7 @@ class HookError(OnnxPruneError):
 
 class TargetError(OnnxPruneError):
     """A target description is invalid or a model cannot be packed for it."""
+
+
+class OutputError(OnnxPruneError):
+    """An output cannot be written where it was asked for."""

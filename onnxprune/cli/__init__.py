@@ -12,6 +12,7 @@ import importlib
 import click
 
 from onnxprune import __version__
+from onnxprune.atomic import undo_on_error
 from onnxprune.errors import OnnxPruneError
 
 # command name -> module under onnxprune.cli that defines a click command called `command`
@@ -40,7 +41,8 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with undo_on_error(keep=(click.exceptions.Exit,)):  # a failed command leaves no outputs
+                return super().invoke(ctx)
         except OnnxPruneError as e:
             click.echo(f"onnxprune: error: {e}", err=True)
             ctx.exit(e.exit_code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from onnxprune.atomic import check_writable
 from onnxprune.check.parity import thresholds_from_options
 from onnxprune.check.sweep import HEADLINE, find_max, plot, sweep
 from onnxprune.check.data import dataset_from_options
@@ -45,6 +46,9 @@ def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_sam
                         skip=list(skip), min_params=min_params, nm_remainder=nm_remainder, fold_constants=fold_constants,
                         calib_samples=calib_samples, sequential=sequential, repair=repair,
                         round_to=round_to, reinit=reinit)
+    for path, what in ((report_path, "report"), (plot_path, "plot")):
+        if path:
+            check_writable(path, what)  # before the sweep, not after it
     model = Model.load(model_path)
     dataset = dataset_from_options(model.proto, rest)
     calibration = None
