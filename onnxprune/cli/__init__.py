@@ -46,6 +46,11 @@ class _Group(click.Group):
         except OnnxPruneError as e:
             click.echo(f"onnxprune: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except click.UsageError as e:  # a bad option or argument: one line too, not click's usage block
+            where = f"onnxprune {e.ctx.info_name}" if e.ctx is not None and e.ctx.info_name else "onnxprune"
+            message = " ".join(e.format_message().split())
+            click.echo(f"onnxprune: error: {message} (see '{where} --help')", err=True)
+            ctx.exit(e.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
