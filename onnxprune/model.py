@@ -135,6 +135,9 @@ class Model:
             raise ModelLoadError(f"{path}: not a valid ONNX model (truncated or not ONNX: {e})") from e
         if proto.ir_version == 0 or not proto.HasField("graph"):
             raise ModelLoadError(f"{path}: not a valid ONNX model (no IR version or graph); is it really an .onnx file?")
+        bad_text = _invalid_text(proto)
+        if bad_text:
+            raise ModelLoadError(f"{path}: not a valid ONNX model ({bad_text} is not UTF-8 text); the file is corrupt")
         model = cls(proto, path)
         model.notes = validate(proto, str(path))
         for ref in model.tensors():
@@ -447,6 +450,39 @@ _PACKED_BITS = {getattr(onnx.TensorProto, n): b for n, b in (("UINT4", 4), ("INT
                                                               ("INT2", 2), ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))
                 if hasattr(onnx.TensorProto, n)}
 _STUB_BYTES = 1024  # the checker's copy replaces tensors above this by data-free stand-ins
+
+
+_TEXT_FIELDS: dict = {}  # message descriptor -> (string fields, message fields)
+
+
+def _invalid_text(msg, where: str = "model") -> str | None:
+    """The first string field that is not valid UTF-8 (protobuf parses proto2 strings unchecked; upb
+    hands such a field out as bytes, and fails when it is copied), as a path like
+    'graph.node[3].name'; None if all are valid. Bytes fields (weights) are not touched."""
+    fields = _TEXT_FIELDS.get(msg.DESCRIPTOR)
+    if fields is None:
+        fields = _TEXT_FIELDS[msg.DESCRIPTOR] = (
+            [(f.name, _is_repeated(f)) for f in msg.DESCRIPTOR.fields if f.type == f.TYPE_STRING],
+            [(f.name, _is_repeated(f)) for f in msg.DESCRIPTOR.fields if f.type == f.TYPE_MESSAGE])
+    strings, messages = fields
+    for name, repeated in strings:
+        try:
+            values = list(getattr(msg, name)) if repeated else [getattr(msg, name)]
+        except UnicodeDecodeError:
+            return f"{where}.{name}"
+        if any(not isinstance(v, str) for v in values):
+            return f"{where}.{name}"
+    for name, repeated in messages:
+        if repeated:
+            for i, sub in enumerate(getattr(msg, name)):
+                bad = _invalid_text(sub, f"{where}.{name}[{i}]")
+                if bad:
+                    return bad
+        elif msg.HasField(name):
+            bad = _invalid_text(getattr(msg, name), f"{where}.{name}")
+            if bad:
+                return bad
+    return None
 
 
 def _dtype_name(elem_type: int) -> str:

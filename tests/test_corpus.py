@@ -343,6 +343,17 @@ def _(tmp):
     return bad(Path(os.fsdecode(os.fsencode(str(tmp / "in")) + b"/gone\xff.onnx")), tmp)
 
 
+@case("a node name that is not UTF-8 inside the protobuf")
+def _(tmp):
+    data = bytearray(B.small_net().SerializeToString())
+    at = bytes(data).index(b"relu")
+    data[at] = 0xE6  # a lead byte without its continuation
+    p = tmp / "in" / "m.onnx"
+    p.parent.mkdir()
+    p.write_bytes(bytes(data))
+    return bad(p, tmp)
+
+
 # external data traps
 @case("external data: location with ..")
 def _(tmp):
