@@ -35,7 +35,7 @@ MLP = ROOT / "samples" / "digits_mlp.onnx"
 # --------------------------------------------------------------------------------------- harness
 
 TALLY = {"cases": set(), "runs": 0, "failed": 0, "xfail": 0, "tracebacks": 0, "wrong_exit": 0, "extra_stderr": 0,
-         "input_changed": 0, "leftovers": 0}  # problems are counted for every run, xfail ones included
+         "input_changed": 0, "leftovers": 0}  # the problems of xfail runs are counted as "xfail_<kind>"
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -72,36 +72,33 @@ class Setup:
 
 
 def check_run(tmp: Path, run: Run) -> None:
-    """Invoke and check every invariant; counts into TALLY."""
+    """Invoke and check every invariant; counts into TALLY (problems of xfail runs apart)."""
     inputs, out = tmp / "in", tmp / "out"
     out.mkdir(exist_ok=True)
     before_in, before_out = _snapshot(inputs), _snapshot(out)
     result = CliRunner().invoke(main, run.args, catch_exceptions=True)
     TALLY["runs"] += 1
-    problems = []
+    problems: dict[str, str] = {}  # kind -> detail
     if result.exception is not None and not isinstance(result.exception, SystemExit):
-        TALLY["tracebacks"] += 1
-        problems.append("traceback:\n" + "".join(traceback.format_exception(*result.exc_info)))
+        problems["tracebacks"] = "traceback:\n" + "".join(traceback.format_exception(*result.exc_info))
     elif result.exit_code not in run.codes:
-        TALLY["wrong_exit"] += 1
-        problems.append(f"exit {result.exit_code}, expected {sorted(run.codes)}")
+        problems["wrong_exit"] = f"exit {result.exit_code}, expected {sorted(run.codes)}"
     err_lines = result.stderr.strip().splitlines()
     if result.exit_code == 2 and not problems and (len(err_lines) != 1 or not err_lines[0].startswith("onnxprune: error: ")):
-        TALLY["extra_stderr"] += 1
-        problems.append("stderr is not exactly one error line")
+        problems["extra_stderr"] = "stderr is not exactly one error line"
     if "Traceback" in result.output:
-        problems.append("a traceback was printed")
+        problems.setdefault("tracebacks", "a traceback was printed")
     if _snapshot(inputs) != before_in:
-        TALLY["input_changed"] += 1
-        problems.append(f"the input folder changed: {sorted(set(_snapshot(inputs).items()) ^ set(before_in.items()))}")
+        problems["input_changed"] = f"the input folder changed: {sorted(set(_snapshot(inputs).items()) ^ set(before_in.items()))}"
     after_out = _snapshot(out)
     tmp_left = [p for p in list(after_out) + list(_snapshot(inputs)) if p.rsplit("/", 1)[-1].endswith(".tmp")]
     new = sorted(set(after_out) - set(before_out))
     if tmp_left or (result.exit_code == 2 and new):
-        TALLY["leftovers"] += 1
-        problems.append(f"left behind: {tmp_left or new}")
+        problems["leftovers"] = f"left behind: {tmp_left or new}"
+    for kind in problems:
+        TALLY[kind if not run.xfail else "xfail_" + kind] = TALLY.get(kind if not run.xfail else "xfail_" + kind, 0) + 1
     if problems:
-        msg = f"{run.args}: " + "; ".join(problems) + f"\nstdout: {result.stdout[-1500:]}\nstderr: {result.stderr[-1500:]}"
+        msg = f"{run.args}: " + "; ".join(problems.values()) + f"\nstdout: {result.stdout[-1500:]}\nstderr: {result.stderr[-1500:]}"
         if run.xfail:
             TALLY["xfail"] += 1
             pytest.xfail(f"{run.xfail}: {msg[:300]}")
@@ -911,7 +908,8 @@ def test_corpus_tally(capsys):
     assert len(CASES) >= 60, len(CASES)
     with capsys.disabled():
         print(f"\ncorpus: {len(CASES)} cases ({len(TALLY['cases'])} run here), {TALLY['runs']} runs: "
-              f"{TALLY['failed']} failed, {TALLY['xfail']} xfail ({CHECK_ONLY_SHAPE}); problems: "
-              f"{TALLY['tracebacks']} tracebacks, {TALLY['wrong_exit']} wrong exit codes, "
-              f"{TALLY['extra_stderr']} multi-line errors, {TALLY['input_changed']} inputs changed, "
-              f"{TALLY['leftovers']} leftovers")
+              f"{TALLY['failed']} failed, {TALLY['xfail']} xfail; {TALLY['tracebacks']} tracebacks, "
+              f"{TALLY['wrong_exit']} wrong exit codes, {TALLY['extra_stderr']} multi-line errors, "
+              f"{TALLY['input_changed']} inputs changed, {TALLY['leftovers']} leftovers; in the xfail runs "
+              f"({CHECK_ONLY_SHAPE}): " + (", ".join(f"{v} {k[6:]}" for k, v in TALLY.items()
+                                                     if k.startswith("xfail_")) or "nothing"))
