@@ -48,7 +48,9 @@ class OnnxPruneError(Exception):
         return [p for p in self.parts if isinstance(p, Opt)]
 
     def render(self, name: Callable[[Opt], str] = python_name) -> str:
-        return "".join(p if isinstance(p, str) else name(p) for p in self.parts)
+        """One line, even when it quotes a multi-line message (onnx's checker, onnxruntime, a path)."""
+        text = "".join(p if isinstance(p, str) else name(p) for p in self.parts)
+        return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
     def __str__(self) -> str:
         return self.render()
@@ -84,3 +86,7 @@ class TargetError(OnnxPruneError):
 
 class NothingToPackError(TargetError):
     """No weight of the model is pruned: packing would produce nothing."""
+
+
+class OutputError(OnnxPruneError):
+    """An output cannot be written where it was asked for."""

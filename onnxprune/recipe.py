@@ -88,7 +88,7 @@ class Recipe:
         return tomli_w.dumps(self.to_dict())
 
     def sha256(self) -> str:
-        return hashlib.sha256(self.dumps().encode()).hexdigest()
+        return hashlib.sha256(self.dumps().encode("utf-8", "surrogateescape")).hexdigest()  # paths need not be UTF-8
 
     def model_part(self) -> str:
         """The sections that determine the output model's bytes (not paths of outputs or checks)."""

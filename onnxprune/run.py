@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from onnxprune.analyze.weights import find_weights
+from onnxprune.atomic import check_writable
 from onnxprune.check.data import Dataset, dataset_from_options
 from onnxprune.check.parity import refuse_guessed_shapes
 from onnxprune.errors import OptionError
@@ -62,6 +63,8 @@ def _check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
     protected = {Path(model_path).resolve(), Path(model_path + ".data").resolve()}
     seen: dict[Path, str] = {}
     for label, path in written.items():
+        if label != "output data":  # written only with external data; the save itself checks it
+            check_writable(path, label)  # fail before the work, not after it
         resolved = Path(path).resolve()
         if resolved in protected:
             raise OptionError(f"{path}: the {label} would overwrite the input model; choose another path")

@@ -33,6 +33,7 @@ IMAGE_SIZES = (224, 256, 320, 192, 128, 96, 64, 48, 32, 16, 8, 1)
 OTHER_SIZES = (128, 64, 256, 512, 32, 16, 8, 4, 2, 1)
 IMAGE_CHANNELS = (1, 3, 4)
 METADATA_KEYS = ("input_shape", "input_size", "imgsz", "shape")
+SYNTHETIC_LIMIT = 4 << 30  # bytes of synthetic inputs one input may take
 DEFAULT_INT_RANGE = (0, 1)  # inclusive; valid for token ids, segment ids, masks and index inputs alike
 
 
@@ -120,6 +121,12 @@ def random_feed(rng: np.random.Generator, spec: InputSpec, shape: tuple[int, ...
 def random_feeds(specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]], n: int, seed: int,
                  ranges: Mapping[str, tuple[int, int]]) -> dict[str, np.ndarray]:
     """`n` random samples per input, as arrays [n, *shape] (see random_feed), from one seeded generator."""
+    for spec in specs:
+        size = n * int(np.prod(shapes[spec.name], dtype=np.float64)) * spec.dtype.itemsize
+        if size > SYNTHETIC_LIMIT:
+            raise DataError(f"synthetic input '{spec.name}' of shape {'x'.join(map(str, shapes[spec.name]))} would take "
+                            f"{size / 2**30:,.1f} GiB for {n} samples; give real inputs with ",
+                            Opt("data.calibration", "FILE"), " or fewer samples")
     rng = np.random.default_rng(seed)
     return {s.name: random_feed(rng, s, (n,) + tuple(shapes[s.name]), ranges.get(s.name, DEFAULT_INT_RANGE))
             for s in specs}

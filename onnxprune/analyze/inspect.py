@@ -56,6 +56,7 @@ def inspect_model(model: Model, analysis: Analysis | None = None) -> dict:
         },
         "weights": weights,
         "not_prunable": [u.describe() for u in analysis.unprunable],
+        "notes": list(getattr(model, "notes", [])),  # what loading found legal but odd
     }
 
 
@@ -79,4 +80,5 @@ def render(report: dict) -> str:
     )
     out.append("opsets " + ", ".join(f"{k} {v}" for k, v in report["opsets"].items())
                + "  ops " + ", ".join(f"{k} {v}" for k, v in report["ops"].items()))
+    out += [f"note: {n}" for n in report.get("notes", [])]
     return "\n".join(out)

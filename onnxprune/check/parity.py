@@ -205,6 +205,7 @@ class _OutputStats:
         self.sum_abs = self.sum_sq_diff = self.sum_sq_ref = self.cos_sum = 0.0
         self.max_abs, self.cos_min, self.required_atol = 0.0, 1.0, 0.0
         self.nonfinite = self.nonfinite_ref = self.violations = self.equal = 0
+        self.finite_ref = 0  # finite values of the original: with none there is nothing to judge
         self.positions = self.top1 = self.topk = self.labeled = self.correct_ref = self.correct_cand = 0
         self.k = 0
 
@@ -232,12 +233,13 @@ class _OutputStats:
                 self._diff(ref.astype(np.float64), cand.astype(np.float64))
             return
         r, c = ref.astype(np.float64), cand.astype(np.float64)
-        same = r == c
+        same = (r == c) | (np.isnan(r) & np.isnan(c))  # NaN where the original has NaN too: the same result
         fin_r, fin_c = np.isfinite(r), np.isfinite(c)
+        self.finite_ref += int(np.count_nonzero(fin_r))
         self.nonfinite += int(np.count_nonzero(~fin_c & ~same))
         self.nonfinite_ref += int(np.count_nonzero(~fin_r & ~same))
         matched_inf = same & ~fin_r
-        if matched_inf.any():  # equal Infs: a match, kept out of the sums
+        if matched_inf.any():  # equal Infs (or NaNs): a match, kept out of the sums
             r, c = np.where(matched_inf, 0.0, r), np.where(matched_inf, 0.0, c)
         self._diff(r, c)
         self.sum_sq_ref += float(np.einsum("i,i->", r.ravel(), r.ravel()))
@@ -423,6 +425,10 @@ def _session(model: ModelSource, label: str, providers: list[str], threads: int)
         source = proto.SerializeToString()
     else:
         source = os.fspath(model)
+        try:
+            source.encode()
+        except UnicodeEncodeError:  # onnxruntime opens UTF-8 paths only: hand it the model's bytes
+            return _session(Model.load(source), label, providers, threads)
     try:
         return ort.InferenceSession(source, opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types, all plain Exception subclasses
@@ -547,5 +553,9 @@ def compare(original: ModelSource, candidate: ModelSource, dataset: Dataset, thr
         batches += 1
         if progress:
             progress(batch.size)
+    for s in stats:
+        if s.kind in ("float", "classifier") and s.elements and not s.finite_ref:
+            raise DataError(f"output '{s.name}': {o_label} gives only NaN/Inf on {dataset.source} "
+                            f"({s.elements} values), so parity cannot be judged; check its weights and the data")
     run = {"providers": providers, "threads": threads, "batch_size": batch_size, "batches": batches}
     return ParityReport(o_label, c_label, dataset.describe(), run, thresholds, [s.report() for s in stats])

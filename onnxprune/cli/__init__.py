@@ -13,6 +13,7 @@ import importlib
 import click
 
 from onnxprune import __version__
+from onnxprune.atomic import undo_on_error
 from onnxprune.errors import OnnxPruneError, Opt
 
 # command name -> module under onnxprune.cli that defines a click command called `command`
@@ -55,13 +56,19 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with undo_on_error(keep=(click.exceptions.Exit,)):  # a failed command leaves no outputs
+                return super().invoke(ctx)
         except OnnxPruneError as e:
             if ctx.invoked_subcommand == "run":
                 from onnxprune.recipe import recipe_key as name
             else:
                 name = cli_flag
             click.echo(f"onnxprune: error: {e.render(name)}", err=True)
+            ctx.exit(e.exit_code)
+        except click.UsageError as e:  # a bad option or argument: one line too, not click's usage block
+            where = f"onnxprune {e.ctx.info_name}" if e.ctx is not None and e.ctx.info_name else "onnxprune"
+            message = " ".join(e.format_message().split())
+            click.echo(f"onnxprune: error: {message} (see '{where} --help')", err=True)
             ctx.exit(e.exit_code)
 
 

@@ -6,6 +6,7 @@ import dataclasses
 
 import click
 
+from onnxprune.atomic import check_writable
 from onnxprune.check.parity import refuse_guessed_shapes, thresholds_from_options
 from onnxprune.check.sweep import HEADLINE, find_max, plot, pyplot, sweep
 from onnxprune.check.data import dataset_from_options
@@ -65,6 +66,9 @@ def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_sam
         dataclasses.replace(opts, sparsity=s)  # validates the level with these options
     if plot_path:
         pyplot()
+    for path, what in ((report_path, "report"), (plot_path, "plot")):
+        if path:
+            check_writable(path, what)  # before the sweep, not after it
     model = Model.load(model_path)
     dataset = dataset_from_options(model.proto, rest, model.base_dir)
     calibration = None

@@ -49,8 +49,8 @@ from onnx import helper, numpy_helper
 
 from onnxprune import __version__
 from onnxprune.analyze.weights import Weight
-from onnxprune.atomic import atomic_open
-from onnxprune.errors import TargetError
+from onnxprune.atomic import atomic_open, make_parents, record_tree
+from onnxprune.errors import OutputError, TargetError
 from onnxprune.model import PROTOBUF_LIMIT, Model, _walk_graphs
 from onnxprune.pack.formats import decode
 from onnxprune.pack.formats.base import PackedTensor, bits_of
@@ -274,6 +274,7 @@ def _check_out_dir(out: Path, model: Model) -> None:
 
 def _publish(staging: Path, out: Path) -> None:
     """Move the finished staging folder to `out`, replacing an earlier artifact there."""
+    record_tree(out)  # a command that fails later removes it again
     if out.exists():
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(out, old)
@@ -331,9 +332,12 @@ def emit_artifact(model: Model, target: Target, weights: dict[str, Weight], pack
         raise TargetError(f"target {target.name} cannot emit {mode!r}; use one of {', '.join(target.emit_modes)}")
     out = Path(out_dir)
     _check_out_dir(out, model)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_parents(out)
     staging = out.with_name(f".{out.name}.staging-{uuid.uuid4().hex[:8]}")
-    staging.mkdir()
+    try:
+        staging.mkdir()
+    except OSError as e:
+        raise OutputError(f"{out}: cannot write the artifact folder there ({e.strerror}); choose another path") from None
     notes: list[str] = []
     try:
         dense_bytes = model.proto.ByteSize()
