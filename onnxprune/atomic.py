@@ -98,6 +98,13 @@ def record_tree(path: str | os.PathLike) -> None:
     _record("tree", Path(path))
 
 
+def keep_on_error(path: str | os.PathLike) -> None:
+    """Exempt the file `path` from `undo_on_error`: a partial result worth keeping (a sweep's points)."""
+    path = Path(path).resolve()
+    for journal in _JOURNALS:
+        journal[:] = [(kind, p) for kind, p in journal if p.resolve() != path]
+
+
 @contextlib.contextmanager
 def undo_on_error(keep: tuple[type[BaseException], ...] = ()) -> Iterator[list[tuple[str, Path]]]:
     """Files and folders committed inside the block (by `atomic_open`, `atomic_files`,

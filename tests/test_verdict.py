@@ -215,3 +215,12 @@ def test_layernorm_note_only_when_its_axis_is_pruned(frozen):
     _, report = prune_model(Model(_layernorm_mlp(frozen)), PruneOptions(pattern="channel", sparsity=0.5), progress=False)
     notes = [n for n in report["structured"]["notes"] if "LayerNormalization" in n]
     assert (notes == []) == frozen, report["structured"]["notes"]
+
+
+def test_sweep_keeps_a_relative_report_path_after_a_failure(tmp_path, monkeypatch):
+    import onnxprune.check.sweep as sweep_mod
+
+    monkeypatch.setattr(sweep_mod, "prune_and_check", lambda *a, **k: (_ for _ in ()).throw(DataError("broken")))
+    monkeypatch.chdir(tmp_path)
+    r = run("sweep", MLP, "--sparsities", "0.3", "--data", EVAL, "--report", "s.json")
+    assert r.exit_code == 2 and json.loads((tmp_path / "s.json").read_text())["error"] == "broken"

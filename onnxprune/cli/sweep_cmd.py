@@ -6,7 +6,7 @@ import dataclasses
 
 import click
 
-from onnxprune.atomic import check_writable
+from onnxprune.atomic import check_writable, keep_on_error
 from onnxprune.check.parity import refuse_guessed_shapes, thresholds_from_options
 from onnxprune.check.sweep import HEADLINE, find_max, plot, pyplot, sweep
 from onnxprune.check.data import dataset_from_options
@@ -100,6 +100,8 @@ def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_sam
                                          on_point=on_point, **kw)
     except OnnxPruneError as e:  # keep what was measured
         write_report(sorted(measured, key=lambda p: p["sparsity"]), None, e.render(cli_flag))
+        if report_path and not is_stdout(report_path):
+            keep_on_error(report_path)
         raise
     cols = [k for k in HEADLINE if any(p.get(k) is not None for p in points)]
     click.echo(table(["sparsity", "achieved", *cols, "verdict"],
