@@ -80,7 +80,7 @@ def cases() -> dict[str, list[str]]:
         m = ["prune", magika, "-o", "m.onnx", "--report", "r.json", "--quiet"]
         out["magika-2:4"] = m + ["--pattern", "2:4"]
         out["magika-channel"] = m + ["--pattern", "channel", "--sparsity", "0.25", "--round-to", "16"]
-        out["magika-pack-npu"] = ["pack", magika, "--target", "npu-bitmask", "-o", "art", "--no-gzip", "--quiet"]
+        out["magika-target-npu"] = m + ["--target", "npu-bitmask", "--emit", "portable", "--target-out", "art"]
     return out
 
 
