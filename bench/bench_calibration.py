@@ -25,8 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import Dataset
-from onnxprune.model import Model
-from onnxprune.prune.job import PruneOptions, prune_model
+from onnxprune.core.model import Model
+from onnxprune.jobs.prune_job import PruneOptions, prune_model
 from onnxprune.repair.capture import capture
 
 F = TensorProto.FLOAT

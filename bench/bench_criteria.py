@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from onnxprune.check.data import Dataset  # noqa: E402
-from onnxprune.model import Model  # noqa: E402
-from onnxprune.prune.job import PruneOptions, prune_model  # noqa: E402
+from onnxprune.core.model import Model  # noqa: E402
+from onnxprune.jobs.prune_job import PruneOptions, prune_model  # noqa: E402
 
 METHODS = {  # name -> PruneOptions fields
     "magnitude": {"criterion": "magnitude"},

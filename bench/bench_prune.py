@@ -155,7 +155,7 @@ def main() -> None:
         tool = shlex.split(args.onnxprune_cmd) if args.onnxprune_cmd else [py, "-m", "onnxprune"]
         runs = {
             "import onnx": [py, "-c", "import onnx"],
-            "import onnxprune.cli": [py, "-c", "import onnxprune.cli, onnxprune.prune.job, onnx_graphsurgeon"],
+            "import onnxprune.cli": [py, "-c", "import onnxprune.cli, onnxprune.jobs.prune_job, onnx_graphsurgeon"],
             "(a) onnx load+save": [py, "-c", PLAIN, str(src), str(work / "a.onnx"), "0"],
             "(a) again": [py, "-c", PLAIN, str(src), str(work / "a.onnx"), "0"],
             "(a') + fsync": [py, "-c", PLAIN, str(src), str(work / "a2.onnx"), "1"],

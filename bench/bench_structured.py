@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from onnxprune.check.data import Dataset  # noqa: E402
 from onnxprune.check.parity import compare  # noqa: E402
-from onnxprune.model import Model  # noqa: E402
+from onnxprune.core.model import Model  # noqa: E402
 from onnxprune.prune.structured import CPU_ROUND_TO, prune_channels  # noqa: E402
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import exporters as E  # noqa: E402
 
-from onnxprune.report import table  # noqa: E402
+from onnxprune.core.report import table  # noqa: E402
 
 
 def _prune_cell(run: E.CaseRun, name: str, before: int) -> str:

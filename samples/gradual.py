@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnxprune.model import Model
-from onnxprune.prune.job import PruneOptions, prune_model
+from onnxprune.core.model import Model
+from onnxprune.jobs.prune_job import PruneOptions, prune_model
 
 HERE = Path(__file__).resolve().parent
 

@@ -20,9 +20,9 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 import builders as B
-from onnxprune import atomic
-from onnxprune.errors import OutputError
-from onnxprune.model import Model
+from onnxprune.core import atomic
+from onnxprune.core.errors import OutputError
+from onnxprune.core.model import Model
 
 # The child (a fork of this process) saves a 4 MiB model to `out` over and over, alternating two
 # versions (tagged in their metadata), and says "ready" once the first save is complete. With
@@ -110,7 +110,7 @@ def test_kill_during_external_saves_into_fresh_folders(tmp_path):
     """An external save into a fresh folder renames its data file first and the model last: after
     a kill the model is absent or complete with its own data. (Over an earlier external save the
     two renames are not one atomic step: a kill between them would pair the old model with the new
-    data. Not covered here; see onnxprune.atomic.atomic_files.)"""
+    data. Not covered here; see onnxprune.core.atomic.atomic_files.)"""
     child = _spawn(tmp_path, "external")
     time.sleep(0.07)  # a few saves complete, one is cut
     _kill(child)

@@ -14,11 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import Dataset
-from onnxprune.model import Model
+from onnxprune.core.model import Model
 from onnxprune.pipeline import Context, Pipeline
 from onnxprune.prune.calibrated import CalibratedPrunePass, per_row_unstructured, sparsegpt
-from onnxprune.prune.job import PruneOptions, build_pipeline, prune_model
-from onnxprune.prune.masks import MaskSet
+from onnxprune.jobs.prune_job import PruneOptions, build_pipeline, prune_model
+from onnxprune.core.masks import MaskSet
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.repair.capture import CalibrationPass, capture, upstream_weights
@@ -464,7 +464,7 @@ def test_repair_hooks_run_through_hookpass(tmp_path):
 
 
 def test_hook_without_calibration_state_fails_clearly():
-    from onnxprune.errors import HookError
+    from onnxprune.core.errors import HookError
 
     proto = _mlp()
     model = Model(proto)
@@ -479,7 +479,7 @@ def test_pipeline_wiring_and_errors(tmp_path):
     assert names(PruneOptions()) == ["prune"]
     assert names(PruneOptions(criterion="wanda", repair="lstsq", steps=2)) == ["calibrate", "prune", "repair", "prune", "repair"]
     assert isinstance(build_pipeline(PruneOptions(criterion="sparsegpt")).passes[1], CalibratedPrunePass)
-    from onnxprune.errors import OptionError
+    from onnxprune.core.errors import OptionError
 
     with pytest.raises(OptionError, match="repair"):
         build_pipeline(PruneOptions(repair="magic"))

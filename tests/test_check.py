@@ -16,8 +16,8 @@ from onnx import numpy_helper as nh
 from onnxprune.check.data import Dataset, input_specs, load_dataset, parse_int_range, parse_shape
 from onnxprune.check.parity import Thresholds, compare, parse_output_threshold, thresholds_from_options
 from onnxprune.cli import main
-from onnxprune.errors import DataError, ModelLoadError, OptionError
-from onnxprune.model import Model
+from onnxprune.core.errors import DataError, ModelLoadError, OptionError
+from onnxprune.core.model import Model
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((16, 10)).astype(np.float32)

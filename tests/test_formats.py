@@ -14,7 +14,7 @@ from onnx import helper
 
 from bitpatterns import bits as _bits
 from bitpatterns import random_bits as _random
-from onnxprune.errors import TargetError
+from onnxprune.core.errors import TargetError
 from onnxprune.pack import formats as F
 from onnxprune.pack.formats import bitmask, bsr, coo, nm
 from onnxprune.pack.sizes import binary_entropy, information_bound_bits, size_table

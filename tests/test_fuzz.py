@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnxprune.cli import main
-from onnxprune.model import Model
+from onnxprune.core.model import Model
 
 MLP = Path(__file__).resolve().parents[1] / "samples" / "digits_mlp.onnx"
 DATA = MLP.read_bytes()

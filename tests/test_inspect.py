@@ -13,7 +13,7 @@ import builders as B
 from onnxprune.analyze.inspect import inspect_model, zero_fraction
 from onnxprune.analyze.weights import find_weights
 from onnxprune.cli import main
-from onnxprune.model import Model
+from onnxprune.core.model import Model
 
 
 def _inspect(*args):

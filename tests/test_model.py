@@ -15,8 +15,8 @@ from click.testing import CliRunner
 import builders as B
 import realmodels
 from onnxprune.cli import main
-from onnxprune.errors import ExternalDataError, ModelLoadError, OnnxPruneError
-from onnxprune.model import Model
+from onnxprune.core.errors import ExternalDataError, ModelLoadError, OnnxPruneError
+from onnxprune.core.model import Model
 
 
 def _sha(path: Path) -> str:
@@ -288,7 +288,7 @@ def _failing_atomic_files(real, after: int):
 
 @pytest.mark.parametrize("external", [False, True])
 def test_failed_write_leaves_nothing(ext, tmp_path, monkeypatch, external):
-    import onnxprune.model as M
+    import onnxprune.core.model as M
 
     model = Model.load(ext)
     before = {r.key: np.array(model.read(r.key)) for r in model.tensors()}

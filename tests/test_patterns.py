@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nm_check import assert_nm, group_axis, group_counts
 from onnxprune.analyze.weights import find_weights
-from onnxprune.errors import OptionError
-from onnxprune.model import Model
+from onnxprune.core.errors import OptionError
+from onnxprune.core.model import Model
 from onnxprune.prune import patterns
 from onnxprune.prune.patterns import Pattern
 

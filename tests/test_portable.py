@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from bitpatterns import bits as _bits
 from bitpatterns import random_bits as _random
-from onnxprune.errors import TargetError
+from onnxprune.core.errors import TargetError
 from onnxprune.pack import formats as F
 from onnxprune.pack.portable import decoder_graph
 

@@ -23,10 +23,10 @@ from nm_check import assert_model_nm, assert_nm, group_counts
 from onnxprune import __version__
 from onnxprune.cli import main
 from onnxprune.analyze.weights import find_weights
-from onnxprune.model import Model
+from onnxprune.core.model import Model
 from onnxprune.pipeline import options_hash
-from onnxprune.prune.job import PruneOptions, prune_model
-from onnxprune.prune.masks import MaskSet
+from onnxprune.jobs.prune_job import PruneOptions, prune_model
+from onnxprune.core.masks import MaskSet
 
 F = TensorProto.FLOAT
 
@@ -609,7 +609,7 @@ def test_global_ranking_keeps_exactly_the_largest_magnitudes_across_weights(tmp_
 def test_overrides_follow_their_own_cubic_schedule_in_gradual_runs():
     """An override is the layer's final sparsity: in a gradual run it ramps on the same cubic
     schedule (s_i -> its value), instead of jumping there at the first step."""
-    from onnxprune.prune.job import build_pipeline
+    from onnxprune.jobs.prune_job import build_pipeline
     from onnxprune.prune.schedule import cubic_sparsity
 
     opts = PruneOptions(sparsity=0.8, steps=4, overrides=["fc*=0.4"])

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from onnxprune.cli import main
-from onnxprune.errors import OptionError
-from onnxprune.recipe import load_recipe, shipped_recipes
+from onnxprune.core.errors import OptionError
+from onnxprune.jobs.recipe import load_recipe, shipped_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = str(ROOT / "samples" / "digits_mlp.onnx")

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from nm_check import assert_nm
 from onnxprune.cli import main
-from onnxprune.errors import HookError, OptionError
-from onnxprune.model import Model
-from onnxprune.prune.job import PruneOptions, prune_model
+from onnxprune.core.errors import HookError, OptionError
+from onnxprune.core.model import Model
+from onnxprune.jobs.prune_job import PruneOptions, prune_model
 from onnxprune.prune.schedule import cubic_sparsity, schedule
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"

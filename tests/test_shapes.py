@@ -1,4 +1,4 @@
-"""Feed shapes for dynamic inputs (onnxprune.shapes): -1/0 dims, hints, guesses, and a gate that says so."""
+"""Feed shapes for dynamic inputs (onnxprune.core.shapes): -1/0 dims, hints, guesses, and a gate that says so."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.check.data import Dataset
 from onnxprune.cli import main
-from onnxprune.model import Model
+from onnxprune.core.model import Model
 from onnxprune.prune.structured import prune_channels
-from onnxprune.shapes import input_specs, resolve_feed_shapes
+from onnxprune.core.shapes import input_specs, resolve_feed_shapes
 
 from builders import save
 

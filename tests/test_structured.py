@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.analyze.groups import analyze_groups
 from onnxprune.check.data import Dataset
 from onnxprune.check.parity import compare
-from onnxprune.model import Model
+from onnxprune.core.model import Model
 from onnxprune.pipeline import Context, Pipeline
 from onnxprune.prune.structured import ChannelPrunePass, allocate, prune_channels, round_keep
 
@@ -497,7 +497,7 @@ def test_activation_criterion_and_options_errors():
     calib = Dataset.from_source("samples/digits_calib.npz", model.proto)
     res = prune_channels(model, 0.5, data=calib, criterion="activation")
     assert res.plan.removed
-    from onnxprune.errors import OptionError
+    from onnxprune.core.errors import OptionError
 
     with pytest.raises(OptionError):
         prune_channels(model, 0.5, repair="lstsq")  # needs data
@@ -580,7 +580,7 @@ def test_layers_inside_if_branches_are_named_in_the_notes():
 def test_rewrite_that_fails_in_onnxruntime_freezes_the_groups_at_the_named_node(monkeypatch):
     """When the rewritten model fails to run, the groups around the node onnxruntime names are
     frozen and the rewrite redone; the others stay pruned, and the notes say what happened."""
-    from onnxprune.errors import DataError
+    from onnxprune.core.errors import DataError
     from onnxprune.prune import structured as S
 
     proto = mlp()
@@ -909,7 +909,7 @@ def test_repair_guard_reads_map_outputs(tmp_path):
 def test_a_prune_that_would_add_parameters_is_stopped(monkeypatch):
     """Postcondition of every pruning job: the model holds no more parameters than it did (after
     --fold-constants, which materialises weights, when that runs)."""
-    import onnxprune.prune.job as job
+    import onnxprune.jobs.prune_job as job
     from onnxprune.analyze.cleanup import PostconditionError
     from onnxprune.pipeline import Pass, PassResult
 

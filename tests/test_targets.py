@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxprune.cli import main
-from onnxprune.errors import TargetError
+from onnxprune.core.errors import TargetError
 from onnxprune.pack import targets as T
 from onnxprune.prune.patterns import Pattern
 

@@ -13,9 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nm_check import assert_model_nm
 from onnxprune.cli import main
-from onnxprune.errors import DataError, OptionError
-from onnxprune.model import Model
-from onnxprune.prune.job import PruneOptions, prune_model
+from onnxprune.core.errors import DataError, OptionError
+from onnxprune.core.model import Model
+from onnxprune.jobs.prune_job import PruneOptions, prune_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MLP = str(ROOT / "samples" / "digits_mlp.onnx")
@@ -96,7 +96,7 @@ def test_sweep_checks_the_plot_dependency_first(tmp_path, monkeypatch):
 
 
 def test_sweep_keeps_the_points_measured_before_a_failure(tmp_path, monkeypatch):
-    import onnxprune.check.sweep as sweep_mod
+    import onnxprune.jobs.sweep as sweep_mod
 
     real = sweep_mod.prune_and_check
 
@@ -145,7 +145,7 @@ def test_pack_of_an_unpruned_model_says_to_prune_first(tmp_path):
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert "no weight is pruned" in r.output and f"onnxprune prune {MLP} -o OUT --target nvidia-2to4" in r.output
     assert not (tmp_path / "art").exists()
-    from onnxprune.errors import NothingToPackError
+    from onnxprune.core.errors import NothingToPackError
     from onnxprune.pack.passes import pack_model
 
     with pytest.raises(NothingToPackError, match=r"prune it in the target's pattern \(2:4\) first"):
@@ -218,7 +218,7 @@ def test_layernorm_note_only_when_its_axis_is_pruned(frozen):
 
 
 def test_sweep_keeps_a_relative_report_path_after_a_failure(tmp_path, monkeypatch):
-    import onnxprune.check.sweep as sweep_mod
+    import onnxprune.jobs.sweep as sweep_mod
 
     monkeypatch.setattr(sweep_mod, "prune_and_check", lambda *a, **k: (_ for _ in ()).throw(DataError("broken")))
     monkeypatch.chdir(tmp_path)

@@ -11,10 +11,10 @@ import pytest
 
 import builders as B
 import realmodels
-from onnxprune.analyze.fold import fold_constants
+from onnxprune.prune.fold import fold_constants
 from onnxprune.analyze.inspect import inspect_model
 from onnxprune.analyze.weights import find_weights
-from onnxprune.model import Model
+from onnxprune.core.model import Model
 
 
 def _bits(a: np.ndarray) -> np.ndarray:

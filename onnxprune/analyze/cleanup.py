@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import onnx
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.core.errors import OnnxPruneError
 
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 

@@ -55,9 +55,10 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 
-from onnxprune.errors import DataError, Opt
-from onnxprune.model import subgraph_outer_refs
-from onnxprune.shapes import FeedShapes, input_specs, random_feeds, resolve_feed_shapes
+from onnxprune.core.errors import DataError, Opt
+from onnxprune.core.graph import attrs, subgraph_outer_refs
+from onnxprune.core.runtime import session
+from onnxprune.core.shapes import FeedShapes, input_specs, random_feeds, resolve_feed_shapes
 
 Dim = tuple  # ("v", name, axis) | ("c", node index, input index, axis) | ("h", node index) | ("s", node index, side)
 
@@ -186,14 +187,6 @@ class GroupAnalysis:
 
 # --------------------------------------------------------------------------------- graph helpers
 
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    out = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
-    return out
-
-
 
 
 def constant_values(graph: onnx.GraphProto) -> dict[str, tuple[str, Any]]:
@@ -230,7 +223,7 @@ def qdq_params(dq: onnx.NodeProto, read, ndim: int) -> tuple[np.ndarray, np.ndar
     zp = np.asarray(read(dq.input[2]), dtype=np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros(())
     if scale.size > 1:
         shape = [1] * ndim
-        shape[_attrs(dq).get("axis", 1) % ndim] = scale.size
+        shape[attrs(dq).get("axis", 1) % ndim] = scale.size
         scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp)
     return scale, zp
 
@@ -273,12 +266,7 @@ def tensor_shapes(proto: onnx.ModelProto, feed: dict[str, np.ndarray], base_dir:
     for name in fetch:
         p.graph.output.add().name = name
     del p.graph.value_info[:]
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # failures come back as one-line errors below
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if base_dir:
-        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
-    sess = ort.InferenceSession(p.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = session(p.SerializeToString(), label="model (analysis run)", base_dir=base_dir, optimize=False)
     names = [o.name for o in sess.get_outputs()]
     try:
         outs = sess.run(names, feed)
@@ -529,7 +517,7 @@ class _Builder:
 
     def op_Transpose(self, n, node):
         r = self.rank_in(n, 0)
-        perm = _attrs(node).get("perm") or list(reversed(range(r)))
+        perm = attrs(node).get("perm") or list(reversed(range(r)))
         for o, i in enumerate(perm):
             self.link(n, self.I(n, 0, i), self.O(n, 0, o))
 
@@ -544,7 +532,7 @@ class _Builder:
 
     def op_Concat(self, n, node):
         r = self.rank_out(n, 0)
-        axis = _attrs(node)["axis"] % r
+        axis = attrs(node)["axis"] % r
         off = 0
         for i, name in enumerate(node.input):
             s = self.shape_of(name)
@@ -561,7 +549,7 @@ class _Builder:
 
     def op_Split(self, n, node):
         r = self.rank_in(n, 0)
-        at = _attrs(node)
+        at = attrs(node)
         axis = at.get("axis", 0) % r
         off = 0
         dims = []
@@ -585,7 +573,7 @@ class _Builder:
         r = self.rank_in(n, 0)
         in_shape = self.shape_of(node.input[0])
         out_shape = self.shapes[node.output[0]]
-        at = _attrs(node)
+        at = attrs(node)
         if self.opset < 10:
             starts, ends = at["starts"], at["ends"]
             axes = at.get("axes", list(range(len(starts))))
@@ -630,7 +618,7 @@ class _Builder:
                 self.fixups.append(Fixup("slice", n, [din], data))
 
     def _squeeze_axes(self, n, node) -> list[int] | None:
-        at = _attrs(node)
+        at = attrs(node)
         if "axes" in at:
             return list(at["axes"])
         if len(node.input) > 1 and node.input[1]:
@@ -778,7 +766,7 @@ class _Builder:
 
     def op_Pad(self, n, node):
         r = self.rank_in(n, 0)
-        at = _attrs(node)
+        at = attrs(node)
         pads = at.get("pads") if self.opset < 11 else self.value_of(node.input[1]) if len(node.input) > 1 else None
         if pads is None:
             return "pads unknown"
@@ -798,7 +786,7 @@ class _Builder:
     def op_Resize(self, n, node):
         in_shape = self.shape_of(node.input[0])
         out_shape = self.shapes.get(node.output[0])
-        at = _attrs(node)
+        at = attrs(node)
         if "axes" in at:
             return "the axes attribute is not supported"
         sizes_input = 3 if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] else None
@@ -825,7 +813,7 @@ class _Builder:
 
     def reduce(self, n, node):
         r = self.rank_in(n, 0)
-        at = _attrs(node)
+        at = attrs(node)
         keep = at.get("keepdims", 1)
         if "axes" in at:
             axes = at["axes"]
@@ -885,7 +873,7 @@ class _Builder:
 
     def _softmax(self, n, node):
         r = self.rank_in(n, 0)
-        axis = _attrs(node).get("axis", -1 if self.opset >= 13 else 1) % r
+        axis = attrs(node).get("axis", -1 if self.opset >= 13 else 1) % r
         for a in range(r):
             if a < axis or (self.opset >= 13 and a != axis):
                 self.link(n, self.I(n, 0, a), self.O(n, 0, a))
@@ -895,7 +883,7 @@ class _Builder:
 
     def _argreduce(self, n, node):
         r = self.rank_in(n, 0)
-        at = _attrs(node)
+        at = attrs(node)
         axis = at.get("axis", 0) % r
         keep = at.get("keepdims", 1)
         o = 0
@@ -930,7 +918,7 @@ class _Builder:
 
     def op_LayerNormalization(self, n, node):
         r = self.rank_in(n, 0)
-        axis = _attrs(node).get("axis", -1) % r
+        axis = attrs(node).get("axis", -1) % r
         for a in range(r):
             self.link(n, self.I(n, 0, a), self.O(n, 0, a))
             for j in (1, 2):
@@ -951,7 +939,7 @@ class _Builder:
         r = self.rank_in(n, 0)
         for a in range(r):
             self.link(n, self.I(n, 0, a), self.O(n, 0, a))
-        axis = _attrs(node).get("axis", 1) % max(r, 1)
+        axis = attrs(node).get("axis", 1) % max(r, 1)
         for i in (1, 2):
             if self.rank_in(n, i) == 1:
                 self.link(n, self.I(n, i, 0), self.O(n, 0, axis))
@@ -963,7 +951,7 @@ class _Builder:
         idx_shape = self.shape_of(node.input[1])
         if data_shape is None or idx_shape is None:
             return "shapes unknown"
-        axis = _attrs(node).get("axis", 0) % len(data_shape)
+        axis = attrs(node).get("axis", 0) % len(data_shape)
         const = node.input[0] in self.const_derived
         for a in range(len(data_shape)):
             if a == axis:
@@ -990,7 +978,7 @@ class _Builder:
 
     def _conv(self, n, node, w_in: int, w_out: int) -> None:
         ws, xs = self.shape_of(node.input[1]), self.shape_of(node.input[0])
-        g = int(_attrs(node).get("group", 1))
+        g = int(attrs(node).get("group", 1))
         const = self._is_const(node.input[1])
         self.link(n, self.I(n, 0, 0), self.O(n, 0, 0))
         y = self.O(n, 0, 1)
@@ -1049,7 +1037,7 @@ class _Builder:
         self.role(db, "param")
 
     def op_Gemm(self, n, node):
-        at = _attrs(node)
+        at = attrs(node)
         ta, tb = at.get("transA", 0), at.get("transB", 0)
         a_m, a_k = (1, 0) if ta else (0, 1)
         b_k, b_n = (1, 0) if tb else (0, 1)
@@ -1110,7 +1098,7 @@ class _Builder:
         return None
 
     def _rnn(self, n, node):
-        at = _attrs(node)
+        at = attrs(node)
         if at.get("layout", 0):
             return "layout=1 (batch first) is not supported"
         gates = RNN_GATES[node.op_type]
@@ -1382,7 +1370,7 @@ def _subgraph_layers(node: onnx.NodeProto) -> int:
 
 def sample_feed(proto: onnx.ModelProto, data=None, base_dir: str | None = None) -> tuple[dict[str, np.ndarray], FeedShapes]:
     """One feed and where its shapes came from: the first batch of `data` (a Dataset), else a synthetic
-    one at the shapes onnxprune.shapes resolves (which may be guessed, and then say so)."""
+    one at the shapes onnxprune.core.shapes resolves (which may be guessed, and then say so)."""
     if data is not None:
         return next(iter(data.batches(1))), data.feed_shapes
     shapes = resolve_feed_shapes(proto, base_dir=base_dir)
@@ -1411,7 +1399,7 @@ def model_macs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> di
                 macs[key] = int(np.prod(x, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
             elif n.op_type in ("MatMul", "Gemm"):
                 a, y = shp(n.input[0]), shapes[n.output[0]]
-                at = _attrs(n)
+                at = attrs(n)
                 k = (a[0] if at.get("transA", 0) else a[-1]) if n.op_type == "Gemm" else a[-1]
                 macs[key] = int(np.prod(y, dtype=np.int64) * k)
             elif n.op_type in RNN_GATES:

@@ -7,8 +7,9 @@ from collections import Counter
 import numpy as np
 
 from onnxprune.analyze.weights import Analysis, Weight, find_weights
-from onnxprune.model import Model, _walk_graphs
-from onnxprune.report import table
+from onnxprune.core.model import Model
+from onnxprune.core.graph import walk_graphs
+from onnxprune.core.report import table
 
 
 def zero_fraction(model: Model, key: str, weight: Weight | None = None) -> float:
@@ -30,7 +31,7 @@ def zero_fraction(model: Model, key: str, weight: Weight | None = None) -> float
 def inspect_model(model: Model, analysis: Analysis | None = None) -> dict:
     analysis = analysis or find_weights(model)
     ops: Counter[str] = Counter()
-    for _, g in _walk_graphs(model.proto.graph):
+    for _, g in walk_graphs(model.proto.graph):
         ops.update(n.op_type if not n.domain or n.domain == "ai.onnx" else f"{n.domain}.{n.op_type}" for n in g.node)
     weights = []
     zeros = 0

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.model import Model, np_dtype, unique_path
+from onnxprune.core.model import Model, np_dtype
+from onnxprune.core.graph import unique_path
 
 # op -> weight input indices and their role names
 PRUNABLE_INPUTS = {

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 import onnx.helper
 
-from onnxprune.errors import DataError, Opt, OptionError
-from onnxprune.shapes import (DEFAULT_INT_RANGE, Dim, FeedShapes, InputSpec, input_specs, parse_shape, random_feeds,
+from onnxprune.core.errors import DataError, Opt, OptionError
+from onnxprune.core.shapes import (DEFAULT_INT_RANGE, Dim, FeedShapes, InputSpec, input_specs, parse_shape, random_feeds,
                               resolve_feed_shapes)
 
 __all__ = ["Dataset", "InputSpec", "input_specs", "load_dataset", "parse_shape", "parse_int_range", "dataset_from_options"]
@@ -191,7 +191,7 @@ class Dataset:
 
     @property
     def shapes_guessed(self) -> bool:
-        """True when a synthetic input has a dim no --shape, data or model hint fixed (see onnxprune.shapes)."""
+        """True when a synthetic input has a dim no --shape, data or model hint fixed (see onnxprune.core.shapes)."""
         return bool(self.feed_shapes.guessed)
 
     @classmethod
@@ -223,7 +223,7 @@ class Dataset:
                   int_ranges: Mapping[str, tuple[int, int]] | None = None, seed: int = 0,
                   base_dir: str | os.PathLike | None = None) -> "Dataset":
         """n random feeds from the input spec: floats ~ N(0, 1), integers uniform in LO..HI (inclusive),
-        bools fair coin; feed shapes from `shapes` (whole feed shapes by input) or onnxprune.shapes."""
+        bools fair coin; feed shapes from `shapes` (whole feed shapes by input) or onnxprune.core.shapes."""
         specs = _specs(model_inputs)
         names = [s.name for s in specs]
         int_ranges = dict(int_ranges or {})

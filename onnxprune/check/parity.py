@@ -41,9 +41,10 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune.check.data import Dataset
-from onnxprune.errors import DataError, ModelLoadError, Opt, OptionError
-from onnxprune.model import PROTOBUF_LIMIT, Model
-from onnxprune.report import table, to_json, write_json
+from onnxprune.core.errors import DataError, ModelLoadError, Opt, OptionError
+from onnxprune.core.model import PROTOBUF_LIMIT, Model
+from onnxprune.core.runtime import first_line, session
+from onnxprune.core.report import table, to_json, write_json
 
 TOPK = 5
 ModelSource = str | os.PathLike | onnx.ModelProto | Model
@@ -409,34 +410,21 @@ def _label(model: ModelSource, role: str) -> str:
 
 
 def _session(model: ModelSource, label: str, providers: list[str], threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.use_deterministic_compute = True
-    opts.log_severity_level = 4  # failures reach the caller as one-line errors, not runtime log lines
-    source: str | bytes
+    base_dir = None
     if isinstance(model, (Model, onnx.ModelProto)):
         proto = model.proto if isinstance(model, Model) else model
         if proto.ByteSize() > PROTOBUF_LIMIT:
             raise ModelLoadError(f"{label}: over 2 GB in memory; save it with external data and pass the path")
         if isinstance(model, Model):  # its external tensors resolve against its folder
-            opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                          str(model.base_dir))
-        source = proto.SerializeToString()
+            base_dir = model.base_dir
+        source: str | bytes = proto.SerializeToString()
     else:
         source = os.fspath(model)
         try:
             source.encode()
         except UnicodeEncodeError:  # onnxruntime opens UTF-8 paths only: hand it the model's bytes
             return _session(Model.load(source), label, providers, threads)
-    try:
-        return ort.InferenceSession(source, opts, providers=providers)
-    except Exception as e:  # onnxruntime raises its own exception types, all plain Exception subclasses
-        raise ModelLoadError(f"{label}: onnxruntime cannot load it: {_first_line(e)}") from e
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return session(source, label=label, base_dir=base_dir, threads=threads, providers=providers, deterministic=True)
 
 
 def _dims(shape: Sequence) -> str:
@@ -464,7 +452,7 @@ def _run(sess: ort.InferenceSession, names: list[str], feed: dict, label: str) -
     try:
         return sess.run(names, feed)
     except Exception as e:  # onnxruntime's own exception types
-        raise DataError(f"{label}: onnxruntime failed on the given inputs: {_first_line(e)}; check the data "
+        raise DataError(f"{label}: onnxruntime failed on the given inputs: {first_line(e)}; check the data "
                         "(for synthetic inputs: ", Opt("data.shapes"), ", ", Opt("data.int_ranges"), ")") from e
 
 

@@ -13,8 +13,8 @@ import importlib
 import click
 
 from onnxprune import __version__
-from onnxprune.atomic import undo_on_error
-from onnxprune.errors import OnnxPruneError, Opt
+from onnxprune.core.atomic import undo_on_error
+from onnxprune.core.errors import OnnxPruneError, Opt
 
 # command name -> module under onnxprune.cli that defines a click command called `command`
 COMMANDS = {
@@ -60,7 +60,7 @@ class _Group(click.Group):
                 return super().invoke(ctx)
         except OnnxPruneError as e:
             if ctx.invoked_subcommand == "run":
-                from onnxprune.recipe import recipe_key as name
+                from onnxprune.jobs.recipe import recipe_key as name
             else:
                 name = cli_flag
             click.echo(f"onnxprune: error: {e.render(name)}", err=True)

@@ -16,8 +16,8 @@ import onnx
 
 from onnxprune.check.data import DEFAULT_INT_RANGE, Dataset, dataset_from_options
 from onnxprune.check.parity import ModelSource, ParityReport, compare, thresholds_from_options
-from onnxprune.model import Model
-from onnxprune.report import is_stdout, make_parent
+from onnxprune.core.model import Model
+from onnxprune.core.report import is_stdout, make_parent
 
 
 def _stack(*options):

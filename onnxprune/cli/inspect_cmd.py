@@ -2,10 +2,10 @@
 
 import click
 
-from onnxprune.analyze.fold import fold_constants
+from onnxprune.prune.fold import fold_constants
 from onnxprune.analyze.inspect import inspect_model, render
-from onnxprune.model import Model
-from onnxprune.report import to_json
+from onnxprune.core.model import Model
+from onnxprune.core.report import to_json
 
 
 @click.command("inspect")

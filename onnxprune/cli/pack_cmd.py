@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from onnxprune.errors import NothingToPackError
-from onnxprune.model import Model
+from onnxprune.core.errors import NothingToPackError
+from onnxprune.core.model import Model
 from onnxprune.pack.passes import DEFAULT_MAX_INCREASE, pack_model, render_report
 from onnxprune.pack.targets import EMIT_MODES, load_target
-from onnxprune.report import is_stdout, make_parent, write_json
-from onnxprune.shapes import parse_shape
+from onnxprune.core.report import is_stdout, make_parent, write_json
+from onnxprune.core.shapes import parse_shape
 
 
 @click.command("pack")
@@ -45,7 +45,7 @@ def command(model_path, target_name, output, emit, block, enforce, max_increase,
     masks = None
     if masks_in:
         from onnxprune.analyze.weights import find_weights
-        from onnxprune.prune.masks import MaskSet
+        from onnxprune.core.masks import MaskSet
 
         masks = MaskSet.load(masks_in, {w.key: w.shape for w in find_weights(model).weights})
     make_parent(output)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.recipe import load_recipe, shipped_recipes
-from onnxprune.run import run_recipe
+from onnxprune.jobs.recipe import load_recipe, shipped_recipes
+from onnxprune.jobs.run import run_recipe
 
 
 @click.command("run")

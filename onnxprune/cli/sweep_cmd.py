@@ -6,18 +6,18 @@ import dataclasses
 
 import click
 
-from onnxprune.atomic import check_writable, keep_on_error
+from onnxprune.core.atomic import check_writable, keep_on_error
 from onnxprune.check.parity import refuse_guessed_shapes, thresholds_from_options
-from onnxprune.check.sweep import HEADLINE, find_max, plot, pyplot, sweep
+from onnxprune.jobs.sweep import HEADLINE, find_max, plot, pyplot, sweep
 from onnxprune.check.data import dataset_from_options
 from onnxprune.cli import cli_flag
 from onnxprune.cli.check_cmd import _THRESHOLD_KEYS, data_options, run_options, threshold_options
 from onnxprune.cli.prune_cmd import prune_options
-from onnxprune.errors import OnnxPruneError, OptionError
-from onnxprune.model import Model
-from onnxprune.prune.job import PruneOptions
+from onnxprune.core.errors import OnnxPruneError, OptionError
+from onnxprune.core.model import Model
+from onnxprune.jobs.prune_job import PruneOptions
 from onnxprune.prune.patterns import Pattern
-from onnxprune.report import is_stdout, make_parent, table, write_json
+from onnxprune.core.report import is_stdout, make_parent, table, write_json
 
 
 def _sparsities(text: str) -> list[float]:

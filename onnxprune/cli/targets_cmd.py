@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from onnxprune.pack.targets import all_targets, load_target, read_target_file
-from onnxprune.report import table
+from onnxprune.core.report import table
 
 
 @click.group("targets", invoke_without_command=True)

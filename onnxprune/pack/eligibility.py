@@ -23,10 +23,11 @@ import onnx
 from onnx import helper
 
 from onnxprune.analyze.weights import PASS_THROUGH, PRUNABLE_INPUTS, Analysis, Use, Weight, find_weights
-from onnxprune.model import Model, _walk_graphs
+from onnxprune.core.model import Model
+from onnxprune.core.graph import walk_graphs
 from onnxprune.pack.formats.base import bits_of
 from onnxprune.pack.targets import Target
-from onnxprune.shapes import resolve_feed_shapes
+from onnxprune.core.shapes import resolve_feed_shapes
 from onnxprune.prune.patterns import Pattern
 
 BLOCK_STRAY_TOLERANCE = 0.01  # without masks: zeros outside all-zero blocks allowed, as a share of the weight
@@ -126,7 +127,7 @@ class EligibilityReport:
 
 def render_eligibility(report: dict, max_rows: int | None = None) -> str:
     """The eligibility table and its summary line, from `EligibilityReport.to_dict()`."""
-    from onnxprune.report import table
+    from onnxprune.core.report import table
 
     accelerates = report["accelerates"]
     label = "sparse" if accelerates else "stored"
@@ -275,7 +276,7 @@ def packed_nbytes(fmt: str, params: dict, keep: np.ndarray, itemsize: int) -> in
 def _node_index(model: Model) -> dict[tuple[str, str, str, int, str], onnx.NodeProto]:
     """(graph path, node name, op, input index, weight key) -> NodeProto, for prunable ops."""
     out = {}
-    for gpath, g in _walk_graphs(model.proto.graph):
+    for gpath, g in walk_graphs(model.proto.graph):
         producers = {o: n for n in g.node for o in n.output}
         for node in g.node:
             roles = PRUNABLE_INPUTS.get(node.op_type)
@@ -307,7 +308,7 @@ def _attr(node: onnx.NodeProto | None, name: str, default=None):
 def infer_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[dict, list[str]]:
     """{tensor name: dims (None for unknown dims)} from ONNX shape inference, and notes.
 
-    Input dims come from onnxprune.shapes (`input_shapes` as --shape gives them, batch 1, the model's
+    Input dims come from onnxprune.core.shapes (`input_shapes` as --shape gives them, batch 1, the model's
     hints, else a guess that the notes name)."""
     notes: list[str] = []
     feed = resolve_feed_shapes(model.proto, input_shapes, base_dir=model.base_dir)
@@ -344,7 +345,7 @@ def infer_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None =
 
 
 def _collect_shapes(inferred: onnx.ModelProto, shapes: dict) -> None:
-    for _, g in _walk_graphs(inferred.graph):
+    for _, g in walk_graphs(inferred.graph):
         for vi in list(g.value_info) + list(g.output) + list(g.input):
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
                 shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
@@ -353,7 +354,7 @@ def _collect_shapes(inferred: onnx.ModelProto, shapes: dict) -> None:
 
 def _needed(proto: onnx.ModelProto, shapes: dict):
     """Shapes MAC counting reads: outputs of Conv/MatMul/Gemm, first inputs of the others."""
-    for _, g in _walk_graphs(proto.graph):
+    for _, g in walk_graphs(proto.graph):
         for n in g.node:
             if n.op_type in ("Conv", "MatMul", "Gemm"):
                 yield shapes.get(n.output[0])

@@ -49,15 +49,16 @@ from onnx import helper, numpy_helper
 
 from onnxprune import __version__
 from onnxprune.analyze.weights import Weight
-from onnxprune.atomic import atomic_open, make_parents, record_tree
-from onnxprune.errors import OutputError, TargetError
-from onnxprune.model import PROTOBUF_LIMIT, Model, _walk_graphs
+from onnxprune.core.atomic import atomic_open, make_parents, record_tree
+from onnxprune.core.errors import OutputError, TargetError
+from onnxprune.core.model import PROTOBUF_LIMIT, Model
+from onnxprune.core.graph import walk_graphs
 from onnxprune.pack.formats import decode
 from onnxprune.pack.formats.base import PackedTensor, bits_of
 from onnxprune.pack.formats.coo import from_sparse_tensor_proto, to_sparse_tensor_proto
 from onnxprune.pack.portable import decoder_graph
 from onnxprune.pack.targets import Target
-from onnxprune.report import to_json
+from onnxprune.core.report import to_json
 
 MAGIC = b"ONNXPRUNEPACK\0\0\0"
 LAYOUT_VERSION = 1
@@ -151,7 +152,7 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 
 def _unique_prefix(proto: onnx.ModelProto, base: str = "onnxprune_pack") -> str:
     names = set()
-    for _, g in _walk_graphs(proto.graph):
+    for _, g in walk_graphs(proto.graph):
         names |= {t.name for t in g.initializer} | {o for n in g.node for o in n.output} | {n.name for n in g.node}
         names |= {i.name for i in g.input}
     taken = any(n.startswith(base) for n in names)
@@ -182,7 +183,7 @@ def portable_model(model: Model, weights: dict[str, Weight], packed: dict[str, P
     out = _copy(model)
     proto = out.proto
     opset = _default_opset(proto)
-    graphs = dict(_walk_graphs(proto.graph))
+    graphs = dict(walk_graphs(proto.graph))
     base = _unique_prefix(proto)
     where: dict[str, str] = {}
     for i, (key, p) in enumerate(packed.items()):

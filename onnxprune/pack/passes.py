@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxprune.errors import NothingToPackError, TargetError
-from onnxprune.model import Model
+from onnxprune.core.errors import NothingToPackError, TargetError
+from onnxprune.core.model import Model
 from onnxprune.pack import formats
 from onnxprune.pack.eligibility import (BLOCK_STRAY_TOLERANCE, EligibilityReport, assess, check_pattern,
                                         nonzero_map, render_eligibility, static_check)
@@ -33,7 +33,7 @@ from onnxprune.pack.sizes import binary_entropy, information_bound_bits
 from onnxprune.pack.targets import Target, load_target
 from onnxprune.pipeline import Context, Pass, PassResult, Pipeline
 from onnxprune.prune import criteria, patterns
-from onnxprune.prune.masks import MaskSet
+from onnxprune.core.masks import MaskSet
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import write_masked
 

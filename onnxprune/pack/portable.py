@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxprune.errors import TargetError
+from onnxprune.core.errors import TargetError
 from onnxprune.pack.formats.base import PackedTensor
 
 

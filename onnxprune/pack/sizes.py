@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from onnxprune.errors import TargetError
+from onnxprune.core.errors import TargetError
 from onnxprune.pack.formats import encode
 from onnxprune.pack.formats.base import matrix_bits, nonzero
 

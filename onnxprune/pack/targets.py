@@ -42,8 +42,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from onnxprune.bundled import data_dir, toml_files
-from onnxprune.errors import OptionError, Opt, TargetError
+from onnxprune.core.bundled import data_dir, toml_files
+from onnxprune.core.errors import OptionError, Opt, TargetError
 from onnxprune.prune.patterns import Pattern
 
 if sys.version_info >= (3, 11):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from onnxprune.analyze.weights import Weight
-from onnxprune.errors import OptionError
+from onnxprune.core.errors import OptionError
 from onnxprune.prune.patterns import Pattern
 
 DEFAULT_MIN_PARAMS = 1024

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.analyze.weights import Weight
-from onnxprune.errors import OptionError, Opt
+from onnxprune.core.errors import OptionError, Opt
 from onnxprune.pipeline import Context, PassResult
 from onnxprune.prune import criteria, patterns
 from onnxprune.prune.patterns import Pattern

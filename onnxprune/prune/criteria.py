@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from onnxprune.analyze.weights import Weight
-from onnxprune.errors import OptionError
+from onnxprune.core.errors import OptionError
 
 
 def dequant_params(weight: Weight, model) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxprune.errors import OptionError
+from onnxprune.core.errors import OptionError
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from onnxprune.analyze.weights import Weight
-from onnxprune.errors import OptionError, Opt
+from onnxprune.core.errors import OptionError, Opt
 from onnxprune.pipeline import Context, Pass, PassResult
 from onnxprune.prune import criteria, global_rank, patterns
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, allocate, parse_override

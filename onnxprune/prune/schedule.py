@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnxprune.errors import OptionError
+from onnxprune.core.errors import OptionError
 
 
 @dataclass(frozen=True)

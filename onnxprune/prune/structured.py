@@ -39,11 +39,12 @@ import onnx.shape_inference
 
 from onnxprune.analyze.cleanup import check_no_unused, check_params_not_increased, remove_unused
 from onnxprune.analyze.groups import (
-    ChannelGroup, Dim, GroupAnalysis, _attrs, analyze_groups, constant_array, constant_shape, constant_values,
+    ChannelGroup, Dim, GroupAnalysis, analyze_groups, constant_array, constant_shape, constant_values,
     dequantized, model_macs, model_params, sample_feed, tensor_shapes,
 )
-from onnxprune.errors import DataError, OnnxPruneError, Opt, OptionError
-from onnxprune.model import Model, check_structure
+from onnxprune.core.errors import DataError, OnnxPruneError, Opt, OptionError
+from onnxprune.core.graph import attrs
+from onnxprune.core.model import Model, check_structure
 from onnxprune.pipeline import Context, Pass, PassResult
 
 CRITERIA = ("l2", "activation")
@@ -111,7 +112,7 @@ def _consumer_inputs(proto: onnx.ModelProto, group: ChannelGroup) -> list[tuple[
         elif op in ("LSTM", "GRU", "RNN") and m.dim[2] == 1:
             out.append((node.input[0], 2, m))
         elif op == "Gemm" and m.dim[2] == 1:
-            out.append((node.input[0], 0 if _attrs(node).get("transA", 0) else 1, m))
+            out.append((node.input[0], 0 if attrs(node).get("transA", 0) else 1, m))
         elif op == "MatMul" and m.dim[2] == 1:
             out.append((node.input[0], -1, m))
     return out
@@ -121,7 +122,7 @@ def activation_importance(model: Model, analysis: GroupAnalysis, data, samples: 
                           batch_size: int = 8) -> dict[int, np.ndarray]:
     """Per group and channel: sum over consumers of sqrt(sum_p ||W[:, p]||^2 E[x_p^2]) over the
     channel's positions p (the expected size of its contribution to each consumer's output)."""
-    from onnxprune.repair.capture import _session, capture_proto
+    from onnxprune.repair.capture import capture_proto, capture_session
 
     proto = model.proto
     read = _reader(model, proto)
@@ -134,7 +135,7 @@ def activation_importance(model: Model, analysis: GroupAnalysis, data, samples: 
         ds = data.subset(min(samples, len(data))) if samples else data
         feeds = {s.name for s in ds.specs}
         run = [x for x in names if x not in feeds]
-        sess = _session(capture_proto(model, run), model, None) if run else None
+        sess = capture_session(capture_proto(model, run), model, None) if run else None
         for feed in ds.batches(batch_size):
             outs = dict(zip(run, sess.run(run, feed))) if sess else {}
             outs.update({k: v for k, v in feed.items() if k in names})
@@ -333,7 +334,7 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
             start_ok = orig_start == 0 or (orig_start < 0 and orig_start <= -size) or new_start == orig_start
             end_ok = orig_end >= size or new_end == orig_end
             if dt["src"] == "attr":
-                at = _attrs(node)
+                at = attrs(node)
                 if not start_ok:
                     starts = list(at["starts"]); starts[dt["k"]] = new_start; _set_attr(node, "starts", starts)
                 if not end_ok:
@@ -371,7 +372,7 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
     for n, node in enumerate(g.node):
         for a in node.attribute:
             if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                from onnxprune.model import subgraph_outer_refs
+                from onnxprune.core.graph import subgraph_outer_refs
                 outer |= subgraph_outer_refs(node)
     modified = set(slicing) | set(writes)
     by_name: dict[str, dict[tuple[int, int], np.ndarray]] = {}
@@ -466,7 +467,7 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
 def _read_params(proto: onnx.ModelProto) -> int:
     """Elements of the main graph's constants that something reads (model_params without the ones
     a rewrite left unread, which the final sweep removes)."""
-    from onnxprune.model import subgraph_outer_refs
+    from onnxprune.core.graph import subgraph_outer_refs
 
     g = proto.graph
     reads = {x for n in g.node for x in n.input} | {o.name for o in g.output} | {i.name for i in g.input}
@@ -544,7 +545,7 @@ def reinit_weights(proto: onnx.ModelProto, seed: int = 0) -> list[str]:
 
     for node in g.node:
         op, ins = node.op_type, list(node.input)
-        at = _attrs(node)
+        at = attrs(node)
         if op in ("Conv", "ConvTranspose") and shape(ins[1]):
             w = shape(ins[1])
             fan_in = int(np.prod(w[1:])) if op == "Conv" else int(w[0] // max(at.get("group", 1), 1) * np.prod(w[2:]))
@@ -697,7 +698,7 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
 
 def render(report: dict, top: int | None = None) -> str:
     """Terminal table: per group channels before -> after, frozen reasons, totals."""
-    from onnxprune.report import table
+    from onnxprune.core.report import table
 
     rows = []
     for r in report["groups"][:top]:

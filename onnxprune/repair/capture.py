@@ -46,8 +46,10 @@ import onnx
 import onnx.helper
 
 from onnxprune.analyze.weights import Weight
-from onnxprune.errors import DataError, OptionError, Opt
-from onnxprune.model import Model, subgraph_outer_refs, unique_path
+from onnxprune.core.errors import DataError, OptionError, Opt
+from onnxprune.core.model import Model
+from onnxprune.core.runtime import session
+from onnxprune.core.graph import attrs, subgraph_outer_refs, unique_path
 from onnxprune.pipeline import Context, Pass, PassResult
 
 DEFAULT_MAX_COLS = 8192  # above this many reduction columns only norms are kept (H would be cols^2 float64)
@@ -137,10 +139,6 @@ class _Acc:
 
 # ------------------------------------------------------------------------------ activation specs
 
-def _attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _op_input_name(graph: onnx.GraphProto, weight: Weight) -> str:
     """The tensor name the weight reaches its op with: the stored name, then each chain step's output."""
     name = weight.key.rpartition("::")[2]
@@ -169,7 +167,7 @@ def _node_positions(graph: onnx.GraphProto, weight: Weight, use, index=None) -> 
     return found or same  # fall back on the node name alone
 
 
-def _find_node(graph: onnx.GraphProto, weight: Weight, use) -> onnx.NodeProto | None:
+def find_node(graph: onnx.GraphProto, weight: Weight, use) -> onnx.NodeProto | None:
     found = _node_positions(graph, weight, use)
     return graph.node[found[0]] if found else None
 
@@ -185,7 +183,7 @@ def activation_spec(model: Model, weight: Weight) -> ActSpec | str:
         return f"{use.op} node {use.node!r} not found in the main graph"
     pos = positions[0]
     node = model.proto.graph.node[pos]
-    at = _attrs(node)
+    at = attrs(node)
     op, role, shape = use.op, use.role, weight.op_shape
     cols = weight.cols
     if op in ("MatMul", "Gemm"):
@@ -204,8 +202,7 @@ def activation_spec(model: Model, weight: Weight) -> ActSpec | str:
         strides = tuple(at.get("strides", [1] * nd))
         dil = tuple(at.get("dilations", [1] * nd))
         pads = tuple(at.get("pads", [0] * 2 * nd))
-        auto = at.get("auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        auto = at.get("auto_pad", "NOTSET")
         group = int(at.get("group", 1))
         return ActSpec("conv", (node.input[0],), cols, group, (k, strides, dil, pads, auto, group, shape[1]))
     if op == "ConvTranspose":
@@ -217,8 +214,7 @@ def activation_spec(model: Model, weight: Weight) -> ActSpec | str:
         seq_note = " (sequence_lens given: padded steps are counted)" if len(node.input) > 4 and node.input[4] else ""
         if role == "W":
             return ActSpec("rnn_w", (node.input[0],), cols, 1, (layout,), note=seq_note.strip(" ()"))
-        direction = at.get("direction", b"forward")
-        direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+        direction = at.get("direction", "forward")
         d = shape[0]
         y = node.output[0] if node.output else ""
         h0 = node.input[5] if len(node.input) > 5 else ""
@@ -398,19 +394,10 @@ def capture_proto(model: Model, fetch: Sequence[str], renames: dict[int, tuple[i
     return proto
 
 
-def _session(proto: onnx.ModelProto, model: Model, threads: int | None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model.base_dir))
-    try:
-        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime's own exception types
-        raise DataError(f"{model.path or 'model'}: onnxruntime cannot load the capture model: "
-                        f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from e
+def capture_session(proto: onnx.ModelProto, model: Model, threads: int | None):
+    """A session on a capture model of `model` (its external data resolves against the model's folder)."""
+    return session(proto.SerializeToString(), label=f"{model.path or 'model'} (capture model)",
+                   base_dir=model.base_dir, threads=threads, log_level=3)
 
 
 # ------------------------------------------------------------------------------------- capturing
@@ -491,7 +478,7 @@ def capture(model: Model, data, weights: Sequence[Weight], *, gram: bool = True,
             feeds = {s.name for s in data.specs}
             consts = {name: model.read(model.key_for(name)) for name in fetch if model.key_for(name) is not None}
             run_names = [f for f in fetch if f not in feeds and f not in consts]
-            sess = _session(capture_proto(model, run_names, renames), model, threads) if run_names else None
+            sess = capture_session(capture_proto(model, run_names, renames), model, threads) if run_names else None
             for batch in data.iter_batches(batch_size):
                 outs = dict(zip(run_names, sess.run(run_names, batch.feed))) if sess else {}
                 outs.update({k: v for k, v in batch.feed.items() if k in fetch})

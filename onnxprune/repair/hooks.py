@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
-from onnxprune.errors import HookError, OptionError
+from onnxprune.core.errors import HookError, OptionError
 from onnxprune.pipeline import Context, Pass, PassResult
 from onnxprune.prune.prune_pass import apply_mask
 

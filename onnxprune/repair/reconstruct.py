@@ -30,10 +30,11 @@ import numpy as np
 import onnx
 
 from onnxprune.analyze.weights import Weight
-from onnxprune.errors import OptionError, Opt
+from onnxprune.core.errors import OptionError, Opt
 from onnxprune.pipeline import Context, Pass, PassResult
 from onnxprune.prune.prune_pass import apply_mask
-from onnxprune.repair.capture import LayerStats, StagedStats, _attrs, _find_node, calibration_state, state_for_proto
+from onnxprune.core.graph import attrs
+from onnxprune.repair.capture import LayerStats, StagedStats, calibration_state, find_node, state_for_proto
 
 REPAIR_METHODS = ("none", "lstsq", "bias", "lstsq+bias")
 DEFAULT_DAMP = 0.01
@@ -112,10 +113,10 @@ def bias_target(model, weight: Weight) -> tuple[str, np.ndarray, float] | str:
     if use.graph:
         return "op inside a subgraph"
     g = model.proto.graph
-    node = _find_node(g, weight, use)
+    node = find_node(g, weight, use)
     if node is None:
         return "op not found"
-    at = _attrs(node)
+    at = attrs(node)
     rows = weight.rows
     name, scale, index = None, 1.0, None
     if use.op == "Gemm":
@@ -279,7 +280,7 @@ def _real(w: Weight, stored: np.ndarray, model) -> np.ndarray:
 
 
 def _original_model(ctx: Context):
-    from onnxprune.model import Model
+    from onnxprune.core.model import Model
 
     if ctx.model.path is None:
         return None

@@ -27,8 +27,9 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from onnxprune.analyze.groups import _attrs, constant_array, constant_values, dequantized, qdq_params
-from onnxprune.model import Model
+from onnxprune.analyze.groups import constant_array, constant_values, dequantized, qdq_params
+from onnxprune.core.graph import attrs
+from onnxprune.core.model import Model
 
 DEFAULT_DAMP = 0.01
 MAX_BYTES = 1_500_000_000  # Gram matrices held at once; more consumers are done in further passes
@@ -114,7 +115,7 @@ class _Consumer:
 def _pinned(g: onnx.GraphProto) -> set[str]:
     """Names read by something other than a main-graph node input: graph outputs and subgraphs'
     outer references (a constant they read must not change under them)."""
-    from onnxprune.model import subgraph_outer_refs
+    from onnxprune.core.graph import subgraph_outer_refs
 
     pinned = {o.name for o in g.output}
     for node in g.node:
@@ -179,7 +180,7 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
         return readers[name] == 1 and name not in pinned
     for n, node in enumerate(new.node):
         op = node.op_type
-        at = _attrs(node)
+        at = attrs(node)
         if op == "Conv":
             axis_in, axis_out = 1, 0
             if at.get("group", 1) != 1:
@@ -305,7 +306,7 @@ def _set_weight(proto: onnx.ModelProto, c: "_Consumer", array: np.ndarray) -> No
     info = np.iinfo(stored.dtype)
     scale, zp = qdq_params(node, read, array.ndim)
     n = scale.size
-    per = np.moveaxis(array, _attrs(node).get("axis", 1) % array.ndim, 0).reshape(n, -1) if n > 1 else array.reshape(1, -1)
+    per = np.moveaxis(array, attrs(node).get("axis", 1) % array.ndim, 0).reshape(n, -1) if n > 1 else array.reshape(1, -1)
     lo, hi = np.minimum(per.min(axis=1), 0.0), np.maximum(per.max(axis=1), 0.0)
     s0, z0 = scale.reshape(-1), np.broadcast_to(zp, scale.shape).reshape(-1)
     outside = (lo < (info.min - z0) * s0) | (hi > (info.max - z0) * s0)
@@ -357,13 +358,13 @@ def _write(proto: onnx.ModelProto, c: _Consumer, w: np.ndarray, b: np.ndarray | 
 def _output_error(model: Model, proto: onnx.ModelProto, ds, batch_size: int) -> float:
     """Relative L2 error of all float outputs of `proto` against the dense model over `ds`."""
     from onnxprune.check.parity import _as_array
-    from onnxprune.repair.capture import _session
+    from onnxprune.repair.capture import capture_session
 
     cand = Model(proto, model.path)
     cand.base_dir = model.base_dir
     ref = onnx.ModelProto()
     ref.CopyFrom(model.proto)
-    s_o, s_p = _session(ref, model, None), _session(proto, cand, None)
+    s_o, s_p = capture_session(ref, model, None), capture_session(proto, cand, None)
     num = den = 0.0
     names = [o.name for o in s_o.get_outputs()]
     for feed in ds.batches(batch_size):
@@ -407,7 +408,7 @@ def lstsq_repair(model: Model, proto: onnx.ModelProto, plan, data, *, samples: i
     guard: keep the repair only if it lowers the relative L2 error of the model outputs (against the
     dense model) on held-out calibration samples (a quarter of them, when there are 8 or more; the
     fit uses the rest); otherwise the plain sliced weights stay."""
-    from onnxprune.repair.capture import _session, capture_proto
+    from onnxprune.repair.capture import capture_proto, capture_session
 
     start = time.perf_counter()
     consumers, skipped = _plan_consumers(model, proto, plan)
@@ -440,8 +441,8 @@ def lstsq_repair(model: Model, proto: onnx.ModelProto, plan, data, *, samples: i
     for chunk in chunks:
         names = sorted({c.node_new.input[0] for c in chunk} - feeds)
         pruned.replace_proto(proto)
-        s_o = _session(capture_proto(model, names), model, None) if names else None
-        s_p = _session(capture_proto(pruned, names), pruned, None) if names else None
+        s_o = capture_session(capture_proto(model, names), model, None) if names else None
+        s_p = capture_session(capture_proto(pruned, names), pruned, None) if names else None
         for feed in ds.batches(batch_size):
             oo = dict(zip(names, s_o.run(names, feed))) if s_o else {}
             pp = dict(zip(names, s_p.run(names, feed))) if s_p else {}

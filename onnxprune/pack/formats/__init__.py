@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.errors import TargetError
+from onnxprune.core.errors import TargetError
 from onnxprune.pack.formats import bitmask, bsr, coo, nm
 from onnxprune.pack.formats.base import PackedTensor
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxprune.errors import TargetError
+from onnxprune.core.errors import TargetError
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.errors import TargetError
+from onnxprune.core.errors import TargetError
 from onnxprune.pack.formats.base import PackedTensor, bits_of, from_bits, matrix_bits, nonzero
 
 NAME = "bsr"

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.errors import TargetError
+from onnxprune.core.errors import TargetError
 from onnxprune.pack.formats.base import PackedTensor, bits_of, from_bits, matrix_bits, nonzero
 
 NAME = "coo"

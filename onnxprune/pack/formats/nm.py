@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from onnxprune.errors import TargetError
+from onnxprune.core.errors import TargetError
 from onnxprune.pack.formats.base import PackedTensor, bits_of, from_bits, matrix_bits, nonzero
 
 NAME = "nm"

@@ -23,8 +23,9 @@ import onnx.helper
 import onnx.numpy_helper
 from google.protobuf.message import DecodeError
 
-from onnxprune.atomic import atomic_files, atomic_open
-from onnxprune.errors import ExternalDataError, ModelLoadError, OnnxPruneError
+from onnxprune.core.atomic import atomic_files, atomic_open
+from onnxprune.core.errors import ExternalDataError, ModelLoadError, OnnxPruneError
+from onnxprune.core.graph import unique_path, walk_graphs
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: above this a model must keep its weights as external data
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
@@ -42,48 +43,6 @@ class TensorRef:
 
 def np_dtype(elem_type: int) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
-
-
-def unique_path(path: str, seen: set[str]) -> str:
-    """A subgraph's path, made unique: graph names may repeat (two Ifs with "then_branch"s), and
-    the second gets "#2". Every walker visits subgraphs depth first in node and attribute order."""
-    unique, n = path, 1
-    while unique in seen:
-        n += 1
-        unique = f"{path}#{n}"
-    seen.add(unique)
-    return unique
-
-
-def _walk_graphs(graph: onnx.GraphProto, path: str = "", seen: set[str] | None = None) -> Iterator[tuple[str, onnx.GraphProto]]:
-    seen = {path} if seen is None else seen
-    yield path, graph
-    for node in graph.node:
-        for attr in node.attribute:
-            sub = []
-            if attr.type == onnx.AttributeProto.GRAPH:
-                sub = [attr.g]
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                sub = list(attr.graphs)
-            for i, g in enumerate(sub):
-                name = g.name or f"{node.name or node.op_type}.{attr.name}{i if len(sub) > 1 else ''}"
-                yield from _walk_graphs(g, unique_path(f"{path}/{name}" if path else name, seen), seen)
-
-
-def subgraph_outer_refs(node: onnx.NodeProto) -> set[str]:
-    """Outer-scope names a node's subgraphs read."""
-    refs: set[str] = set()
-    for a in node.attribute:
-        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
-        for g in subs:
-            local = {i.name for i in g.input} | {t.name for t in g.initializer}
-            for n in g.node:
-                local |= set(n.output)
-            for n in g.node:
-                refs |= {i for i in n.input if i and i not in local}
-                refs |= subgraph_outer_refs(n) - local
-            refs |= {o.name for o in g.output if o.name not in local}
-    return refs
 
 
 class Model:
@@ -151,7 +110,7 @@ class Model:
         """Every constant tensor of the model, main graph and subgraphs, with a unique key."""
         if self._refs is None:
             found: list[tuple[str, str, str, onnx.TensorProto]] = []
-            for gpath, g in _walk_graphs(self._proto.graph):
+            for gpath, g in walk_graphs(self._proto.graph):
                 for t in g.initializer:
                     found.append((t.name, gpath, "initializer", t))
                 for node in g.node:
@@ -703,7 +662,7 @@ def validate(proto: onnx.ModelProto, where: str = "model") -> list[str]:
             "onnx.version_converter.convert_version(model, 17) or re-export it")
     v = _Validator(where)
     v.graph(proto.graph, "", set())
-    used = {n.domain for _, g in _walk_graphs(proto.graph) for n in g.node} | set(domains)
+    used = {n.domain for _, g in walk_graphs(proto.graph) for n in g.node} | set(domains)
     for domain in sorted(used - KNOWN_DOMAINS):
         v.notes.append(f"domain {domain!r} is not an onnx or onnxruntime domain: its ops are left as they are "
                        "and running the model needs their custom-op library")

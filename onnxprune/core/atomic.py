@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from onnxprune.errors import OutputError
+from onnxprune.core.errors import OutputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -10,20 +10,20 @@ from pathlib import Path
 import click
 
 from onnxprune.analyze.weights import find_weights
-from onnxprune.atomic import check_writable
+from onnxprune.core.atomic import check_writable
 from onnxprune.check.data import Dataset, dataset_from_options
 from onnxprune.check.parity import refuse_guessed_shapes
-from onnxprune.errors import OptionError
-from onnxprune.model import Model
+from onnxprune.core.errors import OptionError
+from onnxprune.core.model import Model
 from onnxprune.pack.eligibility import static_check
 from onnxprune.pack.passes import pack_model
 from onnxprune.pack.passes import render_report as render_pack_report
 from onnxprune.pack.targets import load_target
 from onnxprune.pipeline import stamp
-from onnxprune.prune.job import prune_model, summarize
-from onnxprune.prune.masks import MaskSet
-from onnxprune.recipe import Recipe
-from onnxprune.report import is_stdout, make_parent, table, write_json
+from onnxprune.jobs.prune_job import prune_model, summarize
+from onnxprune.core.masks import MaskSet
+from onnxprune.jobs.recipe import Recipe
+from onnxprune.core.report import is_stdout, make_parent, table, write_json
 
 
 @dataclass

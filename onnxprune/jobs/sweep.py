@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Callable
 
 from onnxprune.check.parity import ParityReport, Thresholds, compare
-from onnxprune.errors import OptionError, Opt
-from onnxprune.model import Model
-from onnxprune.prune.job import PruneOptions, prune_model
+from onnxprune.core.errors import OptionError, Opt
+from onnxprune.core.model import Model
+from onnxprune.jobs.prune_job import PruneOptions, prune_model
 
 HEADLINE = ("top1_agreement", "cosine_mean", "rel_l2", "snr_db", "accuracy_drop")
 
@@ -89,7 +89,7 @@ def pyplot():
 
 def plot(points: list[dict], path: str | Path, title: str) -> None:
     """A PNG of the metric curve (needs the optional matplotlib extra)."""
-    from onnxprune.atomic import atomic_open
+    from onnxprune.core.atomic import atomic_open
 
     plt = pyplot()
     pts = sorted(points, key=lambda p: p["sparsity"])

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxprune.atomic import atomic_open, atomic_write_text
-from onnxprune.errors import OnnxPruneError, OptionError
+from onnxprune.core.atomic import atomic_open, atomic_write_text
+from onnxprune.core.errors import OnnxPruneError, OptionError
 
 MANIFEST_VERSION = 1
 

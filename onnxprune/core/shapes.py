@@ -24,7 +24,8 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 
-from onnxprune.errors import DataError, Opt, OptionError
+from onnxprune.core.errors import DataError, ModelLoadError, Opt, OptionError
+from onnxprune.core.runtime import session
 
 Dim = int | str | None  # static size, dim_param name, or unnamed dynamic (also -1 / 0 from some exporters)
 
@@ -240,16 +241,9 @@ def _resize_hint(model: onnx.ModelProto, o: _Open) -> None:
 def _probe(model: onnx.ModelProto, base_dir: str | os.PathLike | None, specs: Sequence[InputSpec],
            trials: list[dict[str, tuple[int, ...]]], int_ranges: Mapping[str, tuple[int, int]]) -> int | None:
     """Index of the first trial the model runs on in onnxruntime (None when none does or it cannot load)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    if base_dir is not None:
-        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001 - onnxruntime's own types; the gate reports load errors itself
+        sess = session(model.SerializeToString(), label="model", base_dir=base_dir, threads=1)
+    except ModelLoadError:  # the gate reports load errors itself
         return None
     rng = np.random.default_rng(0)
     for i, shapes in enumerate(trials):

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence
 import click
 import numpy as np
 
-from onnxprune.atomic import atomic_write_text
+from onnxprune.core.atomic import atomic_write_text
 
 SCHEMA_VERSION = 1
 STDOUT = "-"  # a --report path that means standard output

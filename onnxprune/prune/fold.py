@@ -12,8 +12,8 @@ import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from onnxprune.errors import AnalysisError, Opt
-from onnxprune.model import Model, check_structure
+from onnxprune.core.errors import AnalysisError, Opt
+from onnxprune.core.model import Model, check_structure
 from onnxprune.pipeline import Context, Pass, PassResult
 
 

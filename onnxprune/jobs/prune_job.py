@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from onnxprune.analyze.cleanup import check_params_not_increased
-from onnxprune.analyze.fold import FoldConstantsPass
-from onnxprune.errors import OptionError, Opt
-from onnxprune.model import Model
+from onnxprune.prune.fold import FoldConstantsPass
+from onnxprune.core.errors import OptionError, Opt
+from onnxprune.core.model import Model
 from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, parse_override
-from onnxprune.prune.masks import MaskSet
+from onnxprune.core.masks import MaskSet
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import ScheduleStep, cubic_sparsity, schedule

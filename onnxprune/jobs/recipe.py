@@ -37,9 +37,9 @@ else:  # pragma: no cover
 
 import tomli_w
 
-from onnxprune.bundled import toml_files
-from onnxprune.errors import OnnxPruneError, OptionError, Opt
-from onnxprune.prune.job import PruneOptions
+from onnxprune.core.bundled import toml_files
+from onnxprune.core.errors import OnnxPruneError, OptionError, Opt
+from onnxprune.jobs.prune_job import PruneOptions
 
 _FLOAT, _INT, _BOOL, _STR, _STRS = (int, float), int, bool, str, list
 
@@ -173,7 +173,7 @@ def from_dict(data: dict, source: str = "<recipe>", text: str = "") -> Recipe:
             raise _err(source, text, "target", "name", e.render(recipe_key)) from e
     try:
         recipe.prune = PruneOptions(**prune)
-        from onnxprune.prune.job import build_pipeline
+        from onnxprune.jobs.prune_job import build_pipeline
 
         build_pipeline(recipe.prune)  # validates values (pattern, scope, schedule, hooks)
     except OptionError as e:

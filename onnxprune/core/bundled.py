@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # the onnxprune package folder
 _FOLDERS = {"recipes": "passes", "targets_data": "targets"}
 
 

@@ -1,0 +1,61 @@
+"""Walking a model's graphs: subgraph paths (the part of a weight key before "::"), outer-scope
+reads, and node attributes decoded one way for every caller."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import onnx
+import onnx.helper
+
+
+def unique_path(path: str, seen: set[str]) -> str:
+    """A subgraph's path, made unique: graph names may repeat (two Ifs with "then_branch"s), and
+    the second gets "#2". Every walker visits subgraphs depth first in node and attribute order."""
+    unique, n = path, 1
+    while unique in seen:
+        n += 1
+        unique = f"{path}#{n}"
+    seen.add(unique)
+    return unique
+
+
+def walk_graphs(graph: onnx.GraphProto, path: str = "", seen: set[str] | None = None) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """(path, graph) for the graph and every subgraph, depth first in node and attribute order."""
+    seen = {path} if seen is None else seen
+    yield path, graph
+    for node in graph.node:
+        for attr in node.attribute:
+            sub = []
+            if attr.type == onnx.AttributeProto.GRAPH:
+                sub = [attr.g]
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                sub = list(attr.graphs)
+            for i, g in enumerate(sub):
+                name = g.name or f"{node.name or node.op_type}.{attr.name}{i if len(sub) > 1 else ''}"
+                yield from walk_graphs(g, unique_path(f"{path}/{name}" if path else name, seen), seen)
+
+
+def subgraph_outer_refs(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names a node's subgraphs read."""
+    refs: set[str] = set()
+    for a in node.attribute:
+        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
+        for g in subs:
+            local = {i.name for i in g.input} | {t.name for t in g.initializer}
+            for n in g.node:
+                local |= set(n.output)
+            for n in g.node:
+                refs |= {i for i in n.input if i and i not in local}
+                refs |= subgraph_outer_refs(n) - local
+            refs |= {o.name for o in g.output if o.name not in local}
+    return refs
+
+
+def attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes by name, with byte strings decoded to str (auto_pad, direction, mode...)."""
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out

@@ -1,0 +1,46 @@
+"""The one place onnxruntime sessions are made: every run (shapes, captures, the parity gate) gets
+its options here, so a model that loads for one step loads for all of them."""
+
+from __future__ import annotations
+
+import os
+
+import onnxruntime as ort
+
+from onnxprune.core.errors import ModelLoadError
+
+CPU = ("CPUExecutionProvider",)
+
+
+def first_line(e: BaseException) -> str:
+    """onnxruntime's (often multi-line) message, first line only."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def session(source: bytes | str | os.PathLike, *, label: str, base_dir: str | os.PathLike | None = None,
+            threads: int | None = None, providers: tuple[str, ...] | list[str] = CPU, optimize: bool = True,
+            deterministic: bool = False, log_level: int = 4) -> ort.InferenceSession:
+    """A session on serialized model bytes (external data resolved against `base_dir`) or a model path.
+
+    `threads`: intra-op threads (None: onnxruntime's default); `deterministic`: one inter-op thread,
+    sequential execution and deterministic kernels (the parity gate); `optimize=False` keeps every
+    node as it is (runs that expose intermediate tensors). A model onnxruntime refuses raises
+    ModelLoadError naming `label`."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = log_level  # failures reach the caller as one-line errors
+    if threads:
+        opts.intra_op_num_threads = threads
+    if deterministic:
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.use_deterministic_compute = True
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if base_dir is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(base_dir))
+    if not isinstance(source, bytes):
+        source = os.fspath(source)
+    try:
+        return ort.InferenceSession(source, opts, providers=list(providers))
+    except Exception as e:  # onnxruntime raises its own exception types, all plain Exception subclasses
+        raise ModelLoadError(f"{label}: onnxruntime cannot load it: {first_line(e)}") from e
