@@ -27,7 +27,7 @@ from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import Dataset
 from onnxprune.core.model import Model
 from onnxprune.jobs.prune_job import PruneOptions, prune_model
-from onnxprune.repair.capture import capture
+from onnxprune.analyze.activations import capture
 
 F = TensorProto.FLOAT
 

@@ -21,7 +21,8 @@ from onnxprune.jobs.prune_job import PruneOptions, build_pipeline, prune_model
 from onnxprune.core.masks import MaskSet
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
-from onnxprune.repair.capture import CalibrationPass, capture, upstream_weights
+from onnxprune.analyze.activations import capture, upstream_weights
+from onnxprune.pipeline.calibration import CalibrationPass
 from onnxprune.repair.hooks import HookPass
 from onnxprune.repair.reconstruct import RepairPass, lstsq_rows
 

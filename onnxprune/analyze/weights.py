@@ -475,3 +475,27 @@ def find_weights(model: Model) -> Analysis:
         if w.other_uses:
             w.notes.append("also read by " + ", ".join(w.other_uses) + "; pruning changes those uses too")
     return Analysis(list(weights.values()), unprunable)  # in graph order of first use
+
+
+# ------------------------------------------------------------------------- quantized weights
+
+def dequant_params(weight: Weight, model) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, zero_point) of a quantized weight, broadcastable to its stored layout."""
+    q = weight.quant
+    assert q is not None
+    scale = model.read(q.scale).astype(np.float32) if q.scale else np.ones((), np.float32)  # integer ops: one
+    zp = model.read(q.zero_point) if q.zero_point else np.zeros((), dtype=weight.dtype)      # scale, applied later
+    per_axis = max(scale.size, zp.size)
+    if per_axis > 1:  # per-axis along q.axis of the stored tensor
+        shape = [1] * len(weight.shape)
+        shape[q.axis % len(weight.shape)] = per_axis
+        scale = scale.reshape(shape) if scale.size > 1 else scale.reshape(())
+        zp = zp.reshape(shape) if zp.size > 1 else zp.reshape(())  # no zero point: one scalar 0
+    return scale, zp
+
+
+def zero_value(weight: Weight, model) -> np.ndarray:
+    """The stored value that means "pruned": 0, or the zero point for quantized weights."""
+    if weight.quant is None:
+        return np.zeros((), dtype=weight.dtype)
+    return dequant_params(weight, model)[1]

@@ -23,9 +23,9 @@ from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import ScheduleStep, cubic_sparsity, schedule
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
-from onnxprune.prune.criteria import zero_value
+from onnxprune.analyze.weights import zero_value
 from onnxprune.prune.structured import DEFAULT_ROUND_TO, ChannelPrunePass
-from onnxprune.repair.capture import CalibrationPass
+from onnxprune.pipeline.calibration import CalibrationPass
 from onnxprune.repair.hooks import HookPass
 from onnxprune.repair.reconstruct import REPAIR_METHODS, RepairPass
 

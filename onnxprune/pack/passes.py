@@ -35,7 +35,7 @@ from onnxprune.pipeline import Context, Pass, PassResult, Pipeline
 from onnxprune.prune import criteria, patterns
 from onnxprune.core.masks import MaskSet
 from onnxprune.prune.patterns import Pattern
-from onnxprune.prune.prune_pass import write_masked
+from onnxprune.pipeline.masking import write_masked
 
 DEFAULT_MAX_INCREASE = 0.10  # EnforcePattern: most extra sparsity (absolute) it adds to one weight
 

@@ -44,6 +44,7 @@ class Context:
     results: list[PassResult] = field(default_factory=list)
     progress: bool = True
     state: dict[str, Any] = field(default_factory=dict)  # per-family pass state, e.g. "target"
+    calibration: Any = None  # pipeline.calibration.CalibrationState, made by the first pass that needs it
     exclude: dict[str, str] = field(default_factory=dict)  # weights left dense -> why (e.g. the target cannot use them)
     _analysis: Analysis | None = None
 

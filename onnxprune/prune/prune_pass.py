@@ -7,58 +7,15 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from onnxprune.analyze.weights import Weight
+from onnxprune.analyze.weights import Weight, zero_value
 from onnxprune.core.errors import OptionError, Opt
 from onnxprune.pipeline import Context, Pass, PassResult
+from onnxprune.pipeline.masking import bit_view, write_masked
 from onnxprune.prune import criteria, global_rank, patterns
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, allocate, parse_override
 from onnxprune.prune.patterns import Pattern
 
 PROGRESS_MIN_PARAMS = 5_000_000  # show a progress bar above this many prunable parameters
-
-
-def _bits(a: np.ndarray) -> np.ndarray:
-    """The values as unsigned integers of the same width (bit patterns: -0.0 != 0.0, NaN == same NaN)."""
-    a = np.ascontiguousarray(a)
-    if a.itemsize in (1, 2, 4, 8):
-        return a.view(f"u{a.itemsize}")
-    return a.view(np.uint8).reshape(a.shape + (a.itemsize,))
-
-
-def apply_mask(weight: Weight, stored: np.ndarray, keep: np.ndarray, model) -> np.ndarray:
-    """Stored values with pruned entries set to zero (or to the zero point when quantized)."""
-    if weight.quant is None and stored.itemsize in (1, 2, 4, 8) and stored.dtype.kind != "O":
-        # all-zero bits are 0 / +0.0 in every numeric dtype: multiplying the bit patterns by the
-        # mask is exact and several times faster than np.where
-        bits = _bits(stored)
-        return np.multiply(bits, np.broadcast_to(keep, bits.shape), dtype=bits.dtype).view(stored.dtype)
-    return np.where(keep, stored, criteria.zero_value(weight, model)).astype(stored.dtype, copy=False)
-
-
-def write_masked(ctx: Context, weight: Weight, keep: np.ndarray, stored: np.ndarray | None = None) -> int:
-    """Write the masked weight into the model; returns how many stored values changed."""
-    if stored is None:
-        stored = ctx.model.read(weight.key)
-    if _maskable_in_place(weight, stored):  # a fresh array read from external data: no second copy
-        stored.flags.writeable = True  # before taking the view, which inherits the flag
-        bits = _bits(stored)
-        nonzero = np.count_nonzero(bits)
-        np.multiply(bits, keep, out=bits)
-        changed = int(nonzero - np.count_nonzero(bits))  # masking only ever zeroes values
-        if changed:
-            ctx.model.write(weight.key, stored, hand_over=True)
-        return changed
-    masked = apply_mask(weight, stored, keep, ctx.model)
-    diff = _bits(masked) != _bits(stored)
-    changed = int(np.count_nonzero(diff if diff.ndim == stored.ndim else diff.any(axis=-1)))
-    if changed:
-        ctx.model.write(weight.key, masked, hand_over=True)
-    return changed
-
-
-def _maskable_in_place(weight: Weight, stored: np.ndarray) -> bool:
-    return (weight.quant is None and stored.flags.owndata and stored.flags.c_contiguous
-            and stored.itemsize in (1, 2, 4, 8) and stored.dtype.kind != "O")
 
 
 class PrunePass(Pass):
@@ -210,8 +167,8 @@ def _alive(ctx: Context, weight: Weight) -> np.ndarray | None:
 
 def _prune_entries(ctx: Context, weight: Weight, index: np.ndarray) -> int:
     """Prune the entries at flat `index` of a weight already written; returns how many values changed."""
-    zero = np.broadcast_to(criteria.zero_value(weight, ctx.model), weight.shape)[np.unravel_index(index, weight.shape)]
-    changed = int(np.count_nonzero(_bits(ctx.model.read(weight.key).reshape(-1)[index]) != _bits(zero)))
+    zero = np.broadcast_to(zero_value(weight, ctx.model), weight.shape)[np.unravel_index(index, weight.shape)]
+    changed = int(np.count_nonzero(bit_view(ctx.model.read(weight.key).reshape(-1)[index]) != bit_view(zero)))
     ctx.model.set_entries(weight.key, index, zero)
     ctx.masks.prune_entries(weight.key, index)
     return changed

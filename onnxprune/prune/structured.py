@@ -122,7 +122,7 @@ def activation_importance(model: Model, analysis: GroupAnalysis, data, samples: 
                           batch_size: int = 8) -> dict[int, np.ndarray]:
     """Per group and channel: sum over consumers of sqrt(sum_p ||W[:, p]||^2 E[x_p^2]) over the
     channel's positions p (the expected size of its contribution to each consumer's output)."""
-    from onnxprune.repair.capture import capture_proto, capture_session
+    from onnxprune.analyze.activations import capture_proto, capture_session
 
     proto = model.proto
     read = _reader(model, proto)

@@ -20,7 +20,7 @@ import onnx
 
 from onnxprune.core.errors import HookError, OptionError
 from onnxprune.pipeline import Context, Pass, PassResult
-from onnxprune.prune.prune_pass import apply_mask
+from onnxprune.pipeline.masking import apply_mask
 
 
 @dataclass
@@ -35,6 +35,7 @@ class HookContext:
     masks: dict[str, np.ndarray]  # True = kept
     model: onnx.ModelProto
     data: Any  # the calibration Dataset (iterate data.batches(n) for feed dicts) or None
+    calibration: Any = None  # the pipeline's CalibrationState (statistics, dense weights), for built-in hooks
 
 
 def _one_line(e: BaseException) -> str:
@@ -85,7 +86,8 @@ class HookPass(Pass):
         for spec, fn in zip(self.hooks, self._fns):
             weights = {k: np.array(model.read(k)) for k in ctx.masks.keys()}
             masks = {k: ctx.masks.get(k) for k in ctx.masks.keys()}
-            hctx = HookContext(self.step, self.steps, self.t, self.sparsity, weights, masks, model.proto, ctx.data)
+            hctx = HookContext(self.step, self.steps, self.t, self.sparsity, weights, masks, model.proto, ctx.data,
+                               ctx.calibration)
             try:
                 updates = fn(hctx)
             except Exception as e:

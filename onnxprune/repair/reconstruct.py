@@ -29,12 +29,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxprune.analyze.weights import Weight
+from onnxprune.analyze.weights import Weight, dequant_params
 from onnxprune.core.errors import OptionError, Opt
 from onnxprune.pipeline import Context, Pass, PassResult
-from onnxprune.prune.prune_pass import apply_mask
+from onnxprune.pipeline.masking import apply_mask
 from onnxprune.core.graph import attrs
-from onnxprune.repair.capture import LayerStats, StagedStats, calibration_state, find_node, state_for_proto
+from onnxprune.analyze.activations import LayerStats, find_node
+from onnxprune.pipeline.calibration import StagedStats, calibration_state
 
 REPAIR_METHODS = ("none", "lstsq", "bias", "lstsq+bias")
 DEFAULT_DAMP = 0.01
@@ -273,7 +274,6 @@ def repair(ctx: Context, method: str = "lstsq", *, sequential: bool = False, dam
 def _real(w: Weight, stored: np.ndarray, model) -> np.ndarray:
     if w.quant is None:
         return w.matrix(np.asarray(stored)).astype(np.float64)
-    from onnxprune.prune.criteria import dequant_params
 
     scale, zp = dequant_params(w, model)
     return w.matrix((stored.astype(np.float64) - zp.astype(np.float64)) * scale)
@@ -337,7 +337,7 @@ class RepairPass(Pass):
 # ------------------------------------------------------------------------------------------ hooks
 
 def _hook(hctx, method: str) -> dict[str, np.ndarray]:
-    state = state_for_proto(hctx.model)
+    state = hctx.calibration
     if state is None or state.ctx is None:
         raise RuntimeError(f"{method} needs the calibration state of the running pipeline (calibration data and "
                            "the dense weights): give calibration data and build the job with build_pipeline (it adds "

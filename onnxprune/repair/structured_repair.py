@@ -36,7 +36,7 @@ MAX_BYTES = 1_500_000_000  # Gram matrices held at once; more consumers are done
 
 
 def _conv_cols(x: np.ndarray, at: dict, kshape) -> np.ndarray:
-    from onnxprune.repair.capture import conv_pads, im2col
+    from onnxprune.analyze.activations import conv_pads, im2col
 
     nd = len(kshape)
     strides = tuple(at.get("strides", [1] * nd))
@@ -358,7 +358,7 @@ def _write(proto: onnx.ModelProto, c: _Consumer, w: np.ndarray, b: np.ndarray | 
 def _output_error(model: Model, proto: onnx.ModelProto, ds, batch_size: int) -> float:
     """Relative L2 error of all float outputs of `proto` against the dense model over `ds`."""
     from onnxprune.check.parity import _as_array
-    from onnxprune.repair.capture import capture_session
+    from onnxprune.analyze.activations import capture_session
 
     cand = Model(proto, model.path)
     cand.base_dir = model.base_dir
@@ -408,7 +408,7 @@ def lstsq_repair(model: Model, proto: onnx.ModelProto, plan, data, *, samples: i
     guard: keep the repair only if it lowers the relative L2 error of the model outputs (against the
     dense model) on held-out calibration samples (a quarter of them, when there are 8 or more; the
     fit uses the rest); otherwise the plain sliced weights stay."""
-    from onnxprune.repair.capture import capture_proto, capture_session
+    from onnxprune.analyze.activations import capture_proto, capture_session
 
     start = time.perf_counter()
     consumers, skipped = _plan_consumers(model, proto, plan)
