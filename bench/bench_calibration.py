@@ -23,11 +23,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.analyze.activations import capture
 from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import Dataset
 from onnxprune.core.model import Model
 from onnxprune.jobs.prune_job import PruneOptions, prune_model
-from onnxprune.analyze.activations import capture
 
 F = TensorProto.FLOAT
 

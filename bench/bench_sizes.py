@@ -35,13 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from onnxprune.core.model import Model  # noqa: E402
+from onnxprune.core.report import table  # noqa: E402
+from onnxprune.jobs.prune_job import PruneOptions, prune_model  # noqa: E402
 from onnxprune.pack import formats as F  # noqa: E402
 from onnxprune.pack.eligibility import static_check  # noqa: E402
 from onnxprune.pack.passes import pack_model  # noqa: E402
 from onnxprune.pack.sizes import information_bound_bits  # noqa: E402
 from onnxprune.pack.targets import all_targets  # noqa: E402
-from onnxprune.jobs.prune_job import PruneOptions, prune_model  # noqa: E402
-from onnxprune.core.report import table  # noqa: E402
 
 MODELS = {"ddddocr": ("ddddocr_common", {"input1": (1, 1, 64, 192)}), "magika": ("magika", None)}
 

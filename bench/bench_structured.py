@@ -47,7 +47,6 @@ from onnxprune.check.parity import compare  # noqa: E402
 from onnxprune.core.model import Model  # noqa: E402
 from onnxprune.prune.structured import CPU_ROUND_TO, prune_channels  # noqa: E402
 
-
 CALIB = {"ddddocr_common": 32, "ddddocr_det": 16, "magika": 128}  # repair fits on 3/4, guards on 1/4
 EVAL = {"ddddocr_common": 32, "ddddocr_det": 16, "magika": 128}
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from finetune_hook import CNN_PARAMS, MLP_PARAMS, cnn, mlp, train
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.datasets import load_digits
-
-from finetune_hook import CNN_PARAMS, MLP_PARAMS, cnn, mlp, train
 
 HERE = Path(__file__).resolve().parent
 SPLIT = {"train": 1197, "calib": 300, "eval": 300}

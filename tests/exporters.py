@@ -22,7 +22,6 @@ from typing import Callable
 
 import numpy as np
 import onnx
-
 import realmodels
 
 

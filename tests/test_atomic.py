@@ -14,12 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import builders as B
 import numpy as np
 import pytest
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-import builders as B
 from onnxprune.core import atomic
 from onnxprune.core.errors import OutputError
 from onnxprune.core.model import Model

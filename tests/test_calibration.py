@@ -12,17 +12,21 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.analyze.activations import capture, upstream_weights
 from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import Dataset
-from onnxprune.core.model import Model
-from onnxprune.pipeline import Context, Pipeline
-from onnxprune.prune.calibrated import CalibratedPrunePass, per_row_unstructured, sparsegpt
-from onnxprune.jobs.prune_job import PruneOptions, build_pipeline, prune_model
 from onnxprune.core.masks import MaskSet
+from onnxprune.core.model import Model
+from onnxprune.jobs.prune_job import PruneOptions, build_pipeline, prune_model
+from onnxprune.pipeline import Context, Pipeline
+from onnxprune.pipeline.calibration import CalibrationPass
+from onnxprune.prune.calibrated import (
+    CalibratedPrunePass,
+    per_row_unstructured,
+    sparsegpt,
+)
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
-from onnxprune.analyze.activations import capture, upstream_weights
-from onnxprune.pipeline.calibration import CalibrationPass
 from onnxprune.repair.hooks import HookPass
 from onnxprune.repair.reconstruct import RepairPass, lstsq_rows
 

@@ -13,8 +13,19 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from onnxprune.check.data import Dataset, input_specs, load_dataset, parse_int_range, parse_shape
-from onnxprune.check.parity import Thresholds, compare, parse_output_threshold, thresholds_from_options
+from onnxprune.check.data import (
+    Dataset,
+    input_specs,
+    load_dataset,
+    parse_int_range,
+    parse_shape,
+)
+from onnxprune.check.parity import (
+    Thresholds,
+    compare,
+    parse_output_threshold,
+    thresholds_from_options,
+)
 from onnxprune.cli import main
 from onnxprune.core.errors import DataError, ModelLoadError, OptionError
 from onnxprune.core.model import Model

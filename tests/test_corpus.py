@@ -10,13 +10,13 @@ The last test prints the tally: cases, runs, tracebacks, wrong exit codes, lefto
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import builders as B
 import ml_dtypes
 import numpy as np
 import onnx
@@ -26,7 +26,6 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-import builders as B
 from onnxprune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

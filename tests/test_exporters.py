@@ -6,11 +6,10 @@ the table of results: bench/exporters.py."""
 
 from __future__ import annotations
 
+import exporters as E
 import numpy as np
 import onnx
 import pytest
-
-import exporters as E
 
 pytestmark = pytest.mark.real
 

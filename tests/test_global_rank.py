@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
+from onnxprune.jobs.prune_job import PruneOptions, prune_model
 from onnxprune.prune import global_rank
 from onnxprune.prune.global_rank import GlobalCut
-from onnxprune.jobs.prune_job import PruneOptions, prune_model
-from onnxprune.core.masks import MaskSet
 
 
 def reference_keep(scores: list[np.ndarray], alive: list[np.ndarray | None], need: int) -> list[np.ndarray]:

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from golden import GOLDEN, cases, run_case
 
 RECORDED = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}

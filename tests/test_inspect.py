@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+import builders as B
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
 
-import builders as B
 from onnxprune.analyze.inspect import inspect_model, zero_fraction
 from onnxprune.analyze.weights import find_weights
 from onnxprune.cli import main

@@ -7,13 +7,13 @@ import hashlib
 import os
 from pathlib import Path
 
+import builders as B
 import numpy as np
 import onnx
 import pytest
+import realmodels
 from click.testing import CliRunner
 
-import builders as B
-import realmodels
 from onnxprune.cli import main
 from onnxprune.core.errors import ExternalDataError, ModelLoadError, OnnxPruneError
 from onnxprune.core.model import Model

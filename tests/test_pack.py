@@ -17,13 +17,19 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.cli import main
 from onnxprune.core.errors import TargetError
 from onnxprune.core.model import Model
+from onnxprune.jobs.prune_job import PruneOptions, prune_model
 from onnxprune.pack import formats as F
 from onnxprune.pack import passes as P
 from onnxprune.pack.eligibility import assess, check_pattern, packed_nbytes
-from onnxprune.pack.emit import ALIGN, MAGIC, emit_artifact, read_artifact, verify_artifact
+from onnxprune.pack.emit import (
+    ALIGN,
+    MAGIC,
+    emit_artifact,
+    read_artifact,
+    verify_artifact,
+)
 from onnxprune.pack.formats.base import bits_of
 from onnxprune.pack.targets import all_targets, load_target
-from onnxprune.jobs.prune_job import PruneOptions, prune_model
 from onnxprune.prune.patterns import Pattern
 
 LEVEL = {"nvidia-2to4": None, "xnnpack-bsr": 0.75, "npu-bitmask": 0.75, "onnx-sparse": 0.8, "bsr-generic": 0.75}

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nm_check import assert_nm, group_axis, group_counts
 from onnx import TensorProto, helper, numpy_helper
 
-from nm_check import assert_nm, group_axis, group_counts
 from onnxprune.analyze.weights import find_weights
 from onnxprune.core.errors import OptionError
 from onnxprune.core.model import Model

@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from bitpatterns import bits as _bits
+from bitpatterns import random_bits as _random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
-from bitpatterns import bits as _bits
-from bitpatterns import random_bits as _random
 from onnxprune.core.errors import TargetError
 from onnxprune.pack import formats as F
 from onnxprune.pack.portable import decoder_graph

@@ -17,16 +17,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from nm_check import assert_model_nm, assert_nm, group_counts
 from onnx import TensorProto, helper, numpy_helper
 
-from nm_check import assert_model_nm, assert_nm, group_counts
 from onnxprune import __version__
-from onnxprune.cli import main
 from onnxprune.analyze.weights import find_weights
-from onnxprune.core.model import Model
-from onnxprune.pipeline import options_hash
-from onnxprune.jobs.prune_job import PruneOptions, prune_model
+from onnxprune.cli import main
 from onnxprune.core.masks import MaskSet
+from onnxprune.core.model import Model
+from onnxprune.jobs.prune_job import PruneOptions, prune_model
+from onnxprune.pipeline import options_hash
 
 F = TensorProto.FLOAT
 
@@ -549,7 +549,11 @@ def test_dynamically_quantized_model_is_pruned_in_the_quantized_domain(tmp_path,
 def test_statically_quantized_operator_model_is_pruned_in_the_quantized_domain(tmp_path):
     """onnxruntime's quantize_static in operator format: QLinearConv / QLinearMatMul int8 weights,
     per-channel scales and zero points; 2:4 along the reduction axis counts values != zero point."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_static,
+    )
 
     root = Path(__file__).resolve().parents[1] / "samples"
     calib = np.load(root / "digits_cnn_calib.npz")["input"][:32]

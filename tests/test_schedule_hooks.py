@@ -9,8 +9,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-
 from nm_check import assert_nm
+
 from onnxprune.cli import main
 from onnxprune.core.errors import HookError, OptionError
 from onnxprune.core.model import Model

@@ -7,16 +7,15 @@ import json
 import numpy as np
 import onnx
 import pytest
+from builders import save
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.check.data import Dataset
 from onnxprune.cli import main
 from onnxprune.core.model import Model
-from onnxprune.prune.structured import prune_channels
 from onnxprune.core.shapes import input_specs, resolve_feed_shapes
-
-from builders import save
+from onnxprune.prune.structured import prune_channels
 
 
 def image_net(dims=(-1, 3, -1, -1), metadata=None, flatten_k=None, resize=None) -> onnx.ModelProto:

@@ -18,7 +18,13 @@ from onnxprune.check.data import Dataset
 from onnxprune.check.parity import compare
 from onnxprune.core.model import Model
 from onnxprune.pipeline import Context, Pipeline
-from onnxprune.prune.structured import ChannelPrunePass, allocate, prune_channels, round_keep
+from onnxprune.prune.structured import (
+    ChannelPrunePass,
+    allocate,
+    prune_channels,
+    round_keep,
+)
+from onnxprune.repair.structured_repair import lstsq_repair
 
 F = TensorProto.FLOAT
 
@@ -482,7 +488,7 @@ def test_digits_cnn_half_channels_accuracy_with_and_without_repair():
     calib = Dataset.from_source("samples/digits_cnn_calib.npz", model.proto)
     evald = Dataset.from_source("samples/digits_cnn_eval.npz", model.proto)
     plain = prune_channels(model, 0.5, data=calib, round_to=8)
-    fixed = prune_channels(model, 0.5, data=calib, round_to=8, repair="lstsq", calib_samples=128)
+    fixed = prune_channels(model, 0.5, data=calib, round_to=8, repair="lstsq", calib_samples=128, refit=lstsq_repair)
     acc_plain = compare(model, plain.proto, evald).outputs[0].metrics
     acc_fixed = compare(model, fixed.proto, evald).outputs[0].metrics
     assert acc_plain["accuracy_original"] > 0.98
@@ -621,7 +627,8 @@ def test_repair_refits_quantized_consumers_and_requantizes(tmp_path):
     np.savez(tmp_path / "calib.npz", x=x)
     data = Dataset.from_source(str(tmp_path / "calib.npz"), proto)
     plain = prune_channels(Model(proto), 0.5, round_to=8, data=data)
-    fixed = prune_channels(Model(proto), 0.5, round_to=8, data=data, repair="lstsq", calib_samples=64)
+    fixed = prune_channels(Model(proto), 0.5, round_to=8, data=data, repair="lstsq", calib_samples=64,
+                           refit=lstsq_repair)
     rep = fixed.report["repair_report"]
     assert rep["accepted"] and len(rep["layers"]) == 2 and not rep["skipped"], rep  # the QDQ conv and "out"
     stored = {t.name: numpy_helper.to_array(t) for t in fixed.proto.graph.initializer}
@@ -693,8 +700,7 @@ def test_reshape_into_conv_channels_links_the_channel_factor():
 def test_requantized_refit_holds_values_outside_the_old_range(dtype, per_axis, zero):
     """The refit may leave a channel's old range: its scale grows (symmetric) or scale and zero
     point move (asymmetric) so every value comes back within half a step, nothing clipped."""
-    from onnxprune.analyze.groups import constant_array, constant_values
-    from onnxprune.analyze.groups import dequantized
+    from onnxprune.analyze.groups import constant_array, constant_values, dequantized
     from onnxprune.repair.structured_repair import _set_weight
 
     rng = np.random.default_rng(0)
@@ -733,7 +739,7 @@ def test_quantized_weight_shared_by_two_layers_is_not_refit_for_one_of_them(tmp_
     proto = g.model([vi("x", [1, 3, 4, 4])], [vi("y", [1, 16, 4, 4])], opset=13)
     np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((64, 1, 3, 4, 4)).astype(np.float32))
     res = prune_channels(Model(proto), 0.5, round_to=8, data=Dataset.from_source(str(tmp_path / "c.npz"), proto),
-                         repair="lstsq", calib_samples=64)
+                         repair="lstsq", calib_samples=64, refit=lstsq_repair)
     assert sum("shared by several layers" in s for s in res.report["repair_report"]["skipped"]) == 2
 
 
@@ -744,9 +750,9 @@ def test_constant_node_weights_are_refit_in_place_not_copied(tmp_path):
     lstsq` wrote the refit weights as new initializers beside the old Constants (1.575x the original
     parameters). Now the Constant takes the refit value: no initializer appears, nothing is left
     unread, and the model shrinks about as much as its channels."""
+    import builders as B
     from click.testing import CliRunner
 
-    import builders as B
     from onnxprune.analyze.cleanup import unused_constants
     from onnxprune.analyze.groups import model_params
     from onnxprune.cli import main
@@ -770,11 +776,13 @@ def test_constant_node_weights_are_refit_in_place_not_copied(tmp_path):
 
 def test_repair_of_constant_node_model_refits_layers_and_reinit_reaches_constants(tmp_path):
     import builders as B
+
     from onnxprune.analyze.groups import model_params
 
     proto = B.conv_net_constant_nodes()
     np.savez(tmp_path / "c.npz", X=np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))
-    res = prune_channels(Model(proto), 0.1, data=Dataset.from_source(str(tmp_path / "c.npz"), proto), repair="lstsq")
+    res = prune_channels(Model(proto), 0.1, data=Dataset.from_source(str(tmp_path / "c.npz"), proto), repair="lstsq",
+                         refit=lstsq_repair)
     assert set(res.report["repair_report"]["layers"]) == {"c2", "c3"}
     assert res.report["params_after"] == model_params(res.proto) < res.report["params_before"]
     fresh = prune_channels(Model(proto), 0.1, reinit=True)
@@ -785,7 +793,12 @@ def test_remove_unused_sweeps_dead_constants_and_keeps_outer_references():
     """One sweep: unread initializers, Constant nodes and the nodes that only feed them go; a
     constant read only by an If branch (outer reference), a graph output, an initializer that is
     also a graph input, and nodes of unknown domains stay; a branch's own unread initializer goes."""
-    from onnxprune.analyze.cleanup import PostconditionError, check_no_unused, remove_unused, unused_constants
+    from onnxprune.analyze.cleanup import (
+        PostconditionError,
+        check_no_unused,
+        remove_unused,
+        unused_constants,
+    )
 
     t = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
     then = helper.make_graph([helper.make_node("Add", ["x", "outer_w"], ["ty"], name="t_add")], "then", [],
@@ -900,7 +913,7 @@ def test_repair_guard_reads_map_outputs(tmp_path):
     proto = _zipmap_mlp()
     np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((32, 20)).astype(np.float32))
     res = prune_channels(Model(proto), 0.5, round_to=8, data=Dataset.from_source(str(tmp_path / "c.npz"), proto),
-                         repair="lstsq")
+                         repair="lstsq", refit=lstsq_repair)
     rep = res.report["repair_report"]
     assert rep["layers"] and rep["guard_rel_l2_before"] > 0, rep
     assert signature(res.proto) == signature(proto)

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from nm_check import assert_model_nm
 from onnx import TensorProto, helper, numpy_helper
 
-from nm_check import assert_model_nm
 from onnxprune.cli import main
 from onnxprune.core.errors import DataError, OptionError
 from onnxprune.core.model import Model

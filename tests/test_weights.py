@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from collections import Counter
 
+import builders as B
 import numpy as np
 import onnx
 import pytest
-
-import builders as B
 import realmodels
-from onnxprune.prune.fold import fold_constants
+
 from onnxprune.analyze.inspect import inspect_model
 from onnxprune.analyze.weights import find_weights
 from onnxprune.core.model import Model
+from onnxprune.prune.fold import fold_constants
 
 
 def _bits(a: np.ndarray) -> np.ndarray:

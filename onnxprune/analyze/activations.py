@@ -42,10 +42,10 @@ import onnx
 import onnx.helper
 
 from onnxprune.analyze.weights import Weight
-from onnxprune.core.errors import DataError, OptionError, Opt
+from onnxprune.core.errors import Opt, OptionError
+from onnxprune.core.graph import attrs, subgraph_outer_refs, unique_path
 from onnxprune.core.model import Model
 from onnxprune.core.runtime import session
-from onnxprune.core.graph import attrs, subgraph_outer_refs, unique_path
 
 DEFAULT_MAX_COLS = 8192  # above this many reduction columns only norms are kept (H would be cols^2 float64)
 DEFAULT_MAX_BYTES = 2 * 2**30  # all Gram matrices of one capture together

@@ -57,8 +57,14 @@ import onnx.numpy_helper
 
 from onnxprune.core.errors import DataError, Opt
 from onnxprune.core.graph import attrs, subgraph_outer_refs
+from onnxprune.core.model import Model
 from onnxprune.core.runtime import session
-from onnxprune.core.shapes import FeedShapes, input_specs, random_feeds, resolve_feed_shapes
+from onnxprune.core.shapes import (
+    FeedShapes,
+    input_specs,
+    random_feeds,
+    resolve_feed_shapes,
+)
 
 Dim = tuple  # ("v", name, axis) | ("c", node index, input index, axis) | ("h", node index) | ("s", node index, side)
 
@@ -1413,3 +1419,18 @@ def model_macs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> di
 def model_params(proto: onnx.ModelProto) -> int:
     """Elements of every constant (initializers and Constant nodes) of the main graph."""
     return int(sum(int(np.prod(constant_shape(e), dtype=np.int64)) for e in constant_values(proto.graph).values()))
+
+
+def weight_reader(model: Model | None, proto: onnx.ModelProto):
+    """name -> values of a constant: from `model` (lazily, external data too) where it is a main-graph
+    initializer, else from `proto`'s initializers and Constant nodes."""
+    consts = constant_values(proto.graph)
+
+    def read(name: str) -> np.ndarray:
+        if model is not None:
+            key = model.key_for(name)
+            if key is not None and model.ref(key).storage == "initializer" and model.ref(key).graph == "":
+                return np.asarray(model.read(key))
+        return constant_array(consts[name])
+
+    return read

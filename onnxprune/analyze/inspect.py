@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 
 from onnxprune.analyze.weights import Analysis, Weight, find_weights
-from onnxprune.core.model import Model
 from onnxprune.core.graph import walk_graphs
+from onnxprune.core.model import Model
 from onnxprune.core.report import table
 
 

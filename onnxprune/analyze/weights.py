@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.core.model import Model, np_dtype
 from onnxprune.core.graph import unique_path
+from onnxprune.core.model import Model, np_dtype
 
 # op -> weight input indices and their role names
 PRUNABLE_INPUTS = {

@@ -21,8 +21,16 @@ import onnx
 import onnx.helper
 
 from onnxprune.core.errors import DataError, Opt, OptionError
-from onnxprune.core.shapes import (DEFAULT_INT_RANGE, Dim, FeedShapes, InputSpec, input_specs, parse_shape, random_feeds,
-                              resolve_feed_shapes)
+from onnxprune.core.shapes import (
+    DEFAULT_INT_RANGE,
+    Dim,
+    FeedShapes,
+    InputSpec,
+    input_specs,
+    parse_shape,
+    random_feeds,
+    resolve_feed_shapes,
+)
 
 __all__ = ["Dataset", "InputSpec", "input_specs", "load_dataset", "parse_shape", "parse_int_range", "dataset_from_options"]
 

@@ -43,8 +43,8 @@ import onnxruntime as ort
 from onnxprune.check.data import Dataset
 from onnxprune.core.errors import DataError, ModelLoadError, Opt, OptionError
 from onnxprune.core.model import PROTOBUF_LIMIT, Model
-from onnxprune.core.runtime import first_line, session
 from onnxprune.core.report import table, to_json, write_json
+from onnxprune.core.runtime import first_line, output_array, session
 
 TOPK = 5
 ModelSource = str | os.PathLike | onnx.ModelProto | Model
@@ -468,30 +468,6 @@ def refuse_guessed_shapes(dataset: Dataset) -> None:
                     " with real sizes, or ", Opt("check.allow_guessed_shapes", True), " to accept the guess")
 
 
-def _as_array(value, name: str, label: str) -> np.ndarray:
-    """An output as one array. onnxruntime returns non-tensor outputs as Python objects: a sequence of
-    maps (e.g. skl2onnx's ZipMap class probabilities) becomes [rows, classes] ordered by key, a map one
-    row, a sequence of equal-shaped tensors their stack."""
-    if isinstance(value, np.ndarray):
-        return value
-    if isinstance(value, dict):
-        value = [value]
-    if isinstance(value, list):
-        if not value:
-            return np.zeros((0,), np.float32)
-        if all(isinstance(v, dict) for v in value):
-            keys = sorted(value[0])
-            if any(sorted(v) != keys for v in value):
-                raise DataError(f"{label}: output '{name}' is a sequence of maps with different keys; "
-                                "it cannot be compared")
-            return np.array([[v[k] for k in keys] for v in value])
-        arrays = [np.asarray(v) for v in value]
-        if all(a.shape == arrays[0].shape and a.dtype == arrays[0].dtype for a in arrays):
-            return np.stack(arrays)
-    raise DataError(f"{label}: output '{name}' is a {type(value).__name__} onnxprune cannot compare "
-                    "(tensors, sequences of equal tensors and maps are supported)")
-
-
 def compare(original: ModelSource, candidate: ModelSource, dataset: Dataset, thresholds: Thresholds | None = None, *,
             batch_size: int = 1, providers: Sequence[str] | None = None, threads: int = 1,
             progress: Callable[[int], None] | None = None, allow_guessed_shapes: bool = False) -> ParityReport:
@@ -532,7 +508,7 @@ def compare(original: ModelSource, candidate: ModelSource, dataset: Dataset, thr
         refs = _run(ref_sess, names, batch.feed, o_label)
         cands = _run(cand_sess, names, batch.feed, c_label)
         for s, r, c in zip(stats, refs, cands):
-            s.update(_as_array(r, s.name, o_label), _as_array(c, s.name, c_label), batch.labels)
+            s.update(output_array(r, s.name, o_label), output_array(c, s.name, c_label), batch.labels)
         if batches == 0 and batch.labels is not None and not any(s.uses_labels for s in stats):
             shapes = ", ".join(f"{s.name}{s.shape}" for s in stats)
             per = list(batch.labels.shape[1:]) or "one integer"

@@ -1,23 +1,15 @@
 """`onnxprune check ORIGINAL CANDIDATE`: the accuracy parity gate (exit 0 pass, 1 parity failed, 2 input error).
 
 Other commands that run the gate stack the same option bundles (`data_options`, `threshold_options`,
-`run_options`) and call `run_check` with the collected option values.
+`run_options`) and call `onnxprune.jobs.gate.run_check` with the collected option values.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from typing import Mapping
-
 import click
-import onnx
 
-from onnxprune.check.data import DEFAULT_INT_RANGE, Dataset, dataset_from_options
-from onnxprune.check.parity import ModelSource, ParityReport, compare, thresholds_from_options
-from onnxprune.core.model import Model
-from onnxprune.core.report import is_stdout, make_parent
+from onnxprune.check.data import DEFAULT_INT_RANGE
+from onnxprune.jobs.gate import run_check
 
 
 def _stack(*options):
@@ -70,41 +62,6 @@ run_options = _stack(
     click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
                  help="onnxruntime intra-op threads (fixed, for repeatable results)."),
 )
-
-_THRESHOLD_KEYS = ("min_cosine", "max_rel_l2", "min_top1_agreement", "max_accuracy_drop", "atol", "rtol",
-                   "min_snr_db", "max_abs", "min_exact_match", "output_thresholds")
-
-
-def _model(model: ModelSource) -> Model:
-    if isinstance(model, onnx.ModelProto):
-        return Model(model)
-    return model if isinstance(model, Model) else Model.load(model)
-
-
-def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, dataset: Dataset | None = None,
-              report_path: str | os.PathLike | None = None, quiet: bool = False,
-              to_stderr: bool = False) -> ParityReport:
-    """The gate from option values: data (unless `dataset` is given) and thresholds, compare, print the
-    table (with `quiet`, the verdict only; on stderr with `to_stderr` or a report to stdout), write the JSON
-    report. The caller exits 1 when `not report.passed`."""
-    spec_model = _model(original)
-    _model(candidate)  # a missing or unreadable candidate fails here with a one-line error
-    dataset = dataset_from_options(spec_model.proto, opts, spec_model.base_dir) if dataset is None else dataset
-    thresholds = thresholds_from_options(**{k: opts.get(k) for k in _THRESHOLD_KEYS if opts.get(k) is not None})
-    show = not quiet and sys.stderr.isatty()
-    bar = (click.progressbar(length=len(dataset), label="checking", file=sys.stderr) if show
-           else contextlib.nullcontext())
-    with bar as b:
-        report = compare(original, candidate, dataset, thresholds, batch_size=opts.get("batch_size", 1),
-                         providers=[opts.get("provider") or "CPUExecutionProvider"], threads=opts.get("threads", 1),
-                         progress=None if b is None else b.update,
-                         allow_guessed_shapes=bool(opts.get("allow_guessed_shapes")))
-    if report_path:
-        make_parent(report_path)
-        report.write(report_path)
-    click.echo(report.verdict() if quiet else report.render(), err=to_stderr or is_stdout(report_path))
-    return report
-
 
 @click.command("check")
 @click.argument("original", type=click.Path(dir_okay=False))

@@ -2,10 +2,10 @@
 
 import click
 
-from onnxprune.prune.fold import fold_constants
 from onnxprune.analyze.inspect import inspect_model, render
 from onnxprune.core.model import Model
 from onnxprune.core.report import to_json
+from onnxprune.prune.fold import fold_constants
 
 
 @click.command("inspect")

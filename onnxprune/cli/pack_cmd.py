@@ -8,10 +8,10 @@ import click
 
 from onnxprune.core.errors import NothingToPackError
 from onnxprune.core.model import Model
-from onnxprune.pack.passes import DEFAULT_MAX_INCREASE, pack_model, render_report
-from onnxprune.pack.targets import EMIT_MODES, load_target
 from onnxprune.core.report import is_stdout, make_parent, write_json
 from onnxprune.core.shapes import parse_shape
+from onnxprune.pack.passes import DEFAULT_MAX_INCREASE, pack_model, render_report
+from onnxprune.pack.targets import EMIT_MODES, load_target
 
 
 @click.command("pack")

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.core.atomic import atomic_write_text
 from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
-from onnxprune.pack.targets import load_target
-from onnxprune.jobs.prune_job import PruneOptions
-from onnxprune.prune.structured import DEFAULT_ROUND_TO
-from onnxprune.jobs.recipe import Recipe
+from onnxprune.core.atomic import atomic_write_text
 from onnxprune.core.report import make_parent
+from onnxprune.jobs.prune_job import PruneOptions
+from onnxprune.jobs.recipe import Recipe
 from onnxprune.jobs.run import run_recipe
+from onnxprune.pack.targets import load_target
+from onnxprune.prune.structured import DEFAULT_ROUND_TO
 
 
 def prune_options(f):

@@ -6,18 +6,19 @@ import dataclasses
 
 import click
 
-from onnxprune.core.atomic import check_writable, keep_on_error
-from onnxprune.check.parity import refuse_guessed_shapes, thresholds_from_options
-from onnxprune.jobs.sweep import HEADLINE, find_max, plot, pyplot, sweep
 from onnxprune.check.data import dataset_from_options
+from onnxprune.check.parity import refuse_guessed_shapes, thresholds_from_options
 from onnxprune.cli import cli_flag
-from onnxprune.cli.check_cmd import _THRESHOLD_KEYS, data_options, run_options, threshold_options
+from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
 from onnxprune.cli.prune_cmd import prune_options
+from onnxprune.core.atomic import check_writable, keep_on_error
 from onnxprune.core.errors import OnnxPruneError, OptionError
 from onnxprune.core.model import Model
-from onnxprune.jobs.prune_job import PruneOptions
-from onnxprune.prune.patterns import Pattern
 from onnxprune.core.report import is_stdout, make_parent, table, write_json
+from onnxprune.jobs.gate import THRESHOLD_KEYS
+from onnxprune.jobs.prune_job import PruneOptions
+from onnxprune.jobs.sweep import HEADLINE, find_max, plot, pyplot, sweep
+from onnxprune.prune.patterns import Pattern
 
 
 def _sparsities(text: str) -> list[float]:
@@ -74,7 +75,7 @@ def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_sam
     calibration = None
     if opts.uses_calibration():
         calibration, dataset = dataset.split(0.5, seed=0)  # disjoint calibration and evaluation halves
-    thresholds = thresholds_from_options(**{k: rest.get(k) for k in _THRESHOLD_KEYS if rest.get(k) is not None})
+    thresholds = thresholds_from_options(**{k: rest.get(k) for k in THRESHOLD_KEYS if rest.get(k) is not None})
     kw = {"batch_size": rest.get("batch_size", 1), "providers": [rest.get("provider") or "CPUExecutionProvider"],
           "threads": rest.get("threads", 1), "allow_guessed_shapes": bool(rest.get("allow_guessed_shapes"))}
     if not kw["allow_guessed_shapes"]:

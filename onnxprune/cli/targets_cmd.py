@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.pack.targets import all_targets, load_target, read_target_file
 from onnxprune.core.report import table
+from onnxprune.pack.targets import all_targets, load_target, read_target_file
 
 
 @click.group("targets", invoke_without_command=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import onnxruntime as ort
 
-from onnxprune.core.errors import ModelLoadError
+from onnxprune.core.errors import DataError, ModelLoadError
 
 CPU = ("CPUExecutionProvider",)
 
@@ -44,3 +45,27 @@ def session(source: bytes | str | os.PathLike, *, label: str, base_dir: str | os
         return ort.InferenceSession(source, opts, providers=list(providers))
     except Exception as e:  # onnxruntime raises its own exception types, all plain Exception subclasses
         raise ModelLoadError(f"{label}: onnxruntime cannot load it: {first_line(e)}") from e
+
+
+def output_array(value, name: str, label: str) -> np.ndarray:
+    """An output as one array. onnxruntime returns non-tensor outputs as Python objects: a sequence of
+    maps (e.g. skl2onnx's ZipMap class probabilities) becomes [rows, classes] ordered by key, a map one
+    row, a sequence of equal-shaped tensors their stack."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list):
+        if not value:
+            return np.zeros((0,), np.float32)
+        if all(isinstance(v, dict) for v in value):
+            keys = sorted(value[0])
+            if any(sorted(v) != keys for v in value):
+                raise DataError(f"{label}: output '{name}' is a sequence of maps with different keys; "
+                                "it cannot be compared")
+            return np.array([[v[k] for k in keys] for v in value])
+        arrays = [np.asarray(v) for v in value]
+        if all(a.shape == arrays[0].shape and a.dtype == arrays[0].dtype for a in arrays):
+            return np.stack(arrays)
+    raise DataError(f"{label}: output '{name}' is a {type(value).__name__} onnxprune cannot compare "
+                    "(tensors, sequences of equal tensors and maps are supported)")

@@ -13,21 +13,22 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from onnxprune.analyze.cleanup import check_params_not_increased
-from onnxprune.prune.fold import FoldConstantsPass
-from onnxprune.core.errors import OptionError, Opt
+from onnxprune.analyze.weights import zero_value
+from onnxprune.core.errors import Opt, OptionError
+from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
 from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
+from onnxprune.pipeline.calibration import CalibrationPass
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, parse_override
-from onnxprune.core.masks import MaskSet
+from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
+from onnxprune.prune.fold import FoldConstantsPass
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import ScheduleStep, cubic_sparsity, schedule
-from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
-from onnxprune.analyze.weights import zero_value
 from onnxprune.prune.structured import DEFAULT_ROUND_TO, ChannelPrunePass
-from onnxprune.pipeline.calibration import CalibrationPass
 from onnxprune.repair.hooks import HookPass
 from onnxprune.repair.reconstruct import REPAIR_METHODS, RepairPass
+from onnxprune.repair.structured_repair import lstsq_repair
 
 CHANNEL_CRITERIA = {"magnitude": "l2", "wanda": "activation"}  # prune option -> channel importance
 
@@ -115,7 +116,8 @@ class PruneOptions:
 
     def channel_pass(self) -> ChannelPrunePass:
         return ChannelPrunePass(self.final_sparsity(), self.round_to, self.scope, CHANNEL_CRITERIA[self.criterion],
-                                self.repair, self.reinit, skip=self.skip, calib_samples=self.calib_samples or 32)
+                                self.repair, self.reinit, skip=self.skip, calib_samples=self.calib_samples or 32,
+                                refit=lstsq_repair if self.repair == "lstsq" else None)
 
     def needs_data(self) -> bool:
         """Do the criterion or the repair read calibration inputs?"""

@@ -38,7 +38,7 @@ else:  # pragma: no cover
 import tomli_w
 
 from onnxprune.core.bundled import toml_files
-from onnxprune.core.errors import OnnxPruneError, OptionError, Opt
+from onnxprune.core.errors import OnnxPruneError, Opt, OptionError
 from onnxprune.jobs.prune_job import PruneOptions
 
 _FLOAT, _INT, _BOOL, _STR, _STRS = (int, float), int, bool, str, list

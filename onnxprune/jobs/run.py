@@ -10,20 +10,21 @@ from pathlib import Path
 import click
 
 from onnxprune.analyze.weights import find_weights
-from onnxprune.core.atomic import check_writable
 from onnxprune.check.data import Dataset, dataset_from_options
 from onnxprune.check.parity import refuse_guessed_shapes
+from onnxprune.core.atomic import check_writable
 from onnxprune.core.errors import OptionError
+from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
+from onnxprune.core.report import is_stdout, make_parent, table, write_json
+from onnxprune.jobs.gate import run_check
+from onnxprune.jobs.prune_job import prune_model, summarize
+from onnxprune.jobs.recipe import Recipe
 from onnxprune.pack.eligibility import static_check
 from onnxprune.pack.passes import pack_model
 from onnxprune.pack.passes import render_report as render_pack_report
 from onnxprune.pack.targets import load_target
 from onnxprune.pipeline import stamp
-from onnxprune.jobs.prune_job import prune_model, summarize
-from onnxprune.core.masks import MaskSet
-from onnxprune.jobs.recipe import Recipe
-from onnxprune.core.report import is_stdout, make_parent, table, write_json
 
 
 @dataclass
@@ -144,8 +145,6 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
         click.echo(render_summary(report), err=to_stderr)
     passed = None
     if gate:
-        from onnxprune.cli.check_cmd import run_check
-
         parity = run_check(Model.load(model_path), output, recipe.check, dataset=evaluation, quiet=quiet,
                            to_stderr=to_stderr)
         report["parity"] = parity.to_dict()

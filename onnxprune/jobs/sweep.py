@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from onnxprune.check.parity import ParityReport, Thresholds, compare
-from onnxprune.core.errors import OptionError, Opt
+from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.model import Model
 from onnxprune.jobs.prune_job import PruneOptions, prune_model
 

@@ -22,12 +22,19 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxprune.analyze.weights import PASS_THROUGH, PRUNABLE_INPUTS, Analysis, Use, Weight, find_weights
-from onnxprune.core.model import Model
+from onnxprune.analyze.weights import (
+    PASS_THROUGH,
+    PRUNABLE_INPUTS,
+    Analysis,
+    Use,
+    Weight,
+    find_weights,
+)
 from onnxprune.core.graph import walk_graphs
+from onnxprune.core.model import Model
+from onnxprune.core.shapes import resolve_feed_shapes
 from onnxprune.pack.formats.base import bits_of
 from onnxprune.pack.targets import Target
-from onnxprune.core.shapes import resolve_feed_shapes
 from onnxprune.prune.patterns import Pattern
 
 BLOCK_STRAY_TOLERANCE = 0.01  # without masks: zeros outside all-zero blocks allowed, as a share of the weight

@@ -51,14 +51,14 @@ from onnxprune import __version__
 from onnxprune.analyze.weights import Weight
 from onnxprune.core.atomic import atomic_open, make_parents, record_tree
 from onnxprune.core.errors import OutputError, TargetError
-from onnxprune.core.model import PROTOBUF_LIMIT, Model
 from onnxprune.core.graph import walk_graphs
+from onnxprune.core.model import PROTOBUF_LIMIT, Model
+from onnxprune.core.report import to_json
 from onnxprune.pack.formats import decode
 from onnxprune.pack.formats.base import PackedTensor, bits_of
 from onnxprune.pack.formats.coo import from_sparse_tensor_proto, to_sparse_tensor_proto
 from onnxprune.pack.portable import decoder_graph
 from onnxprune.pack.targets import Target
-from onnxprune.core.report import to_json
 
 MAGIC = b"ONNXPRUNEPACK\0\0\0"
 LAYOUT_VERSION = 1

@@ -24,18 +24,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxprune.core.errors import NothingToPackError, TargetError
+from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
 from onnxprune.pack import formats
-from onnxprune.pack.eligibility import (BLOCK_STRAY_TOLERANCE, EligibilityReport, assess, check_pattern,
-                                        nonzero_map, render_eligibility, static_check)
+from onnxprune.pack.eligibility import (
+    BLOCK_STRAY_TOLERANCE,
+    EligibilityReport,
+    assess,
+    check_pattern,
+    nonzero_map,
+    render_eligibility,
+    static_check,
+)
 from onnxprune.pack.formats.base import PackedTensor, bits_of
 from onnxprune.pack.sizes import binary_entropy, information_bound_bits
 from onnxprune.pack.targets import Target, load_target
 from onnxprune.pipeline import Context, Pass, PassResult, Pipeline
-from onnxprune.prune import criteria, patterns
-from onnxprune.core.masks import MaskSet
-from onnxprune.prune.patterns import Pattern
 from onnxprune.pipeline.masking import write_masked
+from onnxprune.prune import criteria, patterns
+from onnxprune.prune.patterns import Pattern
 
 DEFAULT_MAX_INCREASE = 0.10  # EnforcePattern: most extra sparsity (absolute) it adds to one weight
 

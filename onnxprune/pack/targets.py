@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxprune.core.bundled import data_dir, toml_files
-from onnxprune.core.errors import OptionError, Opt, TargetError
+from onnxprune.core.errors import Opt, OptionError, TargetError
 from onnxprune.prune.patterns import Pattern
 
 if sys.version_info >= (3, 11):

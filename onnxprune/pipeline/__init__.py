@@ -2,6 +2,13 @@
 
 `contract` holds Pass, PassResult, Context and Pipeline; they are re-exported here."""
 
-from onnxprune.pipeline.contract import Context, Pass, PassResult, Pipeline, options_hash, stamp
+from onnxprune.pipeline.contract import (
+    Context,
+    Pass,
+    PassResult,
+    Pipeline,
+    options_hash,
+    stamp,
+)
 
 __all__ = ["Context", "Pass", "PassResult", "Pipeline", "options_hash", "stamp"]

@@ -14,10 +14,18 @@ from typing import Sequence
 
 import numpy as np
 
-from onnxprune.analyze.activations import (DEFAULT_BATCH, DEFAULT_MAX_BYTES, DEFAULT_MAX_COLS, Capture, LayerStats,
-                                           capture, upstream_weights)
+from onnxprune.analyze.activations import (
+    DEFAULT_BATCH,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_COLS,
+    Capture,
+    LayerStats,
+    capture,
+    upstream_weights,
+)
 from onnxprune.analyze.weights import Weight
 from onnxprune.core.errors import Opt, OptionError
+from onnxprune.core.model import Model
 from onnxprune.pipeline.contract import Context, Pass, PassResult
 
 

@@ -17,8 +17,8 @@ from typing import Any
 from onnxprune import __version__
 from onnxprune.analyze.cleanup import check_no_unused, remove_unused
 from onnxprune.analyze.weights import Analysis, find_weights
-from onnxprune.core.model import Model
 from onnxprune.core.masks import MaskSet
+from onnxprune.core.model import Model
 
 
 @dataclass

@@ -33,7 +33,13 @@ from onnxprune.pipeline import Context, PassResult
 from onnxprune.pipeline.calibration import StagedStats, calibration_state
 from onnxprune.pipeline.masking import apply_mask, write_masked
 from onnxprune.prune import patterns
-from onnxprune.prune.criteria import DEFAULT_PERCDAMP, effective_damp, hinv_upper, obs_saliency, wanda_matrix
+from onnxprune.prune.criteria import (
+    DEFAULT_PERCDAMP,
+    effective_damp,
+    hinv_upper,
+    obs_saliency,
+    wanda_matrix,
+)
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
 

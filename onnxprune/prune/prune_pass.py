@@ -8,7 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from onnxprune.analyze.weights import Weight, zero_value
-from onnxprune.core.errors import OptionError, Opt
+from onnxprune.core.errors import Opt, OptionError
 from onnxprune.pipeline import Context, Pass, PassResult
 from onnxprune.pipeline.masking import bit_view, write_masked
 from onnxprune.prune import criteria, global_rank, patterns

@@ -29,6 +29,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -37,10 +38,25 @@ import onnx.helper
 import onnx.numpy_helper
 import onnx.shape_inference
 
-from onnxprune.analyze.cleanup import check_no_unused, check_params_not_increased, remove_unused
+from onnxprune.analyze.cleanup import (
+    check_no_unused,
+    check_params_not_increased,
+    remove_unused,
+)
 from onnxprune.analyze.groups import (
-    ChannelGroup, Dim, GroupAnalysis, analyze_groups, constant_array, constant_shape, constant_values,
-    dequantized, model_macs, model_params, sample_feed, tensor_shapes,
+    ChannelGroup,
+    Dim,
+    GroupAnalysis,
+    analyze_groups,
+    constant_array,
+    constant_shape,
+    constant_values,
+    dequantized,
+    model_macs,
+    model_params,
+    sample_feed,
+    tensor_shapes,
+    weight_reader,
 )
 from onnxprune.core.errors import DataError, OnnxPruneError, Opt, OptionError
 from onnxprune.core.graph import attrs
@@ -61,19 +77,6 @@ class RewriteError(OnnxPruneError):
 
 
 # ------------------------------------------------------------------------------------ importance
-
-def _reader(model: Model | None, proto: onnx.ModelProto):
-    consts = constant_values(proto.graph)
-
-    def read(name: str) -> np.ndarray:
-        if model is not None:
-            key = model.key_for(name)
-            if key is not None and model.ref(key).storage == "initializer" and model.ref(key).graph == "":
-                return np.asarray(model.read(key))
-        return constant_array(consts[name])
-
-    return read
-
 
 def member_values(m, proto: onnx.ModelProto, read) -> np.ndarray:
     """A constant member's values in real units (float64): a weight stored quantized behind
@@ -125,7 +128,7 @@ def activation_importance(model: Model, analysis: GroupAnalysis, data, samples: 
     from onnxprune.analyze.activations import capture_proto, capture_session
 
     proto = model.proto
-    read = _reader(model, proto)
+    read = weight_reader(model, proto)
     wanted: dict[int, list] = {g.id: _consumer_inputs(proto, g) for g in analysis.groups if g.prunable}
     names = sorted({x for lst in wanted.values() for x, _, _ in lst})
     feeds = set()
@@ -282,7 +285,7 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
     proto = onnx.ModelProto()
     proto.CopyFrom(src)
     g = proto.graph
-    read = _reader(model, src)
+    read = weight_reader(model, src)
     consts = constant_values(g)
     an = plan.analysis
     slicing: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
@@ -597,7 +600,7 @@ def _group_row(g: ChannelGroup, removed: np.ndarray | None) -> dict:
 def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROUND_TO, scope: str = "layer",
                    criterion: str = "l2", data=None, repair: str = "none", reinit: bool = False, seed: int = 0,
                    skip: list[str] | tuple = (), calib_samples: int | None = 32, prefer: str = "inner",
-                   feed: dict | None = None, max_retries: int = 4) -> StructuredResult:
+                   feed: dict | None = None, max_retries: int = 4, refit: Callable | None = None) -> StructuredResult:
     """Plan and apply channel pruning to `model` (not modified: the result holds the new proto)."""
     if criterion not in CRITERIA:
         raise OptionError(f"criterion {criterion!r} for channel pruning: use one of {', '.join(CRITERIA)}")
@@ -610,11 +613,14 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
         raise OptionError("reinit starts from fresh weights: repair would be thrown away; choose one")
     if round_to < 1:
         raise OptionError(f"round_to {round_to}: give a multiple >= 1")
+    if repair == "lstsq" and refit is None:  # the refit lives in onnxprune.repair; jobs pass it in
+        raise OptionError("repair 'lstsq' needs its refit: pass refit=onnxprune.repair.structured_repair.lstsq_repair "
+                          "(build_pipeline does)")
     feed_shapes = None
     if feed is None:
         feed, feed_shapes = sample_feed(model.proto, data, str(model.base_dir))
     analysis = analyze_groups(model.proto, feed, base_dir=str(model.base_dir), prefer=prefer)
-    read = _reader(model, model.proto)
+    read = weight_reader(model, model.proto)
     if criterion == "activation":
         importance = activation_importance(model, analysis, data, samples=calib_samples or 32)
     else:
@@ -657,11 +663,7 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
         analysis.groups[gid].reasons.append("skipped by --skip")
     group_of = {m.dim: g.id for g in analysis.groups for m in g.members}
     notes += list(dict.fromkeys(text for d, text in analysis.dim_notes if group_of.get(d) in removed))  # pruned only
-    repair_report = None
-    if repair == "lstsq":
-        from onnxprune.repair.structured_repair import lstsq_repair
-
-        repair_report = lstsq_repair(model, proto, plan, data, samples=calib_samples)
+    repair_report = refit(model, proto, plan, data, samples=calib_samples) if repair == "lstsq" else None
     if reinit:
         notes.append(f"reinit: {len(reinit_weights(proto, seed))} weight tensors freshly initialised (seed {seed})")
     # Constants the rewrite or the repair replaced (and nodes computing only for them) go: a sliced
@@ -731,8 +733,9 @@ class ChannelPrunePass(Pass):
 
     def __init__(self, sparsity: float = 0.5, round_to: int = DEFAULT_ROUND_TO, scope: str = "layer", criterion: str = "l2",
                  repair: str = "none", reinit: bool = False, seed: int = 0, skip: list[str] | tuple = (),
-                 calib_samples: int | None = 32, prefer: str = "inner"):
+                 calib_samples: int | None = 32, prefer: str = "inner", refit: Callable | None = None):
         self.sparsity = float(sparsity)
+        self.refit = refit  # repair "lstsq": onnxprune.repair.structured_repair.lstsq_repair
         self.round_to = int(round_to)
         self.scope = scope
         self.criterion = criterion
@@ -752,7 +755,8 @@ class ChannelPrunePass(Pass):
     def call(self, model: Model, ctx: Context) -> PassResult:
         res = prune_channels(model, self.sparsity, round_to=self.round_to, scope=self.scope,
                              criterion=self.criterion, data=ctx.data, repair=self.repair, reinit=self.reinit,
-                             seed=self.seed, skip=self.skip, calib_samples=self.calib_samples, prefer=self.prefer)
+                             seed=self.seed, skip=self.skip, calib_samples=self.calib_samples, prefer=self.prefer,
+                             refit=self.refit)
         # initializers and Constant nodes alike (Paddle exports keep every weight in a Constant)
         before = {k: tuple(constant_shape(e)) for k, e in constant_values(model.proto.graph).items()}
         after = {k: tuple(constant_shape(e)) for k, e in constant_values(res.proto.graph).items()}

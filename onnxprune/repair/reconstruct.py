@@ -29,13 +29,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxprune.analyze.weights import Weight, dequant_params
-from onnxprune.core.errors import OptionError, Opt
-from onnxprune.pipeline import Context, Pass, PassResult
-from onnxprune.pipeline.masking import apply_mask
-from onnxprune.core.graph import attrs
 from onnxprune.analyze.activations import LayerStats, find_node
+from onnxprune.analyze.weights import Weight, dequant_params
+from onnxprune.core.errors import Opt, OptionError
+from onnxprune.core.graph import attrs
+from onnxprune.pipeline import Context, Pass, PassResult
 from onnxprune.pipeline.calibration import StagedStats, calibration_state
+from onnxprune.pipeline.masking import apply_mask
 
 REPAIR_METHODS = ("none", "lstsq", "bias", "lstsq+bias")
 DEFAULT_DAMP = 0.01

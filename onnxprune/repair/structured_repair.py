@@ -27,9 +27,16 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from onnxprune.analyze.groups import constant_array, constant_values, dequantized, qdq_params
+from onnxprune.analyze.groups import (
+    constant_array,
+    constant_values,
+    dequantized,
+    qdq_params,
+    weight_reader,
+)
 from onnxprune.core.graph import attrs
 from onnxprune.core.model import Model
+from onnxprune.core.runtime import output_array
 
 DEFAULT_DAMP = 0.01
 MAX_BYTES = 1_500_000_000  # Gram matrices held at once; more consumers are done in further passes
@@ -165,9 +172,8 @@ def _set_const(proto: onnx.ModelProto, n: int, i: int, array: np.ndarray) -> Non
 
 
 def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_Consumer], list[str]]:
-    from onnxprune.prune.structured import _reader
 
-    read = _reader(model, model.proto)
+    read = weight_reader(model, model.proto)
     old, new = model.proto.graph, proto.graph
     consts_old = constant_values(old)
     out, skipped = [], []
@@ -357,7 +363,6 @@ def _write(proto: onnx.ModelProto, c: _Consumer, w: np.ndarray, b: np.ndarray | 
 
 def _output_error(model: Model, proto: onnx.ModelProto, ds, batch_size: int) -> float:
     """Relative L2 error of all float outputs of `proto` against the dense model over `ds`."""
-    from onnxprune.check.parity import _as_array
     from onnxprune.analyze.activations import capture_session
 
     cand = Model(proto, model.path)
@@ -370,7 +375,7 @@ def _output_error(model: Model, proto: onnx.ModelProto, ds, batch_size: int) -> 
     for feed in ds.batches(batch_size):
         for name, a, b in zip(names, s_o.run(None, feed), s_p.run(None, feed)):
             # sequence and map outputs (skl2onnx's ZipMap probabilities) as arrays, as the gate reads them
-            a, b = _as_array(a, name, "original"), _as_array(b, name, "repaired")
+            a, b = output_array(a, name, "original"), output_array(b, name, "repaired")
             if a.dtype.kind == "f" and a.shape == b.shape:
                 a, b = a.astype(np.float64), b.astype(np.float64)
                 num += float(((a - b) ** 2).sum())

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxprune.pack.formats.base import PackedTensor, bits_of, from_bits, matrix_bits, nonzero
+from onnxprune.pack.formats.base import (
+    PackedTensor,
+    bits_of,
+    from_bits,
+    matrix_bits,
+    nonzero,
+)
 
 NAME = "bitmask"
 

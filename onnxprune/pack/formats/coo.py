@@ -7,7 +7,13 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.core.errors import TargetError
-from onnxprune.pack.formats.base import PackedTensor, bits_of, from_bits, matrix_bits, nonzero
+from onnxprune.pack.formats.base import (
+    PackedTensor,
+    bits_of,
+    from_bits,
+    matrix_bits,
+    nonzero,
+)
 
 NAME = "coo"
 

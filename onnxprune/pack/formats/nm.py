@@ -23,7 +23,13 @@ import math
 import numpy as np
 
 from onnxprune.core.errors import TargetError
-from onnxprune.pack.formats.base import PackedTensor, bits_of, from_bits, matrix_bits, nonzero
+from onnxprune.pack.formats.base import (
+    PackedTensor,
+    bits_of,
+    from_bits,
+    matrix_bits,
+    nonzero,
+)
 
 NAME = "nm"
 _MAX_SUBSETS = 1 << 16
