@@ -54,6 +54,9 @@ import numpy as np
 import onnx
 import onnx.helper
 import onnx.numpy_helper
+import onnxruntime as ort
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from onnxprune.core.errors import DataError, Opt
 from onnxprune.core.graph import attrs, subgraph_outer_refs
@@ -256,7 +259,6 @@ def constant_shape(entry: tuple[str, Any]) -> tuple[int, ...]:
 def tensor_shapes(proto: onnx.ModelProto, feed: dict[str, np.ndarray], base_dir: str | None = None,
                   keep_values: int = 64) -> tuple[dict[str, tuple[int, ...]], dict[str, np.ndarray]]:
     """Run the model once in onnxruntime with every node output exposed: (shapes, small int values)."""
-    import onnxruntime as ort
 
     g = proto.graph
     consts = constant_values(g)
@@ -1262,8 +1264,6 @@ class _Builder:
                 if n.op_type in WEIGHT_OPS and m.tensor in n.input[1:3]]
 
     def groups(self) -> list[ChannelGroup]:
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
 
         graph = nx.Graph()
         graph.add_nodes_from(self.sizes)

@@ -14,7 +14,7 @@ import click
 
 from onnxprune import __version__
 from onnxprune.core.atomic import undo_on_error
-from onnxprune.core.errors import OnnxPruneError, Opt
+from onnxprune.core.errors import OnnxPruneError, Opt, recipe_key
 
 # command name -> module under onnxprune.cli that defines a click command called `command`
 COMMANDS = {
@@ -59,10 +59,7 @@ class _Group(click.Group):
             with undo_on_error(keep=(click.exceptions.Exit,)):  # a failed command leaves no outputs
                 return super().invoke(ctx)
         except OnnxPruneError as e:
-            if ctx.invoked_subcommand == "run":
-                from onnxprune.jobs.recipe import recipe_key as name
-            else:
-                name = cli_flag
+            name = recipe_key if ctx.invoked_subcommand == "run" else cli_flag
             click.echo(f"onnxprune: error: {e.render(name)}", err=True)
             ctx.exit(e.exit_code)
         except click.UsageError as e:  # a bad option or argument: one line too, not click's usage block

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from onnxprune.analyze.weights import find_weights
 from onnxprune.core.errors import NothingToPackError
+from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, write_json
 from onnxprune.core.shapes import parse_shape
@@ -44,8 +46,6 @@ def command(model_path, target_name, output, emit, block, enforce, max_increase,
     model = Model.load(model_path)
     masks = None
     if masks_in:
-        from onnxprune.analyze.weights import find_weights
-        from onnxprune.core.masks import MaskSet
 
         masks = MaskSet.load(masks_in, {w.key: w.shape for w in find_weights(model).weights})
     make_parent(output)

@@ -7,6 +7,7 @@ interface that reports the error in its own terms: the CLI flag (`--data FILE`),
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,6 +31,11 @@ def python_name(opt: Opt) -> str:
     """An option as a Python keyword argument: `sparsity`, `nm_remainder='pad'`."""
     name = _PYTHON_NAMES.get(opt.key, opt.name)
     return name if opt.value is None else f"{name}={opt.value!r}"
+
+
+def recipe_key(opt: Opt) -> str:
+    """An option as a recipe key (what `--set` takes): `prune.sparsity`, `data.calibration="FILE"`."""
+    return opt.key if opt.value is None else f"{opt.key}={json.dumps(opt.value)}"  # JSON scalars and lists are TOML
 
 
 class OnnxPruneError(Exception):

@@ -11,7 +11,9 @@ Graph analysis goes through onnx-graphsurgeon (`Model.graph()`), which reads the
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +23,7 @@ import onnx
 import onnx.defs
 import onnx.helper
 import onnx.numpy_helper
+import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from onnxprune.core.atomic import atomic_files, atomic_open
@@ -336,7 +339,6 @@ class Model:
     # -- graph ---------------------------------------------------------------------------------
     def graph(self):
         """The model as an onnx-graphsurgeon graph (constants stay lazily tied to these protos)."""
-        import onnx_graphsurgeon as gs
 
         # its logger prints on stdout (e.g. a warning per bfloat16 tensor): keep stdout for reports
         gs.logger.G_LOGGER.severity = max(gs.logger.G_LOGGER.severity, gs.logger.G_LOGGER.ERROR)
@@ -594,7 +596,6 @@ class _Validator:
     def order(self, g: onnx.GraphProto, glabel: str, deps: list[set[int]], producer: dict[str, int]) -> None:
         """Kahn's algorithm, stable (earliest node first): a cycle is an error, nodes out of order are
         sorted in place (onnxruntime accepts them; onnx's checker and graph walkers want them sorted)."""
-        import heapq
 
         n = len(deps)
         if all(d < i for i, ds in enumerate(deps) for d in ds):
@@ -797,7 +798,6 @@ class _Skeleton:
 
 def _checker_line(e: Exception) -> str:
     """onnx's multi-line checker / shape inference message as one line naming the node."""
-    import re
 
     text = str(e)
     m = re.search(r"\(op_type:([^,]*), node name: ([^)]*)\): (?:\[\w+\] )?([^\n]*)", text)

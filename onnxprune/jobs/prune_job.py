@@ -14,6 +14,7 @@ import numpy as np
 
 from onnxprune.analyze.cleanup import check_params_not_increased
 from onnxprune.analyze.weights import zero_value
+from onnxprune.check.data import load_dataset
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
@@ -199,7 +200,6 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
     elif not isinstance(model, Model):
         raise OptionError(f"model: give a Model or the path of an .onnx file, not a {type(model).__name__}")
     if isinstance(data, (str, os.PathLike)):
-        from onnxprune.check.data import load_dataset
 
         data = load_dataset(model.proto, data)
     if data is None and opts.needs_data():

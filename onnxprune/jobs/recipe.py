@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -38,8 +37,9 @@ else:  # pragma: no cover
 import tomli_w
 
 from onnxprune.core.bundled import toml_files
-from onnxprune.core.errors import OnnxPruneError, Opt, OptionError
-from onnxprune.jobs.prune_job import PruneOptions
+from onnxprune.core.errors import OnnxPruneError, OptionError, recipe_key
+from onnxprune.jobs.prune_job import PruneOptions, build_pipeline
+from onnxprune.pack.targets import load_target
 
 _FLOAT, _INT, _BOOL, _STR, _STRS = (int, float), int, bool, str, list
 
@@ -94,11 +94,6 @@ class Recipe:
         """The sections that determine the output model's bytes (not paths of outputs or checks)."""
         full = self.to_dict()
         return tomli_w.dumps({k: full[k] for k in ("prune", "data") if k in full})
-
-
-def recipe_key(opt: Opt) -> str:
-    """An option as a recipe key (what `--set` takes): `prune.sparsity`, `data.calibration="FILE"`."""
-    return opt.key if opt.value is None else f"{opt.key}={json.dumps(opt.value)}"  # JSON scalars and lists are TOML
 
 
 def _line_of(text: str, section: str, key: str | None) -> int | None:
@@ -165,7 +160,6 @@ def from_dict(data: dict, source: str = "<recipe>", text: str = "") -> Recipe:
             else:
                 getattr(recipe, section)[key] = value
     if recipe.target.get("name") and "pattern" not in prune:
-        from onnxprune.pack.targets import load_target
 
         try:
             prune["pattern"] = str(load_target(recipe.target["name"], block=recipe.target.get("block")).pattern)
@@ -173,7 +167,6 @@ def from_dict(data: dict, source: str = "<recipe>", text: str = "") -> Recipe:
             raise _err(source, text, "target", "name", e.render(recipe_key)) from e
     try:
         recipe.prune = PruneOptions(**prune)
-        from onnxprune.jobs.prune_job import build_pipeline
 
         build_pipeline(recipe.prune)  # validates values (pattern, scope, schedule, hooks)
     except OptionError as e:

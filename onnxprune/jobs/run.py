@@ -25,6 +25,7 @@ from onnxprune.pack.passes import pack_model
 from onnxprune.pack.passes import render_report as render_pack_report
 from onnxprune.pack.targets import load_target
 from onnxprune.pipeline import stamp
+from onnxprune.prune.structured import render
 
 
 @dataclass
@@ -39,7 +40,6 @@ class JobResult:
 
 def render_summary(report: dict) -> str:
     if "structured" in report:
-        from onnxprune.prune.structured import render
 
         return render(report["structured"]) + "\n" + report["speed_note"]
     rows = [(r["name"], r["op"], r["params"], f"{r['sparsity']:.1%}", r["skipped"] or "") for r in report["weights"]]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from onnxprune.check.parity import ParityReport, Thresholds, compare
+from onnxprune.core.atomic import atomic_open
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.model import Model
 from onnxprune.jobs.prune_job import PruneOptions, prune_model
@@ -89,7 +90,6 @@ def pyplot():
 
 def plot(points: list[dict], path: str | Path, title: str) -> None:
     """A PNG of the metric curve (needs the optional matplotlib extra)."""
-    from onnxprune.core.atomic import atomic_open
 
     plt = pyplot()
     pts = sorted(points, key=lambda p: p["sparsity"])

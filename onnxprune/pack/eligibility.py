@@ -32,8 +32,10 @@ from onnxprune.analyze.weights import (
 )
 from onnxprune.core.graph import walk_graphs
 from onnxprune.core.model import Model
+from onnxprune.core.report import table
 from onnxprune.core.shapes import resolve_feed_shapes
 from onnxprune.pack.formats.base import bits_of
+from onnxprune.pack.formats.nm import _word
 from onnxprune.pack.targets import Target
 from onnxprune.prune.patterns import Pattern
 
@@ -134,7 +136,6 @@ class EligibilityReport:
 
 def render_eligibility(report: dict, max_rows: int | None = None) -> str:
     """The eligibility table and its summary line, from `EligibilityReport.to_dict()`."""
-    from onnxprune.core.report import table
 
     accelerates = report["accelerates"]
     label = "sparse" if accelerates else "stored"
@@ -265,7 +266,6 @@ def packed_nbytes(fmt: str, params: dict, keep: np.ndarray, itemsize: int) -> in
         blocks = int(np.count_nonzero(k.reshape(br, r, bc, c).any(axis=(1, 3))))
         return blocks * r * c * itemsize + 4 * blocks + 4 * (br + 1)
     if fmt == "nm":
-        from onnxprune.pack.formats.nm import _word
 
         n, m = params["n"], params["m"]
         count = cols // m * n

@@ -43,6 +43,7 @@ import uuid
 import zlib
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -443,7 +444,6 @@ def _dtype(name: str) -> np.dtype:
     try:
         return np.dtype(name)
     except TypeError:
-        import ml_dtypes
 
         return np.dtype(getattr(ml_dtypes, name))
 

@@ -36,6 +36,7 @@ from onnxprune.pack.eligibility import (
     render_eligibility,
     static_check,
 )
+from onnxprune.pack.emit import emit_artifact
 from onnxprune.pack.formats.base import PackedTensor, bits_of
 from onnxprune.pack.sizes import binary_entropy, information_bound_bits
 from onnxprune.pack.targets import Target, load_target
@@ -236,7 +237,6 @@ class EmitArtifact(Pass):
         self.measure_gzip = measure_gzip
 
     def call(self, model: Model, ctx: Context) -> PassResult:
-        from onnxprune.pack.emit import emit_artifact
 
         st = target_state(ctx)
         weights = ctx.analysis.by_key()

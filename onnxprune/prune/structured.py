@@ -37,7 +37,9 @@ import onnx.checker
 import onnx.helper
 import onnx.numpy_helper
 import onnx.shape_inference
+import onnxruntime as ort
 
+from onnxprune.analyze.activations import capture_proto, capture_session
 from onnxprune.analyze.cleanup import (
     check_no_unused,
     check_params_not_increased,
@@ -59,8 +61,9 @@ from onnxprune.analyze.groups import (
     weight_reader,
 )
 from onnxprune.core.errors import DataError, OnnxPruneError, Opt, OptionError
-from onnxprune.core.graph import attrs
+from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model, check_structure
+from onnxprune.core.report import table
 from onnxprune.pipeline import Context, Pass, PassResult
 
 CRITERIA = ("l2", "activation")
@@ -125,7 +128,6 @@ def activation_importance(model: Model, analysis: GroupAnalysis, data, samples: 
                           batch_size: int = 8) -> dict[int, np.ndarray]:
     """Per group and channel: sum over consumers of sqrt(sum_p ||W[:, p]||^2 E[x_p^2]) over the
     channel's positions p (the expected size of its contribution to each consumer's output)."""
-    from onnxprune.analyze.activations import capture_proto, capture_session
 
     proto = model.proto
     read = weight_reader(model, proto)
@@ -375,7 +377,6 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
     for n, node in enumerate(g.node):
         for a in node.attribute:
             if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                from onnxprune.core.graph import subgraph_outer_refs
                 outer |= subgraph_outer_refs(node)
     modified = set(slicing) | set(writes)
     by_name: dict[str, dict[tuple[int, int], np.ndarray]] = {}
@@ -470,7 +471,6 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
 def _read_params(proto: onnx.ModelProto) -> int:
     """Elements of the main graph's constants that something reads (model_params without the ones
     a rewrite left unread, which the final sweep removes)."""
-    from onnxprune.core.graph import subgraph_outer_refs
 
     g = proto.graph
     reads = {x for n in g.node for x in n.input} | {o.name for o in g.output} | {i.name for i in g.input}
@@ -493,7 +493,6 @@ def predicted_shapes(plan: RewritePlan) -> dict[str, tuple[int, ...]]:
 
 def verify(model: Model, proto: onnx.ModelProto, plan: RewritePlan, feed: dict) -> tuple[dict, list[tuple[str, tuple, tuple]]]:
     """Run the rewritten model once; returns (its shapes, [(tensor, expected, got)] mismatches)."""
-    import onnxruntime as ort
 
     try:
         shapes, _ = tensor_shapes(proto, feed, str(model.base_dir))
@@ -700,7 +699,6 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
 
 def render(report: dict, top: int | None = None) -> str:
     """Terminal table: per group channels before -> after, frozen reasons, totals."""
-    from onnxprune.core.report import table
 
     rows = []
     for r in report["groups"][:top]:

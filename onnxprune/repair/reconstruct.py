@@ -33,6 +33,7 @@ from onnxprune.analyze.activations import LayerStats, find_node
 from onnxprune.analyze.weights import Weight, dequant_params
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.graph import attrs
+from onnxprune.core.model import Model
 from onnxprune.pipeline import Context, Pass, PassResult
 from onnxprune.pipeline.calibration import StagedStats, calibration_state
 from onnxprune.pipeline.masking import apply_mask
@@ -280,7 +281,6 @@ def _real(w: Weight, stored: np.ndarray, model) -> np.ndarray:
 
 
 def _original_model(ctx: Context):
-    from onnxprune.core.model import Model
 
     if ctx.model.path is None:
         return None

@@ -27,6 +27,12 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
+from onnxprune.analyze.activations import (
+    capture_proto,
+    capture_session,
+    conv_pads,
+    im2col,
+)
 from onnxprune.analyze.groups import (
     constant_array,
     constant_values,
@@ -34,7 +40,7 @@ from onnxprune.analyze.groups import (
     qdq_params,
     weight_reader,
 )
-from onnxprune.core.graph import attrs
+from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model
 from onnxprune.core.runtime import output_array
 
@@ -43,7 +49,6 @@ MAX_BYTES = 1_500_000_000  # Gram matrices held at once; more consumers are done
 
 
 def _conv_cols(x: np.ndarray, at: dict, kshape) -> np.ndarray:
-    from onnxprune.analyze.activations import conv_pads, im2col
 
     nd = len(kshape)
     strides = tuple(at.get("strides", [1] * nd))
@@ -122,7 +127,6 @@ class _Consumer:
 def _pinned(g: onnx.GraphProto) -> set[str]:
     """Names read by something other than a main-graph node input: graph outputs and subgraphs'
     outer references (a constant they read must not change under them)."""
-    from onnxprune.core.graph import subgraph_outer_refs
 
     pinned = {o.name for o in g.output}
     for node in g.node:
@@ -363,7 +367,6 @@ def _write(proto: onnx.ModelProto, c: _Consumer, w: np.ndarray, b: np.ndarray | 
 
 def _output_error(model: Model, proto: onnx.ModelProto, ds, batch_size: int) -> float:
     """Relative L2 error of all float outputs of `proto` against the dense model over `ds`."""
-    from onnxprune.analyze.activations import capture_session
 
     cand = Model(proto, model.path)
     cand.base_dir = model.base_dir
@@ -413,7 +416,6 @@ def lstsq_repair(model: Model, proto: onnx.ModelProto, plan, data, *, samples: i
     guard: keep the repair only if it lowers the relative L2 error of the model outputs (against the
     dense model) on held-out calibration samples (a quarter of them, when there are 8 or more; the
     fit uses the rest); otherwise the plain sliced weights stay."""
-    from onnxprune.analyze.activations import capture_proto, capture_session
 
     start = time.perf_counter()
     consumers, skipped = _plan_consumers(model, proto, plan)
