@@ -393,3 +393,16 @@ def run(model, inputs: dict | None = None) -> list[np.ndarray]:
         proto = onnx.load(str(model), load_external_data=False) if isinstance(model, (str, Path)) else model
         inputs = feeds(proto)
     return sess.run(None, inputs)
+
+
+def set_external_entries(path, tensor: str, **entries) -> None:
+    """Overwrite keys of `tensor`'s external_data entries (location, offset, length) in the model file."""
+    proto = onnx.load(str(path), load_external_data=False)
+    for t in proto.graph.initializer:
+        if t.name == tensor:
+            info = {e.key: e.value for e in t.external_data} | entries
+            del t.external_data[:]
+            for k, v in info.items():
+                e = t.external_data.add()
+                e.key, e.value = k, v
+    onnx.save_model(proto, str(path))

@@ -180,14 +180,7 @@ def _ext(tmp: Path, **entries) -> Path:
     """small_net with external data; `entries` overwrite fc.W's external_data keys."""
     path = B.external_data_model(tmp / "in")
     if entries:
-        proto = onnx.load(str(path), load_external_data=False)
-        t = _init(proto, "fc.W")
-        info = {e.key: e.value for e in t.external_data} | entries
-        del t.external_data[:]
-        for k, v in info.items():
-            e = t.external_data.add()
-            e.key, e.value = k, v
-        onnx.save_model(proto, str(path))
+        B.set_external_entries(path, "fc.W", **entries)
     return path
 
 

@@ -106,18 +106,6 @@ def ext(tmp_path) -> Path:
     return B.external_data_model(tmp_path / "m")
 
 
-def _set_location(path: Path, tensor: str, **entries) -> None:
-    proto = onnx.load(str(path), load_external_data=False)
-    for t in proto.graph.initializer:
-        if t.name == tensor:
-            info = {e.key: e.value for e in t.external_data} | entries
-            del t.external_data[:]
-            for k, v in info.items():
-                e = t.external_data.add()
-                e.key, e.value = k, v
-    onnx.save_model(proto, str(path))
-
-
 def test_external_data_missing(ext):
     (ext.parent / "model.onnx.data").unlink()
     msg = _load_fails(ext, ExternalDataError, "'conv.W'", "'model.onnx.data'", "not found")
@@ -125,14 +113,14 @@ def test_external_data_missing(ext):
 
 
 def test_external_data_absolute_location(ext):
-    _set_location(ext, "fc.W", location=str(ext.parent / "model.onnx.data"))
+    B.set_external_entries(ext, "fc.W", location=str(ext.parent / "model.onnx.data"))
     _load_fails(ext, ExternalDataError, "'fc.W'", repr(str(ext.parent / "model.onnx.data")), "relative path")
 
 
 def test_external_data_location_with_dotdot(ext):
     outside = ext.parent.parent / "outside.data"
     outside.write_bytes((ext.parent / "model.onnx.data").read_bytes())
-    _set_location(ext, "fc.W", location="../outside.data")
+    B.set_external_entries(ext, "fc.W", location="../outside.data")
     _load_fails(ext, ExternalDataError, "'fc.W'", "'../outside.data'", "inside the model's folder")
 
 
@@ -162,7 +150,7 @@ def test_external_data_truncated(ext):
 
 
 def test_external_data_bad_offset(ext):
-    _set_location(ext, "fc.W", offset="twelve")
+    B.set_external_entries(ext, "fc.W", offset="twelve")
     _load_fails(ext, ExternalDataError, "'fc.W'", "'model.onnx.data'", "not integers")
 
 
