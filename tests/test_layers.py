@@ -1,6 +1,5 @@
 """The package's layers import only downward (the import-linter contract in pyproject.toml)."""
 
-import os
 from pathlib import Path
 
 import pytest
