@@ -128,3 +128,11 @@ def test_per_tensor_zero_point():
     assert zero_fraction(model, "W", find_weights(model).weights[0]) == pytest.approx(
         np.count_nonzero(q == 3) / q.size)
     assert zero_fraction(model, "W") == np.count_nonzero(q == 0) / q.size  # raw stored zeros without the weight
+
+
+def test_version_names_onnx_and_onnxruntime():
+    import importlib.metadata as md
+
+    out = CliRunner().invoke(main, ["--version"]).output
+    assert out.startswith("onnxprune ") and f"onnx {md.version('onnx')}" in out
+    assert f"onnxruntime {md.version('onnxruntime')}" in out

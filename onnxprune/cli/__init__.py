@@ -9,12 +9,17 @@ build the same objects the Python API uses, print, and return an exit code:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 
 import click
 
 from onnxprune import __version__
 from onnxprune.core.atomic import undo_on_error
 from onnxprune.core.errors import OnnxPruneError, Opt, recipe_key
+
+# what --version prints: the tool and the two libraries whose versions decide its results
+VERSION_MESSAGE = (f"%(prog)s %(version)s (onnx {importlib.metadata.version('onnx')}, "
+                   f"onnxruntime {importlib.metadata.version('onnxruntime')})")
 
 # command name -> module under onnxprune.cli that defines a click command called `command`
 COMMANDS = {
@@ -70,6 +75,6 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="onnxprune")
+@click.version_option(__version__, prog_name="onnxprune", message=VERSION_MESSAGE)
 def main() -> None:
     """Prune, repair, pack and check ONNX models for edge deployment."""
