@@ -1,8 +1,9 @@
 """A golden table for behaviour-preserving refactors: a matrix of CLI jobs and the sha256 of what each writes.
 
-Each case runs `onnxprune ARGS` (click's runner) in a fresh folder; its row is the exit code and the sha256 of
-every file it wrote (models, artifacts, masks) and of each JSON report with run times, absolute paths and
-timing notes taken out. `python tests/golden.py` prints the table; `--record` writes tests/golden.json,
+Each case runs `onnxprune ARGS` (click's runner) in a fresh folder holding copies of its inputs, named
+relatively (paths end up in recipes and reports, so a row must not depend on where the checkout lies);
+its row is the exit code and the sha256 of every file it wrote (models, artifacts, masks) and of each
+JSON report with run times, absolute paths and timing notes taken out. `python tests/golden.py` prints the table; `--record` writes tests/golden.json,
 which tests/test_golden.py compares against. Re-record only for a change that is meant to change output,
 and say which rows changed and why in the commit.
 """
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,10 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 GOLDEN = Path(__file__).resolve().parent / "golden.json"
 
-MLP, CNN = str(SAMPLES / "digits_mlp.onnx"), str(SAMPLES / "digits_cnn.onnx")
-CAL, EVAL = str(SAMPLES / "digits_calib.npz"), str(SAMPLES / "digits_eval.npz")
-CCAL, CEVAL = str(SAMPLES / "digits_cnn_calib.npz"), str(SAMPLES / "digits_cnn_eval.npz")
-HOOK = str(SAMPLES / "finetune_hook.py") + ":finetune"
+MLP, CNN = "digits_mlp.onnx", "digits_cnn.onnx"  # copied from samples/ into each case's folder
+CAL, EVAL = "digits_calib.npz", "digits_eval.npz"
+CCAL, CEVAL = "digits_cnn_calib.npz", "digits_cnn_eval.npz"
+HOOK = "finetune_hook.py:finetune"
+MAGIKA = "magika.onnx"
 TARGET_EMITS = {"nvidia-2to4": ["dense", "portable"], "npu-bitmask": ["dense", "portable"],
                 "bsr-generic": ["dense", "portable"], "xnnpack-bsr": ["dense"], "onnx-sparse": ["sparse-initializer"]}
 
@@ -75,9 +78,8 @@ def cases() -> dict[str, list[str]]:
         if data:
             args += ["--set", f'data.calibration="{data}"']
         out[f"run-{recipe}"] = args
-    magika = _magika()
-    if magika:
-        m = ["prune", magika, "-o", "m.onnx", "--report", "r.json", "--quiet"]
+    if _magika():
+        m = ["prune", MAGIKA, "-o", "m.onnx", "--report", "r.json", "--quiet"]
         out["magika-2:4"] = m + ["--pattern", "2:4"]
         out["magika-channel"] = m + ["--pattern", "channel", "--sparsity", "0.25", "--round-to", "16"]
         out["magika-target-npu"] = m + ["--target", "npu-bitmask", "--emit", "portable", "--target-out", "art"]
@@ -106,11 +108,23 @@ def _digest(path: Path, cwd: str) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def _inputs() -> dict[str, Path]:
+    """Input file name -> where it lies."""
+    found = {p.name: p for p in SAMPLES.iterdir() if p.suffix in (".onnx", ".npz", ".py")}
+    if _magika():
+        found[MAGIKA] = Path(_magika())
+    return found
+
+
 def run_case(args: list[str], folder: Path) -> dict:
     from click.testing import CliRunner
 
     from onnxprune.cli import main
 
+    inputs = _inputs()
+    for name in {a.split(":")[0] for a in args} & set(inputs):
+        shutil.copyfile(inputs[name], folder / name)
+    copied = {p.name for p in folder.iterdir()}
     old = os.getcwd()
     os.chdir(folder)
     try:
@@ -118,7 +132,7 @@ def run_case(args: list[str], folder: Path) -> dict:
     finally:
         os.chdir(old)
     files = {str(p.relative_to(folder)): _digest(p, str(folder.resolve()))
-             for p in sorted(folder.rglob("*")) if p.is_file()}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in copied}
     row = {"exit": result.exit_code, "files": files}
     if args[0] == "inspect":
         row["stdout"] = hashlib.sha256(json.dumps(_normal(json.loads(result.output), str(folder.resolve())),
