@@ -22,18 +22,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxprune.analyze.weights import (
-    PASS_THROUGH,
-    PRUNABLE_INPUTS,
-    Analysis,
-    Use,
-    Weight,
-    find_weights,
-)
+from onnxprune.analyze.weights import PASS_THROUGH, Analysis, Use, Weight, find_weights
 from onnxprune.core.graph import walk_graphs
 from onnxprune.core.model import Model
 from onnxprune.core.report import table
 from onnxprune.core.shapes import resolve_feed_shapes
+from onnxprune.ops import spec_for
 from onnxprune.pack.formats.base import bits_of
 from onnxprune.pack.formats.nm import _word
 from onnxprune.pack.targets import Target
@@ -286,10 +280,10 @@ def _node_index(model: Model) -> dict[tuple[str, str, str, int, str], onnx.NodeP
     for gpath, g in walk_graphs(model.proto.graph):
         producers = {o: n for n in g.node for o in n.output}
         for node in g.node:
-            roles = PRUNABLE_INPUTS.get(node.op_type)
-            if not roles:
+            spec = spec_for(node.op_type, node.domain)
+            if spec is None:
                 continue
-            for idx in roles:
+            for idx in spec.weight_inputs:
                 if idx >= len(node.input) or not node.input[idx]:
                     continue
                 name = node.input[idx]
@@ -360,13 +354,12 @@ def _collect_shapes(inferred: onnx.ModelProto, shapes: dict) -> None:
 
 
 def _needed(proto: onnx.ModelProto, shapes: dict):
-    """Shapes MAC counting reads: outputs of Conv/MatMul/Gemm, first inputs of the others."""
+    """Shapes MAC counting reads (each op's spec says which)."""
     for _, g in walk_graphs(proto.graph):
         for n in g.node:
-            if n.op_type in ("Conv", "MatMul", "Gemm"):
-                yield shapes.get(n.output[0])
-            elif n.op_type in PRUNABLE_INPUTS:
-                yield shapes.get(n.input[0])
+            spec = spec_for(n.op_type, n.domain)
+            if spec is not None:
+                yield from (shapes.get(name) for name in spec.macs_reads(n))
 
 
 def node_macs(w: Weight, use: Use, node: onnx.NodeProto | None, shapes: dict) -> tuple[int | None, str]:

@@ -1,0 +1,77 @@
+"""MatMul and Gemm: Y = A @ B (Gemm: with optional transposes and a bias C)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxprune.core.graph import attrs
+from onnxprune.ops.registry import register
+from onnxprune.ops.spec import Axes, OpSpec, ShapeOf, he_normal, known, prod
+
+
+def _k(a, b, a_axis: int, b_axis: int) -> int | None:
+    """The reduction length: from A where known, else from B."""
+    for s, axis in ((a, a_axis), (b, b_axis)):
+        if s is not None and len(s) > max(axis, -axis - 1) and s[axis] is not None:
+            return int(s[axis])
+    return None
+
+
+class MatMulSpec(OpSpec):
+    op_types = ("MatMul",)
+    weight_inputs = {0: "A", 1: "B"}
+    macs_unknown = "output shape of {node} not static"
+
+    def view_axes(self, role: str, rank: int, attrs: dict) -> Axes:
+        lead = tuple(range(rank - 2))
+        if role == "B":  # (..., K, N): rows N, reduce K
+            return lead + (rank - 1,), (rank - 2,)
+        return lead + (rank - 2,), (rank - 1,)  # constant A (..., M, K)
+
+    def macs_reads(self, node: onnx.NodeProto) -> tuple[str, ...]:
+        return (node.output[0],)
+
+    def macs(self, node: onnx.NodeProto, shape_of: ShapeOf, index: int | None = None) -> int | None:
+        y, b = shape_of(node.output[0]), shape_of(node.input[1])
+        k = _k(shape_of(node.input[0]), b, -1, -2 if b is not None and len(b) > 1 else 0)
+        return prod(y) * k if known(y) and k is not None else None
+
+    def reinit(self, node: onnx.NodeProto, shape_of: ShapeOf, rng: np.random.Generator) -> dict[int, np.ndarray]:
+        w = shape_of(node.input[1])
+        return {1: he_normal(rng, w, w[-2])} if w and len(w) >= 2 else {}
+
+
+class GemmSpec(OpSpec):
+    op_types = ("Gemm",)
+    weight_inputs = {0: "A", 1: "B"}
+    macs_unknown = "output shape of {node} not static"
+
+    def view_axes(self, role: str, rank: int, attrs: dict) -> Axes:
+        trans = attrs.get("transB" if role == "B" else "transA", 0)
+        if role == "B":
+            return ((0,), (1,)) if trans else ((1,), (0,))
+        return ((1,), (0,)) if trans else ((0,), (1,))
+
+    def macs_reads(self, node: onnx.NodeProto) -> tuple[str, ...]:
+        return (node.output[0],)
+
+    def macs(self, node: onnx.NodeProto, shape_of: ShapeOf, index: int | None = None) -> int | None:
+        at = attrs(node)
+        y = shape_of(node.output[0])
+        k = _k(shape_of(node.input[0]), shape_of(node.input[1]), 0 if at.get("transA", 0) else -1,
+               1 if at.get("transB", 0) else 0)
+        return prod(y) * k if known(y) and k is not None else None
+
+    def reinit(self, node: onnx.NodeProto, shape_of: ShapeOf, rng: np.random.Generator) -> dict[int, np.ndarray]:
+        w = shape_of(node.input[1]) if len(node.input) > 1 else None
+        if not w:
+            return {}
+        out = {1: he_normal(rng, w, w[1] if attrs(node).get("transB", 0) else w[0])}
+        if len(node.input) > 2 and shape_of(node.input[2]):
+            out[2] = np.zeros(shape_of(node.input[2]))
+        return out
+
+
+MATMUL = register(MatMulSpec())
+GEMM = register(GemmSpec())
