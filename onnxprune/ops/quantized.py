@@ -4,7 +4,7 @@ float op; the weight's zero point (and scale) are inputs of the op."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from onnxprune.ops.registry import register, spec_for
 from onnxprune.ops.spec import Axes, OpSpec

@@ -9,7 +9,7 @@ multiply-accumulates a node costs, and how --reinit draws fresh weights. Subclas
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx

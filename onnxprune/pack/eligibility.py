@@ -363,25 +363,16 @@ def _needed(proto: onnx.ModelProto, shapes: dict):
 
 
 def node_macs(w: Weight, use: Use, node: onnx.NodeProto | None, shapes: dict) -> tuple[int | None, str]:
-    """Multiply-accumulates of one use of a weight, from the static shapes; (None, why) when unknown."""
+    """Multiply-accumulates of one use of a weight as its op's spec counts them, from the static shapes
+    and the weight's own (op layout); (None, why) when unknown."""
     if node is None:
         return None, "node not found"
-    if use.op in ("Conv", "MatMul", "Gemm"):
-        y = shapes.get(node.output[0])
-        if y is None or any(d is None for d in y):
-            return None, f"output shape of {node.name or use.op} not static"
-        return int(np.prod(y, dtype=np.int64)) * w.cols, ""
-    if use.op == "ConvTranspose":
-        x = shapes.get(node.input[0])
-        if x is None or any(d is None for d in x):
-            return None, "input shape not static"
-        return int(np.prod(x, dtype=np.int64)) * (w.params // max(w.op_shape[0], 1)), ""
-    if use.op in ("LSTM", "GRU", "RNN"):
-        x = shapes.get(node.input[0])
-        if x is None or len(x) != 3 or any(d is None for d in x[:2]):
-            return None, "sequence length or batch not static"
-        return int(x[0]) * int(x[1]) * w.params, ""
-    return None, f"no MAC rule for {use.op}"
+    weight_input = node.input[use.input_index]
+    spec = spec_for(use.op, node.domain)
+    macs = spec.macs(node, lambda name: w.op_shape if name == weight_input else shapes.get(name), use.input_index)
+    if macs is None:
+        return None, spec.macs_unknown.format(node=node.name or use.op, op=use.op)
+    return macs, ""
 
 
 # ----------------------------------------------------------------------------------- the rules
