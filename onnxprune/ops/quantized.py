@@ -11,7 +11,8 @@ from onnxprune.ops.spec import Axes, OpSpec
 
 
 class QuantizedSpec(OpSpec):
-    """An integer op viewed like `view_of`; zero_points: role -> (zero-point input, scale input or None)."""
+    """An integer op viewed like the float op `view_of`; zero_points: role -> (zero-point input, scale
+    input or None)."""
 
     def __init__(self, op_type: str, weight_inputs: Mapping[int, str], zero_points: Mapping[str, tuple[int, int | None]],
                  view_of: str, domain: str = ""):

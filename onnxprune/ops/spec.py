@@ -36,6 +36,7 @@ class OpSpec:
     domain: str = ""
     weight_inputs: Mapping[int, str] = {}  # input index -> role ("W", "B", ...)
     min_rank: int = 2  # a weight of lower rank (a vector) is not a matrix
+    view_of: str | None = None  # integer ops: the float op whose layout the weight has
     macs_unknown: str = "no MAC rule for {op}"  # why `macs` gave None ({node}: node name, {op}: op type)
 
     def view_axes(self, role: str, rank: int, attrs: dict) -> Axes:
