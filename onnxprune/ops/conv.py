@@ -8,7 +8,7 @@ import onnx
 
 from onnxprune.core.graph import attrs
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import Axes, OpSpec, ShapeOf, he_normal, known, prod
+from onnxprune.ops.spec import Axes, Capture, OpSpec, ShapeOf, he_normal, known, prod
 
 
 class _ConvFamily(OpSpec):
@@ -45,6 +45,16 @@ class ConvSpec(_ConvFamily):
     def fan_in(self, w: tuple[int, ...], attrs: dict) -> int:
         return prod(w[1:])
 
+    def capture(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], position: int) -> Capture:
+        """im2col patches of the input; one row block per group."""
+        at = attrs(node)
+        k = tuple(shape[2:])
+        nd = len(k)
+        group = int(at.get("group", 1))
+        layout = (k, tuple(at.get("strides", [1] * nd)), tuple(at.get("dilations", [1] * nd)),
+                  tuple(at.get("pads", [0] * 2 * nd)), at.get("auto_pad", "NOTSET"), group, shape[1])
+        return Capture("conv", (node.input[0],), group, layout)
+
 
 class ConvTransposeSpec(_ConvFamily):
     op_types = ("ConvTranspose",)
@@ -59,6 +69,11 @@ class ConvTransposeSpec(_ConvFamily):
 
     def fan_in(self, w: tuple[int, ...], attrs: dict) -> int:
         return w[0] // max(attrs.get("group", 1), 1) * prod(w[2:])
+
+    def capture(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], position: int) -> Capture:
+        """Input-channel energies only (every kernel tap meets every input element once, borders aside)."""
+        return Capture("convT", (node.input[0],), 1, (prod(shape[2:]), shape[0]),
+                       note="ConvTranspose: norms approximated by input-channel energy; no Gram matrix")
 
 
 CONV = register(ConvSpec())

@@ -7,7 +7,7 @@ import onnx
 
 from onnxprune.core.graph import attrs
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import Axes, OpSpec, ShapeOf, he_normal, known, prod
+from onnxprune.ops.spec import Axes, Capture, OpSpec, ShapeOf, he_normal, known, prod
 
 
 def _k(a, b, a_axis: int, b_axis: int) -> int | None:
@@ -41,6 +41,11 @@ class MatMulSpec(OpSpec):
         w = shape_of(node.input[1])
         return {1: he_normal(rng, w, w[-2])} if w and len(w) >= 2 else {}
 
+    def capture(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], position: int) -> Capture:
+        """A (or B^T for a constant A); one row block per leading index of a batched weight."""
+        lead = tuple(shape[:-2])
+        return Capture("matmul", (node.input[1 if role == "A" else 0],), prod(lead), (role == "A", lead))
+
 
 class GemmSpec(OpSpec):
     op_types = ("Gemm",)
@@ -71,6 +76,12 @@ class GemmSpec(OpSpec):
         if len(node.input) > 2 and shape_of(node.input[2]):
             out[2] = np.zeros(shape_of(node.input[2]))
         return out
+
+    def capture(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], position: int) -> Capture:
+        """A (A^T with transA) for the B weight; B^T (B with transB) for an A weight."""
+        at = attrs(node)
+        swap = bool(at.get("transA", 0)) if role == "B" else not at.get("transB", 0)
+        return Capture("matmul", (node.input[1 if role == "A" else 0],), 1, (swap, ()))
 
 
 MATMUL = register(MatMulSpec())

@@ -7,7 +7,7 @@ import onnx
 
 from onnxprune.core.graph import attrs
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import Axes, OpSpec, ShapeOf, prod
+from onnxprune.ops.spec import Axes, Capture, OpSpec, ShapeOf, prod
 
 
 class RecurrentSpec(OpSpec):
@@ -33,6 +33,22 @@ class RecurrentSpec(OpSpec):
         if len(node.input) > 3 and shape_of(node.input[3]):
             out[3] = np.zeros(shape_of(node.input[3]))
         return out
+
+    def capture(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], position: int) -> Capture:
+        """W: the input sequence; R: the hidden states, rebuilt from Y and initial_h, one block per direction."""
+        at = attrs(node)
+        layout = int(at.get("layout", 0))
+        seq_note = " (sequence_lens given: padded steps are counted)" if len(node.input) > 4 and node.input[4] else ""
+        if role == "W":
+            return Capture("rnn_w", (node.input[0],), 1, (layout,), note=seq_note.strip(" ()"))
+        d = shape[0]
+        y = node.output[0] if node.output else ""
+        h0 = node.input[5] if len(node.input) > 5 else ""
+        note = "R: hidden states rebuilt from Y and initial_h" + seq_note
+        if node.op_type == "GRU" and not at.get("linear_before_reset", 0):
+            note += "; GRU hidden-gate rows see r*h, approximated by h"
+        return Capture("rnn_r", (y or f"__onnxprune_Y::{position}", h0), d,
+                       (layout, at.get("direction", "forward"), d), note=note)
 
 
 RECURRENT = register(RecurrentSpec())

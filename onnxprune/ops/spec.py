@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -27,6 +28,19 @@ def known(*shapes: Shape | None) -> bool:
 def he_normal(rng: np.random.Generator, shape: Shape, fan_in: int) -> np.ndarray:
     """Normal weights with std sqrt(2 / fan_in) (He initialisation)."""
     return rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))
+
+
+@dataclass(frozen=True)
+class Capture:
+    """The activation a weight multiplies, for calibration statistics: `kind` is the layout
+    onnxprune.analyze.activations turns into X (matmul | conv | convT | rnn_w | rnn_r), `tensors` the
+    graph tensors it reads, `groups` the row blocks with statistics of their own, `params` the layout's."""
+
+    kind: str
+    tensors: tuple[str, ...]
+    groups: int
+    params: tuple = ()
+    note: str = ""
 
 
 class OpSpec:
@@ -61,6 +75,11 @@ class OpSpec:
     def reinit(self, node: onnx.NodeProto, shape_of: ShapeOf, rng: np.random.Generator) -> dict[int, np.ndarray]:
         """Fresh values for --reinit: input index -> array, for the constant inputs `shape_of` knows."""
         return {}
+
+    def capture(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], position: int) -> Capture | None:
+        """What activation the weight at `role` (op layout `shape`) multiplies; None: not captured.
+        `position` is the node's index in the main graph."""
+        return None
 
 
 def prod(dims) -> int:
