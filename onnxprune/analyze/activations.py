@@ -179,8 +179,7 @@ def activation_spec(model: Model, weight: Weight) -> ActSpec | str:
         return f"{use.op} node {use.node!r} not found in the main graph"
     pos = positions[0]
     node = model.proto.graph.node[pos]
-    spec = spec_for(node.op_type, node.domain)
-    found = spec.capture(node, use.role, weight.op_shape, pos) if spec is not None else None
+    found = spec_for(node.op_type, node.domain).capture(node, use.role, weight.op_shape, pos)
     if found is None:
         return f"op {use.op} has no activation capture"
     return ActSpec(found.kind, found.tensors, weight.cols, found.groups, found.params, found.note)

@@ -8,7 +8,7 @@ import onnx
 
 from onnxprune.core.graph import attrs
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import Axes, Capture, OpSpec, ShapeOf, he_normal, known, prod
+from onnxprune.ops.spec import Axes, Bias, Capture, OpSpec, ShapeOf, he_normal, known, prod
 
 
 class _ConvFamily(OpSpec):
@@ -54,6 +54,12 @@ class ConvSpec(_ConvFamily):
         layout = (k, tuple(at.get("strides", [1] * nd)), tuple(at.get("dilations", [1] * nd)),
                   tuple(at.get("pads", [0] * 2 * nd)), at.get("auto_pad", "NOTSET"), group, shape[1])
         return Capture("conv", (node.input[0],), group, layout)
+
+    def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
+             graph: onnx.GraphProto) -> Bias | str:
+        if len(node.input) < 3 or not node.input[2]:
+            return "Conv without bias"
+        return Bias(node.input[2], shapes=((rows,),))
 
 
 class ConvTransposeSpec(_ConvFamily):

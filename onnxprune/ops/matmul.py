@@ -7,7 +7,7 @@ import onnx
 
 from onnxprune.core.graph import attrs
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import Axes, Capture, OpSpec, ShapeOf, he_normal, known, prod
+from onnxprune.ops.spec import Axes, Bias, Capture, OpSpec, ShapeOf, he_normal, known, prod
 
 
 def _k(a, b, a_axis: int, b_axis: int) -> int | None:
@@ -46,6 +46,19 @@ class MatMulSpec(OpSpec):
         lead = tuple(shape[:-2])
         return Capture("matmul", (node.input[1 if role == "A" else 0],), prod(lead), (role == "A", lead))
 
+    def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
+             graph: onnx.GraphProto) -> Bias | str:
+        """The constant of an Add that is the only consumer of a MatMul with a 2-D B weight."""
+        if role != "B" or len(shape) != 2:
+            return super().bias(node, role, shape, rows, graph)
+        consumers = [n for n in graph.node if node.output[0] in n.input]
+        if len(consumers) != 1 or consumers[0].op_type != "Add" or node.output[0] in {o.name for o in graph.output}:
+            return "MatMul output not consumed by a single Add"
+        other = [i for i in consumers[0].input if i != node.output[0]]
+        if len(other) != 1:
+            return "Add of the MatMul output with itself"
+        return Bias(other[0])  # (N,) or (1, ..., 1, N)
+
 
 class GemmSpec(OpSpec):
     op_types = ("Gemm",)
@@ -82,6 +95,18 @@ class GemmSpec(OpSpec):
         at = attrs(node)
         swap = bool(at.get("transA", 0)) if role == "B" else not at.get("transB", 0)
         return Capture("matmul", (node.input[1 if role == "A" else 0],), 1, (swap, ()))
+
+    def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
+             graph: onnx.GraphProto) -> Bias | str:
+        """C, scaled by alpha / beta."""
+        if len(node.input) < 3 or not node.input[2]:
+            return "Gemm without C"
+        at = attrs(node)
+        beta = float(at.get("beta", 1.0))
+        if beta == 0:
+            return "Gemm with beta 0"
+        shapes = ((rows,), (1, rows)) if role == "B" else ((rows, 1),)
+        return Bias(node.input[2], float(at.get("alpha", 1.0)) / beta, shapes)
 
 
 MATMUL = register(MatMulSpec())

@@ -7,7 +7,7 @@ import onnx
 
 from onnxprune.core.graph import attrs
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import Axes, Capture, OpSpec, ShapeOf, prod
+from onnxprune.ops.spec import Axes, Bias, Capture, OpSpec, ShapeOf, prod
 
 
 class RecurrentSpec(OpSpec):
@@ -49,6 +49,16 @@ class RecurrentSpec(OpSpec):
             note += "; GRU hidden-gate rows see r*h, approximated by h"
         return Capture("rnn_r", (y or f"__onnxprune_Y::{position}", h0), d,
                        (layout, at.get("direction", "forward"), d), note=note)
+
+    def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
+             graph: onnx.GraphProto) -> Bias | str:
+        """B (D, 2*gates*H): the W half, then the R half, per direction."""
+        if len(node.input) < 4 or not node.input[3]:
+            return f"{node.op_type} without B"
+        d, gh = shape[0], shape[1]
+        off = 0 if role == "W" else gh
+        index = (np.arange(d)[:, None] * 2 * gh + off + np.arange(gh)[None, :]).reshape(-1)
+        return Bias(node.input[3], shapes=((d, 2 * gh),), index=index)
 
 
 RECURRENT = register(RecurrentSpec())

@@ -43,6 +43,18 @@ class Capture:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Bias:
+    """The op's own bias for a weight's output units: its tensor, the factor a shift of the output is
+    scaled by, the shapes it may have (None: one value per unit along the last axis of any shape) and
+    the flat bias index of each matrix row (None: row i is element i)."""
+
+    tensor: str
+    scale: float = 1.0
+    shapes: tuple[tuple[int, ...], ...] | None = None
+    index: np.ndarray | None = None
+
+
 class OpSpec:
     """One op family. `op_types` in `domain` ("" is the default ONNX domain)."""
 
@@ -80,6 +92,12 @@ class OpSpec:
         """What activation the weight at `role` (op layout `shape`) multiplies; None: not captured.
         `position` is the node's index in the main graph."""
         return None
+
+    def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
+             graph: onnx.GraphProto) -> Bias | str:
+        """The bias that can absorb a shift of the outputs of the weight at `role` (op layout `shape`,
+        `rows` output units), or why there is none."""
+        return f"{node.op_type} role {role} has no bias"
 
 
 def prod(dims) -> int:
