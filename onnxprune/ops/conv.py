@@ -55,6 +55,9 @@ class ConvSpec(_ConvFamily):
                   tuple(at.get("pads", [0] * 2 * nd)), at.get("auto_pad", "NOTSET"), group, shape[1])
         return Capture("conv", (node.input[0],), group, layout)
 
+    def input_channel_axis(self, node: onnx.NodeProto) -> int:
+        return 1
+
     def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
              graph: onnx.GraphProto) -> Bias | str:
         if len(node.input) < 3 or not node.input[2]:

@@ -46,6 +46,9 @@ class MatMulSpec(OpSpec):
         lead = tuple(shape[:-2])
         return Capture("matmul", (node.input[1 if role == "A" else 0],), prod(lead), (role == "A", lead))
 
+    def input_channel_axis(self, node: onnx.NodeProto) -> int:
+        return -1
+
     def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
              graph: onnx.GraphProto) -> Bias | str:
         """The constant of an Add that is the only consumer of a MatMul with a 2-D B weight."""
@@ -95,6 +98,9 @@ class GemmSpec(OpSpec):
         at = attrs(node)
         swap = bool(at.get("transA", 0)) if role == "B" else not at.get("transB", 0)
         return Capture("matmul", (node.input[1 if role == "A" else 0],), 1, (swap, ()))
+
+    def input_channel_axis(self, node: onnx.NodeProto) -> int:
+        return 0 if attrs(node).get("transA", 0) else 1
 
     def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
              graph: onnx.GraphProto) -> Bias | str:

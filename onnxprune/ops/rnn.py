@@ -50,6 +50,9 @@ class RecurrentSpec(OpSpec):
         return Capture("rnn_r", (y or f"__onnxprune_Y::{position}", h0), d,
                        (layout, at.get("direction", "forward"), d), note=note)
 
+    def input_channel_axis(self, node: onnx.NodeProto) -> int:
+        return 2  # X (seq, batch, I)
+
     def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
              graph: onnx.GraphProto) -> Bias | str:
         """B (D, 2*gates*H): the W half, then the R half, per direction."""

@@ -93,6 +93,11 @@ class OpSpec:
         `position` is the node's index in the main graph."""
         return None
 
+    def input_channel_axis(self, node: onnx.NodeProto) -> int | None:
+        """Axis of the activation (input 0) whose channels the weight at input 1 reduces over, for
+        activation-based channel importance; None: the op's channels are not scored that way."""
+        return None
+
     def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
              graph: onnx.GraphProto) -> Bias | str:
         """The bias that can absorb a shift of the outputs of the weight at `role` (op layout `shape`,

@@ -111,17 +111,11 @@ def _consumer_inputs(proto: onnx.ModelProto, group: ChannelGroup) -> list[tuple[
     for m in group.members:
         if m.kind != "const" or m.role != "in":
             continue
-        n = m.dim[1]
-        node = proto.graph.node[n]
-        op = node.op_type
-        if op == "Conv" and m.dim[2] == 1:
-            out.append((node.input[0], 1, m))
-        elif op in ("LSTM", "GRU", "RNN") and m.dim[2] == 1:
-            out.append((node.input[0], 2, m))
-        elif op == "Gemm" and m.dim[2] == 1:
-            out.append((node.input[0], 0 if attrs(node).get("transA", 0) else 1, m))
-        elif op == "MatMul" and m.dim[2] == 1:
-            out.append((node.input[0], -1, m))
+        node = proto.graph.node[m.dim[1]]
+        spec = spec_for(node.op_type, node.domain)
+        axis = spec.input_channel_axis(node) if spec is not None and m.dim[2] == 1 else None
+        if axis is not None:
+            out.append((node.input[0], axis, m))
     return out
 
 
