@@ -43,9 +43,10 @@ import onnx.helper
 
 from onnxprune.analyze.weights import Weight
 from onnxprune.core.errors import Opt, OptionError
-from onnxprune.core.graph import attrs, subgraph_outer_refs, unique_path
+from onnxprune.core.graph import subgraph_outer_refs, unique_path
 from onnxprune.core.model import Model
 from onnxprune.core.runtime import session
+from onnxprune.ops import spec_for
 
 DEFAULT_MAX_COLS = 8192  # above this many reduction columns only norms are kept (H would be cols^2 float64)
 DEFAULT_MAX_BYTES = 2 * 2**30  # all Gram matrices of one capture together
@@ -178,47 +179,10 @@ def activation_spec(model: Model, weight: Weight) -> ActSpec | str:
         return f"{use.op} node {use.node!r} not found in the main graph"
     pos = positions[0]
     node = model.proto.graph.node[pos]
-    at = attrs(node)
-    op, role, shape = use.op, use.role, weight.op_shape
-    cols = weight.cols
-    if op in ("MatMul", "Gemm"):
-        act = node.input[1 if role == "A" else 0]
-        if op == "MatMul":
-            swap, lead = role == "A", tuple(shape[:-2])
-        elif role == "B":
-            swap, lead = bool(at.get("transA", 0)), ()
-        else:
-            swap, lead = not at.get("transB", 0), ()
-        groups = int(np.prod(lead, dtype=np.int64)) if lead else 1
-        return ActSpec("matmul", (act,), cols, groups, (swap, lead))
-    if op == "Conv":
-        k = tuple(shape[2:])
-        nd = len(k)
-        strides = tuple(at.get("strides", [1] * nd))
-        dil = tuple(at.get("dilations", [1] * nd))
-        pads = tuple(at.get("pads", [0] * 2 * nd))
-        auto = at.get("auto_pad", "NOTSET")
-        group = int(at.get("group", 1))
-        return ActSpec("conv", (node.input[0],), cols, group, (k, strides, dil, pads, auto, group, shape[1]))
-    if op == "ConvTranspose":
-        channels = shape[0]
-        return ActSpec("convT", (node.input[0],), cols, 1, (int(np.prod(shape[2:], dtype=np.int64)), channels),
-                       note="ConvTranspose: norms approximated by input-channel energy; no Gram matrix")
-    if op in ("LSTM", "GRU", "RNN"):
-        layout = int(at.get("layout", 0))
-        seq_note = " (sequence_lens given: padded steps are counted)" if len(node.input) > 4 and node.input[4] else ""
-        if role == "W":
-            return ActSpec("rnn_w", (node.input[0],), cols, 1, (layout,), note=seq_note.strip(" ()"))
-        direction = at.get("direction", "forward")
-        d = shape[0]
-        y = node.output[0] if node.output else ""
-        h0 = node.input[5] if len(node.input) > 5 else ""
-        note = "R: hidden states rebuilt from Y and initial_h" + seq_note
-        if op == "GRU" and not at.get("linear_before_reset", 0):
-            note += "; GRU hidden-gate rows see r*h, approximated by h"
-        return ActSpec("rnn_r", (y or f"__onnxprune_Y::{pos}", h0), cols, d, (layout, direction, d),
-                       note=note)
-    return f"op {op} has no activation capture"
+    found = spec_for(node.op_type, node.domain).capture(node, use.role, weight.op_shape, pos)
+    if found is None:
+        return f"op {use.op} has no activation capture"
+    return ActSpec(found.kind, found.tensors, weight.cols, found.groups, found.params, found.note)
 
 
 # ----------------------------------------------------------------------------- X from activations

@@ -68,6 +68,7 @@ from onnxprune.core.shapes import (
     random_feeds,
     resolve_feed_shapes,
 )
+from onnxprune.ops import spec_for
 
 Dim = tuple  # ("v", name, axis) | ("c", node index, input index, axis) | ("h", node index) | ("s", node index, side)
 
@@ -1385,34 +1386,19 @@ def sample_feed(proto: onnx.ModelProto, data=None, base_dir: str | None = None) 
 
 
 def model_macs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    """Multiply-accumulates per weight layer from concrete shapes (one run with a real input)."""
+    """Multiply-accumulates per weight layer from concrete shapes (one run with a real input), as each
+    op's spec counts them."""
     consts = constant_values(proto.graph)
 
-    def shp(name):
-        if name in consts:
-            return constant_shape(consts[name])
-        return shapes.get(name)
+    def shape_of(name):
+        return constant_shape(consts[name]) if name in consts else shapes.get(name)
 
     macs = {}
     for i, n in enumerate(proto.graph.node):
-        key = n.name or f"{n.op_type}#{i}"
-        try:
-            if n.op_type == "Conv":
-                w, y = shp(n.input[1]), shapes[n.output[0]]
-                macs[key] = int(np.prod(y, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
-            elif n.op_type == "ConvTranspose":
-                w, x = shp(n.input[1]), shapes[n.input[0]] if n.input[0] in shapes else shp(n.input[0])
-                macs[key] = int(np.prod(x, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
-            elif n.op_type in ("MatMul", "Gemm"):
-                a, y = shp(n.input[0]), shapes[n.output[0]]
-                at = attrs(n)
-                k = (a[0] if at.get("transA", 0) else a[-1]) if n.op_type == "Gemm" else a[-1]
-                macs[key] = int(np.prod(y, dtype=np.int64) * k)
-            elif n.op_type in RNN_GATES:
-                x, w, r = shp(n.input[0]), shp(n.input[1]), shp(n.input[2])
-                macs[key] = int(x[0] * x[1] * w[0] * w[1] * (w[2] + r[2]))
-        except (KeyError, IndexError, TypeError):
-            continue
+        spec = spec_for(n.op_type, n.domain)
+        count = spec.macs(n, shape_of) if spec is not None else None
+        if count is not None:
+            macs[n.name or f"{n.op_type}#{i}"] = count
     return macs
 
 

@@ -1,10 +1,10 @@
 """Find every prunable weight, the chain it reaches its op through, and its matrix view.
 
-A prunable weight is a constant tensor feeding the weight input of MatMul, Gemm, Conv,
-ConvTranspose or LSTM/GRU/RNN, directly or through Transpose, Cast, Reshape, Squeeze,
-Unsqueeze, Identity and DequantizeLinear, or the integer weight of ConvInteger/MatMulInteger
-(dynamic quantization) and QLinearConv/QLinearMatMul/com.microsoft QGemm (static, operator format). Its *matrix view* is the 2-D matrix
-(output units x reduction) that N:M groups and blocks use; the reduction axis is the one the op
+A prunable weight is a constant tensor feeding a weight input of an op with a spec in onnxprune.ops
+(MatMul, Gemm, Conv, ConvTranspose, LSTM/GRU/RNN and their quantized forms), directly or through
+Transpose, Cast, Reshape, Squeeze, Unsqueeze, Identity and DequantizeLinear; integer weights of
+quantized ops carry their zero point. Its *matrix view* is the 2-D matrix (output units x reduction)
+that N:M groups and blocks use, with the axes the op's spec gives; the reduction axis is the one the op
 sums over, with N:M groups running along the input channels for Conv (design notes).
 Constants the pruner cannot touch are listed with the reason. This module never changes a model.
 """
@@ -18,33 +18,9 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.core.graph import unique_path
 from onnxprune.core.model import Model, np_dtype
+from onnxprune.ops import spec_for
 
-# op -> weight input indices and their role names
-PRUNABLE_INPUTS = {
-    "MatMul": {0: "A", 1: "B"},
-    "Gemm": {0: "A", 1: "B"},
-    "Conv": {1: "W"},
-    "ConvTranspose": {1: "W"},
-    "LSTM": {1: "W", 2: "R"},
-    "GRU": {1: "W", 2: "R"},
-    "RNN": {1: "W", 2: "R"},
-    "ConvInteger": {1: "W"},  # dynamically quantized models (onnxruntime quantize_dynamic)
-    "MatMulInteger": {0: "A", 1: "B"},
-    "QLinearConv": {3: "W"},  # statically quantized models in operator format (QOperator)
-    "QLinearMatMul": {3: "B"},
-    "QGemm": {3: "B"},  # com.microsoft, written by quantize_static for Gemm
-}
-DOMAIN = {"QGemm": "com.microsoft"}  # every other op above is from the default domain
-# quantized ops: the weight's zero-point input and its scale input (None: the op has none); a
-# per-channel zero point / scale runs along the weight's output units (the matrix view's rows)
-INTEGER_ZERO_POINT = {("ConvInteger", "W"): (3, None), ("MatMulInteger", "B"): (3, None),
-                      ("MatMulInteger", "A"): (2, None), ("QLinearConv", "W"): (5, 4),
-                      ("QLinearMatMul", "B"): (5, 4), ("QGemm", "B"): (5, 4)}
-VIEW_OF = {"ConvInteger": "Conv", "MatMulInteger": "MatMul", "QLinearConv": "Conv", "QLinearMatMul": "MatMul",
-           "QGemm": "Gemm"}
 PASS_THROUGH = {"Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Identity", "DequantizeLinear"}
-MIN_RANK = {"MatMul": 2, "Gemm": 2, "Conv": 3, "ConvTranspose": 3, "LSTM": 3, "GRU": 3, "RNN": 3,
-            "ConvInteger": 3, "MatMulInteger": 2, "QLinearConv": 3, "QLinearMatMul": 2, "QGemm": 2}
 
 
 @dataclass(frozen=True)
@@ -208,12 +184,12 @@ class Analysis:
         return [u for u in self.unprunable if u.foldable]
 
 
-def _integer_zero_point(tracer: "_Tracer", node: gs.Node, path: str, role: str, axis: int,
+def _integer_zero_point(tracer: "_Tracer", node: gs.Node, path: str, inputs: tuple[int, int | None], axis: int,
                         steps: list[Step]) -> Step | str:
     """The zero point (and scale) of a quantized op's weight as a chain step (or why not prunable)."""
     if steps:
         return f"{node.op} weight reaches the op through {steps[0].op}; only stored integer weights are supported"
-    zp_index, scale_index = INTEGER_ZERO_POINT[(node.op, role)]
+    zp_index, scale_index = inputs
     found = {}
     for what, index in (("zero point", zp_index), ("scale", scale_index)):
         if index is not None and index < len(node.inputs) and node.inputs[index].name:
@@ -221,27 +197,6 @@ def _integer_zero_point(tracer: "_Tracer", node: gs.Node, path: str, role: str, 
             if found[what] is None:
                 return f"{node.op} {node.name!r} has a run-time {what}"
     return Step("ZeroPoint", node.name, scale=found.get("scale"), zero_point=found.get("zero point"), axis=axis)
-
-
-def _view_axes(op: str, role: str, rank: int, attrs: dict) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """(row axes, reduction axes) in the op's layout; the last reduction axis carries N:M groups."""
-    if op == "MatMul":
-        lead = tuple(range(rank - 2))
-        if role == "B":  # (..., K, N): rows N, reduce K
-            return lead + (rank - 1,), (rank - 2,)
-        return lead + (rank - 2,), (rank - 1,)  # constant A (..., M, K)
-    if op == "Gemm":
-        trans = attrs.get("transB" if role == "B" else "transA", 0)
-        if role == "B":
-            return ((0,), (1,)) if trans else ((1,), (0,))
-        return ((1,), (0,)) if trans else ((0,), (1,))
-    if op == "Conv":  # (O, C/g, k...): N:M along C at each kernel position
-        return (0,), tuple(range(2, rank)) + (1,)
-    if op == "ConvTranspose":  # (C, O/g, k...)
-        return (1,), tuple(range(2, rank)) + (0,)
-    if op in ("LSTM", "GRU", "RNN"):  # (D, gates*H, I or H)
-        return (0, 1), (2,)
-    return None
 
 
 def _const_shape(t) -> tuple[int, ...] | None:
@@ -420,11 +375,11 @@ def find_weights(model: Model) -> Analysis:
             key = tracer.storage_of(t, path)
             if key is not None:
                 consumers.setdefault(key, []).append(f"{node.op}:{node.name}")
-        roles = PRUNABLE_INPUTS.get(node.op)
-        if not roles or (node.domain or "") not in ((DOMAIN[node.op],) if node.op in DOMAIN else ("", "ai.onnx")):
+        spec = spec_for(node.op, node.domain)
+        if spec is None:
             continue
         constant_a = False
-        for index, role in roles.items():
+        for index, role in spec.weight_inputs.items():
             if index >= len(node.inputs) or not node.inputs[index].name:
                 continue
             tensor = node.inputs[index]
@@ -444,13 +399,13 @@ def find_weights(model: Model) -> Analysis:
             op_shape = stored_shape
             for s in steps:
                 op_shape = tuple(np.empty(op_shape, dtype=np.bool_).transpose(s.perm).shape) if s.perm else (s.shape or op_shape)
-            if len(op_shape) < MIN_RANK[node.op]:
+            if len(op_shape) < spec.min_rank:
                 unprunable.append(Unprunable(key, node.name, node.op, role,
                                              f"weight of rank {len(op_shape)} (a vector) is not a matrix"))
                 continue
-            axes = _view_axes(VIEW_OF.get(node.op, node.op), role, len(op_shape), node.attrs)
-            if (node.op, role) in INTEGER_ZERO_POINT:
-                step = _integer_zero_point(tracer, node, path, role, axes[0][-1], steps)
+            axes = spec.view_axes(role, len(op_shape), node.attrs)
+            if spec.zero_point(role) is not None:
+                step = _integer_zero_point(tracer, node, path, spec.zero_point(role), axes[0][-1], steps)
                 if isinstance(step, str):
                     unprunable.append(Unprunable(key, node.name, node.op, role, step))
                     continue

@@ -22,18 +22,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxprune.analyze.weights import (
-    PASS_THROUGH,
-    PRUNABLE_INPUTS,
-    Analysis,
-    Use,
-    Weight,
-    find_weights,
-)
+from onnxprune.analyze.weights import PASS_THROUGH, Analysis, Use, Weight, find_weights
 from onnxprune.core.graph import walk_graphs
 from onnxprune.core.model import Model
 from onnxprune.core.report import table
 from onnxprune.core.shapes import resolve_feed_shapes
+from onnxprune.ops import spec_for
 from onnxprune.pack.formats.base import bits_of
 from onnxprune.pack.formats.nm import _word
 from onnxprune.pack.targets import Target
@@ -286,10 +280,10 @@ def _node_index(model: Model) -> dict[tuple[str, str, str, int, str], onnx.NodeP
     for gpath, g in walk_graphs(model.proto.graph):
         producers = {o: n for n in g.node for o in n.output}
         for node in g.node:
-            roles = PRUNABLE_INPUTS.get(node.op_type)
-            if not roles:
+            spec = spec_for(node.op_type, node.domain)
+            if spec is None:
                 continue
-            for idx in roles:
+            for idx in spec.weight_inputs:
                 if idx >= len(node.input) or not node.input[idx]:
                     continue
                 name = node.input[idx]
@@ -360,35 +354,25 @@ def _collect_shapes(inferred: onnx.ModelProto, shapes: dict) -> None:
 
 
 def _needed(proto: onnx.ModelProto, shapes: dict):
-    """Shapes MAC counting reads: outputs of Conv/MatMul/Gemm, first inputs of the others."""
+    """Shapes MAC counting reads (each op's spec says which)."""
     for _, g in walk_graphs(proto.graph):
         for n in g.node:
-            if n.op_type in ("Conv", "MatMul", "Gemm"):
-                yield shapes.get(n.output[0])
-            elif n.op_type in PRUNABLE_INPUTS:
-                yield shapes.get(n.input[0])
+            spec = spec_for(n.op_type, n.domain)
+            if spec is not None:
+                yield from (shapes.get(name) for name in spec.macs_reads(n))
 
 
 def node_macs(w: Weight, use: Use, node: onnx.NodeProto | None, shapes: dict) -> tuple[int | None, str]:
-    """Multiply-accumulates of one use of a weight, from the static shapes; (None, why) when unknown."""
+    """Multiply-accumulates of one use of a weight as its op's spec counts them, from the static shapes
+    and the weight's own (op layout); (None, why) when unknown."""
     if node is None:
         return None, "node not found"
-    if use.op in ("Conv", "MatMul", "Gemm"):
-        y = shapes.get(node.output[0])
-        if y is None or any(d is None for d in y):
-            return None, f"output shape of {node.name or use.op} not static"
-        return int(np.prod(y, dtype=np.int64)) * w.cols, ""
-    if use.op == "ConvTranspose":
-        x = shapes.get(node.input[0])
-        if x is None or any(d is None for d in x):
-            return None, "input shape not static"
-        return int(np.prod(x, dtype=np.int64)) * (w.params // max(w.op_shape[0], 1)), ""
-    if use.op in ("LSTM", "GRU", "RNN"):
-        x = shapes.get(node.input[0])
-        if x is None or len(x) != 3 or any(d is None for d in x[:2]):
-            return None, "sequence length or batch not static"
-        return int(x[0]) * int(x[1]) * w.params, ""
-    return None, f"no MAC rule for {use.op}"
+    weight_input = node.input[use.input_index]
+    spec = spec_for(use.op, node.domain)
+    macs = spec.macs(node, lambda name: w.op_shape if name == weight_input else shapes.get(name), use.input_index)
+    if macs is None:
+        return None, spec.macs_unknown.format(node=node.name or use.op, op=use.op)
+    return macs, ""
 
 
 # ----------------------------------------------------------------------------------- the rules

@@ -44,6 +44,7 @@ from typing import Any
 
 from onnxprune.core.bundled import data_dir, toml_files
 from onnxprune.core.errors import Opt, OptionError, TargetError
+from onnxprune.ops import all_specs
 from onnxprune.prune.patterns import Pattern
 
 if sys.version_info >= (3, 11):
@@ -54,7 +55,6 @@ else:  # pragma: no cover
 SCHEMA_VERSION = 1
 DTYPES = ("float64", "float32", "float16", "bfloat16", "int8", "uint8", "int16", "uint16", "int32", "int64")
 EMIT_MODES = ("dense", "sparse-initializer", "portable")
-OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "GRU", "RNN")
 FORMAT_PARAMS = {"nm": {"n": int, "m": int, "compact": bool}, "bsr": {"r": int, "c": int}, "bitmask": {}, "coo": {}}
 
 
@@ -410,8 +410,13 @@ def _kernel(text: str) -> tuple[int, ...] | None:
     return None
 
 
+def sparse_ops() -> tuple[str, ...]:
+    """Ops a target may run sparse: every registered op but the integer ones (viewed like a float op)."""
+    return tuple(op for spec in all_specs() if spec.view_of is None for op in spec.op_types)
+
+
 def _eligibility(et: _Table, dtypes: tuple[str, ...], converts: dict) -> Eligibility:
-    ops = et.choices("ops", OPS, required=True)
+    ops = et.choices("ops", sparse_ops(), required=True)
     kernels = []
     for k in et.get("conv_kernels", list, []):
         kern = _kernel(k)

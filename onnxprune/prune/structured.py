@@ -64,6 +64,7 @@ from onnxprune.core.errors import DataError, OnnxPruneError, Opt, OptionError
 from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model, check_structure
 from onnxprune.core.report import table
+from onnxprune.ops import spec_for
 from onnxprune.pipeline import Context, Pass, PassResult
 
 CRITERIA = ("l2", "activation")
@@ -110,17 +111,11 @@ def _consumer_inputs(proto: onnx.ModelProto, group: ChannelGroup) -> list[tuple[
     for m in group.members:
         if m.kind != "const" or m.role != "in":
             continue
-        n = m.dim[1]
-        node = proto.graph.node[n]
-        op = node.op_type
-        if op == "Conv" and m.dim[2] == 1:
-            out.append((node.input[0], 1, m))
-        elif op in ("LSTM", "GRU", "RNN") and m.dim[2] == 1:
-            out.append((node.input[0], 2, m))
-        elif op == "Gemm" and m.dim[2] == 1:
-            out.append((node.input[0], 0 if attrs(node).get("transA", 0) else 1, m))
-        elif op == "MatMul" and m.dim[2] == 1:
-            out.append((node.input[0], -1, m))
+        node = proto.graph.node[m.dim[1]]
+        spec = spec_for(node.op_type, node.domain)
+        axis = spec.input_channel_axis(node) if spec is not None and m.dim[2] == 1 else None
+        if axis is not None:
+            out.append((node.input[0], axis, m))
     return out
 
 
@@ -520,9 +515,10 @@ def _failing_node_dims(proto: onnx.ModelProto, message: str) -> list[Dim]:
 # --------------------------------------------------------------------------------------- reinit
 
 def reinit_weights(proto: onnx.ModelProto, seed: int = 0) -> list[str]:
-    """Fresh weights for every layer: He-normal Conv/ConvTranspose/Gemm/MatMul weights (std sqrt(2/fan_in)),
-    zero biases, BatchNormalization scale 1 / bias 0 / mean 0 / var 1, LSTM/GRU/RNN weights uniform in
-    +-1/sqrt(hidden) (the PyTorch default), zero RNN biases. Returns the tensors rewritten."""
+    """Fresh weights for every layer as its op's spec draws them (He-normal Conv/ConvTranspose/Gemm/MatMul
+    weights, std sqrt(2/fan_in), zero biases; LSTM/GRU/RNN weights uniform in +-1/sqrt(hidden), the
+    PyTorch default, zero biases) and BatchNormalization scale 1 / bias 0 / mean 0 / var 1. Returns the
+    tensors rewritten."""
     rng = np.random.default_rng(seed)
     g = proto.graph
     consts = constant_values(g)  # initializers and Constant nodes (Paddle, TF exports)
@@ -546,34 +542,14 @@ def reinit_weights(proto: onnx.ModelProto, seed: int = 0) -> list[str]:
         return tuple(constant_shape(consts[name])) if name in consts else None
 
     for node in g.node:
-        op, ins = node.op_type, list(node.input)
-        at = attrs(node)
-        if op in ("Conv", "ConvTranspose") and shape(ins[1]):
-            w = shape(ins[1])
-            fan_in = int(np.prod(w[1:])) if op == "Conv" else int(w[0] // max(at.get("group", 1), 1) * np.prod(w[2:]))
-            put(ins[1], rng.standard_normal(w) * np.sqrt(2.0 / max(fan_in, 1)))
-            if len(ins) > 2 and shape(ins[2]):
-                put(ins[2], np.zeros(shape(ins[2])))
-        elif op == "Gemm" and len(ins) > 1 and shape(ins[1]):
-            w = shape(ins[1])
-            fan_in = w[1] if at.get("transB", 0) else w[0]
-            put(ins[1], rng.standard_normal(w) * np.sqrt(2.0 / max(fan_in, 1)))
-            if len(ins) > 2 and shape(ins[2]):
-                put(ins[2], np.zeros(shape(ins[2])))
-        elif op == "MatMul" and shape(ins[1]) and len(shape(ins[1])) >= 2:
-            w = shape(ins[1])
-            put(ins[1], rng.standard_normal(w) * np.sqrt(2.0 / max(w[-2], 1)))
-        elif op == "BatchNormalization":
+        spec = spec_for(node.op_type, node.domain)
+        if spec is not None:
+            for i, arr in spec.reinit(node, shape, rng).items():
+                put(node.input[i], arr)
+        elif node.op_type == "BatchNormalization":
             for i, v in ((1, 1.0), (2, 0.0), (3, 0.0), (4, 1.0)):
-                if shape(ins[i]):
-                    put(ins[i], np.full(shape(ins[i]), v))
-        elif op in ("LSTM", "GRU", "RNN"):
-            h = int(at.get("hidden_size", 1))
-            for i in (1, 2):
-                if shape(ins[i]):
-                    put(ins[i], rng.uniform(-1, 1, shape(ins[i])) / np.sqrt(h))
-            if len(ins) > 3 and shape(ins[3]):
-                put(ins[3], np.zeros(shape(ins[3])))
+                if shape(node.input[i]):
+                    put(node.input[i], np.full(shape(node.input[i]), v))
     return done
 
 

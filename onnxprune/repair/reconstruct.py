@@ -32,8 +32,8 @@ import onnx
 from onnxprune.analyze.activations import LayerStats, find_node
 from onnxprune.analyze.weights import Weight, dequant_params
 from onnxprune.core.errors import Opt, OptionError
-from onnxprune.core.graph import attrs
 from onnxprune.core.model import Model
+from onnxprune.ops import spec_for
 from onnxprune.pipeline import Context, Pass, PassResult
 from onnxprune.pipeline.calibration import StagedStats, calibration_state
 from onnxprune.pipeline.masking import apply_mask
@@ -118,40 +118,11 @@ def bias_target(model, weight: Weight) -> tuple[str, np.ndarray, float] | str:
     node = find_node(g, weight, use)
     if node is None:
         return "op not found"
-    at = attrs(node)
     rows = weight.rows
-    name, scale, index = None, 1.0, None
-    if use.op == "Gemm":
-        if len(node.input) < 3 or not node.input[2]:
-            return "Gemm without C"
-        beta = float(at.get("beta", 1.0))
-        if beta == 0:
-            return "Gemm with beta 0"
-        name, scale = node.input[2], float(at.get("alpha", 1.0)) / beta
-        shape_ok = {"B": [(rows,), (1, rows)], "A": [(rows, 1)]}[use.role]
-    elif use.op == "Conv":
-        if len(node.input) < 3 or not node.input[2]:
-            return "Conv without bias"
-        name, shape_ok = node.input[2], [(rows,)]
-    elif use.op in ("LSTM", "GRU", "RNN"):
-        if len(node.input) < 4 or not node.input[3]:
-            return f"{use.op} without B"
-        name = node.input[3]
-        d, gh = weight.op_shape[0], weight.op_shape[1]
-        off = 0 if use.role == "W" else gh
-        index = (np.arange(d)[:, None] * 2 * gh + off + np.arange(gh)[None, :]).reshape(-1)
-        shape_ok = [(d, 2 * gh)]
-    elif use.op == "MatMul" and use.role == "B" and len(weight.op_shape) == 2:
-        consumers = [n for n in g.node if node.output[0] in n.input]
-        if len(consumers) != 1 or consumers[0].op_type != "Add" or node.output[0] in {o.name for o in g.output}:
-            return "MatMul output not consumed by a single Add"
-        other = [i for i in consumers[0].input if i != node.output[0]]
-        if len(other) != 1:
-            return "Add of the MatMul output with itself"
-        name = other[0]
-        shape_ok = None  # (N,) or (1, ..., 1, N)
-    else:
-        return f"{use.op} role {use.role} has no bias"
+    found = spec_for(node.op_type, node.domain).bias(node, use.role, weight.op_shape, rows, g)
+    if isinstance(found, str):
+        return found
+    name, scale, index, shape_ok = found.tensor, found.scale, found.index, found.shapes
     key = model.key_for(name)
     if key is None:
         return f"bias {name!r} is not a constant"

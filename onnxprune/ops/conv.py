@@ -1,0 +1,89 @@
+"""Conv and ConvTranspose: weights (O, C/group, k...) and (C, O/group, k...); N:M groups run along the
+input channels at each kernel position."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxprune.core.graph import attrs
+from onnxprune.ops.registry import register
+from onnxprune.ops.spec import Axes, Bias, Capture, OpSpec, ShapeOf, he_normal, known, prod
+
+
+class _ConvFamily(OpSpec):
+    weight_inputs = {1: "W"}
+    min_rank = 3
+
+    def fan_in(self, w: tuple[int, ...], attrs: dict) -> int:
+        raise NotImplementedError
+
+    def reinit(self, node: onnx.NodeProto, shape_of: ShapeOf, rng: np.random.Generator) -> dict[int, np.ndarray]:
+        w = shape_of(node.input[1])
+        if not w:
+            return {}
+        out = {1: he_normal(rng, w, self.fan_in(w, attrs(node)))}
+        if len(node.input) > 2 and shape_of(node.input[2]):
+            out[2] = np.zeros(shape_of(node.input[2]))
+        return out
+
+
+class ConvSpec(_ConvFamily):
+    op_types = ("Conv",)
+    macs_unknown = "output shape of {node} not static"
+
+    def view_axes(self, role: str, rank: int, attrs: dict) -> Axes:
+        return (0,), tuple(range(2, rank)) + (1,)
+
+    def macs_reads(self, node: onnx.NodeProto) -> tuple[str, ...]:
+        return (node.output[0],)
+
+    def macs(self, node: onnx.NodeProto, shape_of: ShapeOf, index: int | None = None) -> int | None:
+        y, w = shape_of(node.output[0]), shape_of(node.input[1])
+        return prod(y) * prod(w[1:]) if known(y, w) else None
+
+    def fan_in(self, w: tuple[int, ...], attrs: dict) -> int:
+        return prod(w[1:])
+
+    def capture(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], position: int) -> Capture:
+        """im2col patches of the input; one row block per group."""
+        at = attrs(node)
+        k = tuple(shape[2:])
+        nd = len(k)
+        group = int(at.get("group", 1))
+        layout = (k, tuple(at.get("strides", [1] * nd)), tuple(at.get("dilations", [1] * nd)),
+                  tuple(at.get("pads", [0] * 2 * nd)), at.get("auto_pad", "NOTSET"), group, shape[1])
+        return Capture("conv", (node.input[0],), group, layout)
+
+    def input_channel_axis(self, node: onnx.NodeProto) -> int:
+        return 1
+
+    def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
+             graph: onnx.GraphProto) -> Bias | str:
+        if len(node.input) < 3 or not node.input[2]:
+            return "Conv without bias"
+        return Bias(node.input[2], shapes=((rows,),))
+
+
+class ConvTransposeSpec(_ConvFamily):
+    op_types = ("ConvTranspose",)
+    macs_unknown = "input shape not static"
+
+    def view_axes(self, role: str, rank: int, attrs: dict) -> Axes:
+        return (1,), tuple(range(2, rank)) + (0,)
+
+    def macs(self, node: onnx.NodeProto, shape_of: ShapeOf, index: int | None = None) -> int | None:
+        x, w = shape_of(node.input[0]), shape_of(node.input[1])
+        return prod(x) * prod(w[1:]) if known(x, w) else None
+
+    def fan_in(self, w: tuple[int, ...], attrs: dict) -> int:
+        return w[0] // max(attrs.get("group", 1), 1) * prod(w[2:])
+
+    def capture(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], position: int) -> Capture:
+        """Input-channel energies only (every kernel tap meets every input element once, borders aside)."""
+        return Capture("convT", (node.input[0],), 1, (prod(shape[2:]), shape[0]),
+                       note="ConvTranspose: norms approximated by input-channel energy; no Gram matrix")
+
+
+CONV = register(ConvSpec())
+CONV_TRANSPOSE = register(ConvTransposeSpec())

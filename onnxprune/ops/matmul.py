@@ -1,0 +1,119 @@
+"""MatMul and Gemm: Y = A @ B (Gemm: with optional transposes and a bias C)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxprune.core.graph import attrs
+from onnxprune.ops.registry import register
+from onnxprune.ops.spec import Axes, Bias, Capture, OpSpec, ShapeOf, he_normal, known, prod
+
+
+def _k(a, b, a_axis: int, b_axis: int) -> int | None:
+    """The reduction length: from A where known, else from B."""
+    for s, axis in ((a, a_axis), (b, b_axis)):
+        if s is not None and len(s) > max(axis, -axis - 1) and s[axis] is not None:
+            return int(s[axis])
+    return None
+
+
+class MatMulSpec(OpSpec):
+    op_types = ("MatMul",)
+    weight_inputs = {0: "A", 1: "B"}
+    macs_unknown = "output shape of {node} not static"
+
+    def view_axes(self, role: str, rank: int, attrs: dict) -> Axes:
+        lead = tuple(range(rank - 2))
+        if role == "B":  # (..., K, N): rows N, reduce K
+            return lead + (rank - 1,), (rank - 2,)
+        return lead + (rank - 2,), (rank - 1,)  # constant A (..., M, K)
+
+    def macs_reads(self, node: onnx.NodeProto) -> tuple[str, ...]:
+        return (node.output[0],)
+
+    def macs(self, node: onnx.NodeProto, shape_of: ShapeOf, index: int | None = None) -> int | None:
+        y, b = shape_of(node.output[0]), shape_of(node.input[1])
+        k = _k(shape_of(node.input[0]), b, -1, -2 if b is not None and len(b) > 1 else 0)
+        return prod(y) * k if known(y) and k is not None else None
+
+    def reinit(self, node: onnx.NodeProto, shape_of: ShapeOf, rng: np.random.Generator) -> dict[int, np.ndarray]:
+        w = shape_of(node.input[1])
+        return {1: he_normal(rng, w, w[-2])} if w and len(w) >= 2 else {}
+
+    def capture(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], position: int) -> Capture:
+        """A (or B^T for a constant A); one row block per leading index of a batched weight."""
+        lead = tuple(shape[:-2])
+        return Capture("matmul", (node.input[1 if role == "A" else 0],), prod(lead), (role == "A", lead))
+
+    def input_channel_axis(self, node: onnx.NodeProto) -> int:
+        return -1
+
+    def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
+             graph: onnx.GraphProto) -> Bias | str:
+        """The constant of an Add that is the only consumer of a MatMul with a 2-D B weight."""
+        if role != "B" or len(shape) != 2:
+            return super().bias(node, role, shape, rows, graph)
+        consumers = [n for n in graph.node if node.output[0] in n.input]
+        if len(consumers) != 1 or consumers[0].op_type != "Add" or node.output[0] in {o.name for o in graph.output}:
+            return "MatMul output not consumed by a single Add"
+        other = [i for i in consumers[0].input if i != node.output[0]]
+        if len(other) != 1:
+            return "Add of the MatMul output with itself"
+        return Bias(other[0])  # (N,) or (1, ..., 1, N)
+
+
+class GemmSpec(OpSpec):
+    op_types = ("Gemm",)
+    weight_inputs = {0: "A", 1: "B"}
+    macs_unknown = "output shape of {node} not static"
+
+    def view_axes(self, role: str, rank: int, attrs: dict) -> Axes:
+        trans = attrs.get("transB" if role == "B" else "transA", 0)
+        if role == "B":
+            return ((0,), (1,)) if trans else ((1,), (0,))
+        return ((1,), (0,)) if trans else ((0,), (1,))
+
+    def macs_reads(self, node: onnx.NodeProto) -> tuple[str, ...]:
+        return (node.output[0],)
+
+    def macs(self, node: onnx.NodeProto, shape_of: ShapeOf, index: int | None = None) -> int | None:
+        at = attrs(node)
+        y = shape_of(node.output[0])
+        k = _k(shape_of(node.input[0]), shape_of(node.input[1]), 0 if at.get("transA", 0) else -1,
+               1 if at.get("transB", 0) else 0)
+        return prod(y) * k if known(y) and k is not None else None
+
+    def reinit(self, node: onnx.NodeProto, shape_of: ShapeOf, rng: np.random.Generator) -> dict[int, np.ndarray]:
+        w = shape_of(node.input[1]) if len(node.input) > 1 else None
+        if not w:
+            return {}
+        out = {1: he_normal(rng, w, w[1] if attrs(node).get("transB", 0) else w[0])}
+        if len(node.input) > 2 and shape_of(node.input[2]):
+            out[2] = np.zeros(shape_of(node.input[2]))
+        return out
+
+    def capture(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], position: int) -> Capture:
+        """A (A^T with transA) for the B weight; B^T (B with transB) for an A weight."""
+        at = attrs(node)
+        swap = bool(at.get("transA", 0)) if role == "B" else not at.get("transB", 0)
+        return Capture("matmul", (node.input[1 if role == "A" else 0],), 1, (swap, ()))
+
+    def input_channel_axis(self, node: onnx.NodeProto) -> int:
+        return 0 if attrs(node).get("transA", 0) else 1
+
+    def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
+             graph: onnx.GraphProto) -> Bias | str:
+        """C, scaled by alpha / beta."""
+        if len(node.input) < 3 or not node.input[2]:
+            return "Gemm without C"
+        at = attrs(node)
+        beta = float(at.get("beta", 1.0))
+        if beta == 0:
+            return "Gemm with beta 0"
+        shapes = ((rows,), (1, rows)) if role == "B" else ((rows, 1),)
+        return Bias(node.input[2], float(at.get("alpha", 1.0)) / beta, shapes)
+
+
+MATMUL = register(MatMulSpec())
+GEMM = register(GemmSpec())

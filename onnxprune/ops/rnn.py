@@ -1,0 +1,67 @@
+"""LSTM, GRU and RNN: input weights W (D, gates*H, I) and recurrent weights R (D, gates*H, H)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxprune.core.graph import attrs
+from onnxprune.ops.registry import register
+from onnxprune.ops.spec import Axes, Bias, Capture, OpSpec, ShapeOf, prod
+
+
+class RecurrentSpec(OpSpec):
+    op_types = ("LSTM", "GRU", "RNN")
+    weight_inputs = {1: "W", 2: "R"}
+    min_rank = 3
+    macs_unknown = "sequence length or batch not static"
+
+    def view_axes(self, role: str, rank: int, attrs: dict) -> Axes:
+        return (0, 1), (2,)  # rows: direction x gate unit
+
+    def macs(self, node: onnx.NodeProto, shape_of: ShapeOf, index: int | None = None) -> int | None:
+        x = shape_of(node.input[0])
+        weights = [shape_of(node.input[i]) for i in ((index,) if index is not None else (1, 2))]
+        if x is None or len(x) != 3 or None in x[:2] or any(w is None or None in w for w in weights):
+            return None
+        return int(x[0]) * int(x[1]) * sum(prod(w) for w in weights)  # every step, every sequence
+
+    def reinit(self, node: onnx.NodeProto, shape_of: ShapeOf, rng: np.random.Generator) -> dict[int, np.ndarray]:
+        """Uniform in +-1/sqrt(hidden) (the PyTorch default), zero biases."""
+        h = int(attrs(node).get("hidden_size", 1))
+        out = {i: rng.uniform(-1, 1, shape_of(node.input[i])) / np.sqrt(h) for i in (1, 2) if shape_of(node.input[i])}
+        if len(node.input) > 3 and shape_of(node.input[3]):
+            out[3] = np.zeros(shape_of(node.input[3]))
+        return out
+
+    def capture(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], position: int) -> Capture:
+        """W: the input sequence; R: the hidden states, rebuilt from Y and initial_h, one block per direction."""
+        at = attrs(node)
+        layout = int(at.get("layout", 0))
+        seq_note = " (sequence_lens given: padded steps are counted)" if len(node.input) > 4 and node.input[4] else ""
+        if role == "W":
+            return Capture("rnn_w", (node.input[0],), 1, (layout,), note=seq_note.strip(" ()"))
+        d = shape[0]
+        y = node.output[0] if node.output else ""
+        h0 = node.input[5] if len(node.input) > 5 else ""
+        note = "R: hidden states rebuilt from Y and initial_h" + seq_note
+        if node.op_type == "GRU" and not at.get("linear_before_reset", 0):
+            note += "; GRU hidden-gate rows see r*h, approximated by h"
+        return Capture("rnn_r", (y or f"__onnxprune_Y::{position}", h0), d,
+                       (layout, at.get("direction", "forward"), d), note=note)
+
+    def input_channel_axis(self, node: onnx.NodeProto) -> int:
+        return 2  # X (seq, batch, I)
+
+    def bias(self, node: onnx.NodeProto, role: str, shape: tuple[int, ...], rows: int,
+             graph: onnx.GraphProto) -> Bias | str:
+        """B (D, 2*gates*H): the W half, then the R half, per direction."""
+        if len(node.input) < 4 or not node.input[3]:
+            return f"{node.op_type} without B"
+        d, gh = shape[0], shape[1]
+        off = 0 if role == "W" else gh
+        index = (np.arange(d)[:, None] * 2 * gh + off + np.arange(gh)[None, :]).reshape(-1)
+        return Bias(node.input[3], shapes=((d, 2 * gh),), index=index)
+
+
+RECURRENT = register(RecurrentSpec())
