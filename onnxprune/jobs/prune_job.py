@@ -213,7 +213,7 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
         if on_step:
             on_step(ctx, result)
 
-    build_pipeline(opts).run(model, ctx, step)
+    build_pipeline(opts).run(ctx, step)
     check_params_not_increased(counted["before"], stored_params(model), "pruning")  # postcondition
     stamp(model, opts.to_dict())
     return ctx, summarize(ctx, opts)
@@ -229,15 +229,14 @@ def summarize(ctx: Context, opts: PruneOptions) -> dict:
     groups, channels, parameters and MACs before and after)."""
     if opts.pattern == "channel":
         return {"options": opts.to_dict(), "options_sha256": opts.sha256(),
-                "structured": ctx.state.get("channel_prune", {}), "passes": [r.to_dict() for r in ctx.results],
+                "structured": ctx.channel_report or {}, "passes": [r.to_dict() for r in ctx.results],
                 "speed_note": "Channel pruning removes whole channels: the model is smaller and dense, and faster "
                               "on any runtime, roughly in proportion to the MACs removed."}
     rows = []
     total = pruned = 0
     for w in ctx.analysis.weights:
         sparsity = ctx.masks.sparsity(w.key) if w.key in ctx.masks else 0.0
-        skipped = next((r.weights[w.key]["skipped"] for r in reversed(ctx.results)
-                        if r.pass_name == "prune" and "skipped" in r.weights.get(w.key, {})), None)
+        skipped = ctx.skipped.get(w.key)
         zeros = int(np.count_nonzero(ctx.model.read(w.key) == zero_value(w, ctx.model)))  # quantized: == zero point
         rows.append({"name": w.key, "op": w.op, "params": w.params, "sparsity": sparsity,
                      "zeros": zeros, "skipped": skipped})
