@@ -25,7 +25,13 @@ from onnxprune.analyze.activations import (
 )
 from onnxprune.analyze.weights import Weight
 from onnxprune.core.errors import Opt, OptionError
-from onnxprune.pipeline.contract import ANALYSIS_FRESH, Condition, Context, Pass, PassResult
+from onnxprune.pipeline.contract import (
+    ANALYSIS_FRESH,
+    Condition,
+    Context,
+    Pass,
+    PassResult,
+)
 
 
 class StagedStats:

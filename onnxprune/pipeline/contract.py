@@ -86,8 +86,7 @@ class Condition:
 
 def _stale_analysis(ctx: Context) -> tuple[str, ...] | None:
     if ctx._analysis is not None and ctx._analysed_at != ctx.model.rewrites:
-        return ("the graph was rewritten after its weights were analysed (a pass that rewrites the graph must "
-                "be declared structural)",)
+        return ("the graph was rewritten after its weights were analysed (a pass that rewrites it must be structural)",)
     return None
 
 
@@ -96,8 +95,7 @@ def _unused(ctx: Context) -> tuple[str, ...] | None:
     if not found:
         return None
     more = f" (+{len(found) - 3} more)" if len(found) > 3 else ""
-    return (f"constants nothing reads are left: {'; '.join(found[:3])}{more} (a bug in onnxprune: please report it "
-            "with the model)",)
+    return (f"constants nothing reads are left: {'; '.join(found[:3])}{more} (a bug in onnxprune: please report it)",)
 
 
 ANALYSIS_FRESH = Condition("a fresh analysis", _stale_analysis)

@@ -30,7 +30,11 @@ from onnxprune.analyze.activations import LayerStats
 from onnxprune.analyze.weights import Weight
 from onnxprune.core.errors import OptionError
 from onnxprune.pipeline import ANALYSIS_FRESH, Context, PassResult
-from onnxprune.pipeline.calibration import CALIBRATION_DATA, StagedStats, calibration_state
+from onnxprune.pipeline.calibration import (
+    CALIBRATION_DATA,
+    StagedStats,
+    calibration_state,
+)
 from onnxprune.pipeline.masking import PRUNED_ZERO, apply_mask, write_masked
 from onnxprune.prune import patterns
 from onnxprune.prune.criteria import (
