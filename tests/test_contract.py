@@ -9,7 +9,7 @@ from onnxprune.cli import cli_flag, main
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
-from onnxprune.pipeline import Context, Pass, PassError, PassResult, Pipeline
+from onnxprune.pipeline import NO_UNUSED, Context, Pass, PassError, PassResult, Pipeline
 from onnxprune.pipeline.calibration import CalibrationPass
 from onnxprune.prune.prune_pass import PrunePass
 
@@ -117,6 +117,23 @@ def test_a_graph_rewrite_must_be_declared_structural():
     ctx = _ctx()
     Rewrites()(ctx)
     assert ctx.analysis.weights  # rebuilt
+
+
+def test_a_pass_that_changed_nothing_is_not_held_to_its_ensures():
+    """An input model may hold unread constants: a structural pass that rewrote nothing leaves them."""
+    from onnx import numpy_helper
+
+    class Idle(Pass):
+        name, structural, ensures = "idle", True, (NO_UNUSED,)
+
+        def call(self, ctx):
+            return PassResult(self.name, False)
+
+    proto = B.matmul_2d()
+    proto.graph.initializer.append(numpy_helper.from_array(np.ones(3, np.float32), "unread"))
+    ctx = Context(Model(proto))
+    Idle()(ctx)
+    assert [t.name for t in ctx.model.proto.graph.initializer] == ["W", "unread"]
 
 
 def test_the_cli_reports_a_crashing_pass_in_one_line(monkeypatch, tmp_path):

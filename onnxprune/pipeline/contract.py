@@ -3,7 +3,7 @@
 A pass takes its settings in its constructor and does its work on `ctx.model` in `call(ctx)`,
 returning a `PassResult` that says exactly whether it modified the model and what, per weight.
 `Pass.__call__` holds every pass to the contract: its declared `requires` (`Condition`s) must hold
-before it runs and its `ensures` after; `modified` must match what it wrote (`Model.edits`); a
+before it runs and its `ensures` after it modified the model; `modified` must match what it wrote; a
 structural pass's leftovers are swept and the analysis rebuilt; and a failure that is not an
 OnnxPruneError becomes a one-line `PassError` naming the pass (and the weight it was at). The CLI,
 the Python API and recipe files all build `Pipeline` objects from the same passes.
@@ -141,7 +141,7 @@ class Pass(ABC):
                     model.replace_proto(model.proto)
                     result.notes.append(f"removed {len(swept)} unread constants/nodes")
                 ctx.invalidate()
-        self._check(ctx, "ensures", self.ensures)
+            self._check(ctx, "ensures", self.ensures)  # a pass that changed nothing leaves the model as it found it
         ctx.at = None
         ctx.results.append(result)
         return result
