@@ -474,9 +474,9 @@ def test_hook_without_calibration_state_fails_clearly():
     proto = _mlp()
     model = Model(proto)
     ctx = Context(model, MaskSet())
-    PrunePass(0.5, min_params=0)(model, ctx)
+    PrunePass(0.5, min_params=0)(ctx)
     with pytest.raises(HookError, match="calibration state"):
-        HookPass(["onnxprune.repair.reconstruct:lstsq_repair"])(model, ctx)
+        HookPass(["onnxprune.repair.reconstruct:lstsq_repair"])(ctx)
 
 
 def test_pipeline_wiring_and_errors(tmp_path):
@@ -500,7 +500,7 @@ def test_calibration_pass_and_repairpass_compose_by_hand(tmp_path):
     model = Model(onnx.ModelProto.FromString(proto.SerializeToString()))
     ctx = Context(model, MaskSet(), _data(proto, tmp_path, X=x), progress=False)
     Pipeline([CalibrationPass(samples=128, means=True), PrunePass(0.5, "2:4", min_params=0),
-              RepairPass("lstsq+bias", sequential=True)]).run(model, ctx)
+              RepairPass("lstsq+bias", sequential=True)]).run(ctx)
     rep = ctx.results[-1]
     assert rep.weights["W1"]["lstsq"] == "exact" and rep.weights["W1"]["bias"] == "dense-mean"
     assert rep.weights["W2"]["bias"] == "dense-mean"

@@ -310,7 +310,7 @@ def test_enforce_is_a_noop_when_the_pattern_holds():
     target = load_target("bsr-generic")
     model, ctx = _pruned(tiny_net(), target)
     sha = model.sha256()
-    result = P.EnforcePattern(target)(model, ctx)
+    result = P.EnforcePattern(target)(ctx)
     assert not result.modified and model.sha256() == sha
     assert {v["status"] for v in result.weights.values()} <= {"ok", "skipped", "dense"}
 

@@ -459,10 +459,10 @@ def test_round_keep_and_global_allocation():
 def test_pass_in_pipeline_replaces_model_and_reports():
     proto = mlp()
     model = Model(proto)
-    ctx = Pipeline([ChannelPrunePass(0.5, round_to=8)]).run(model, Context(model, progress=False))
+    ctx = Pipeline([ChannelPrunePass(0.5, round_to=8)]).run(Context(model, progress=False))
     assert ctx.results[0].modified and ChannelPrunePass.structural
     assert model.proto.graph.initializer[0].dims != proto.graph.initializer[0].dims
-    report = ctx.state["channel_prune"]
+    report = ctx.channel_report
     assert report["channels_after"] < report["channels_before"] and report["frozen_groups"]
     assert ctx.analysis.weights  # the weight analysis is rebuilt on the rewritten model
     run(model.proto, feed_for(proto))
@@ -861,7 +861,8 @@ def test_pipeline_sweeps_and_checks_after_a_structural_pass():
     class LeavesDeadConstant(Pass):
         name, structural = "leaves-dead", True
 
-        def call(self, model, ctx):
+        def call(self, ctx):
+            model = ctx.model
             p = onnx.ModelProto()
             p.CopyFrom(model.proto)
             p.graph.node.insert(0, helper.make_node("Constant", [], ["dead"], name="dead",
@@ -871,7 +872,7 @@ def test_pipeline_sweeps_and_checks_after_a_structural_pass():
             return PassResult(self.name, True)
 
     model = Model(mlp())
-    ctx = Pipeline([LeavesDeadConstant()]).run(model)
+    ctx = Pipeline([LeavesDeadConstant()]).run(Context(model))
     assert not any(n.name == "dead" for n in model.proto.graph.node)
     assert not any(t.name == "dead_init" for t in model.proto.graph.initializer)
     assert "removed 2 unread constants/nodes" in ctx.results[0].notes
@@ -927,10 +928,12 @@ def test_a_prune_that_would_add_parameters_is_stopped(monkeypatch):
     from onnxprune.pipeline import Pass, PassResult
 
     class Grows(Pass):
-        name = "grows"
+        name, structural = "grows", True
 
-        def call(self, model, ctx):
+        def call(self, ctx):
+            model = ctx.model
             model.proto.graph.initializer.append(numpy_helper.from_array(np.ones(4, np.float32), "extra"))
+            model.proto.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [4]))  # kept
             model.replace_proto(model.proto)
             return PassResult(self.name, True)
 

@@ -2,50 +2,55 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
 from onnxprune.core.atomic import atomic_write_text
 from onnxprune.core.report import make_parent
-from onnxprune.jobs.prune_job import PruneOptions
+from onnxprune.jobs.prune_job import PruneOptions, option_fields
 from onnxprune.jobs.recipe import Recipe
 from onnxprune.jobs.run import run_recipe
 from onnxprune.pack.targets import load_target
-from onnxprune.prune.structured import DEFAULT_ROUND_TO
 
 
-def prune_options(f):
-    """The pruning options, shared by `prune` and `sweep`."""
-    opts = [
-        click.option("--pattern", default=None, help="unstructured (default), N:M (e.g. 2:4), RxC blocks (e.g. 4x4), or channel (remove whole channels: smaller, faster); with --target, the target's pattern."),
-        click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True, help="layer: every weight reaches the sparsity; global: one ranking over all selected weights."),
-        click.option("--criterion", type=click.Choice(["magnitude", "wanda", "sparsegpt"]), default="magnitude", show_default=True, help="Weight importance: magnitude, or calibration-aware wanda / sparsegpt (need --data)."),
-        click.option("--calib-samples", type=click.IntRange(min=1), help="Calibration samples to use from --data (default: all)."),
-        click.option("--sequential", is_flag=True, help="Recapture calibration statistics layer by layer from the partly pruned model."),
-        click.option("--repair", type=click.Choice(["none", "lstsq", "bias", "lstsq+bias"]), default="none", show_default=True, help="Built-in repair after each pruning step from calibration data: masked least squares and/or bias correction."),
-        click.option("--skip", multiple=True, metavar="GLOB", help="Leave weights (or their nodes) matching GLOB dense. Repeatable."),
-        click.option("--override", multiple=True, metavar="GLOB=S", help="Per-name sparsity, e.g. 'conv1*=0.3'. Repeatable."),
-        click.option("--min-params", default=1024, show_default=True, type=int, help="Weights smaller than this stay dense."),
-        click.option("--nm-remainder", type=click.Choice(["skip", "pad"]), default="skip", show_default=True, help="N:M on a reduction length that is not a multiple of M: leave dense, or pad the last group."),
-        click.option("--round-to", default=DEFAULT_ROUND_TO, show_default=True, type=click.IntRange(min=1), help="--pattern channel: kept channels are a multiple of this (16 suits onnxruntime's AVX-512 convolutions, as in the cpu-channels recipe)."),
-        click.option("--reinit", is_flag=True, help="--pattern channel: emit the pruned architecture freshly initialised, for training from scratch."),
-        click.option("--fold-constants", is_flag=True, help="Fold constant subexpressions first so weights assembled from constants become prunable."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+def _flag(f: dataclasses.Field, kind: type):
+    """The click option of one PruneOptions field (its flag, default, choices and help are declared there)."""
+    meta = f.metadata
+    kw: dict = {"help": meta["help"], "metavar": meta["metavar"]}
+    if kind is bool:
+        kw["is_flag"] = True
+    elif kind is list:
+        kw["multiple"] = True
+    else:
+        kw["default"] = f.default if meta["cli_default"] is dataclasses.MISSING else meta["cli_default"]
+        kw["show_default"] = kw["default"] is not None
+        if meta["choices"]:
+            kw["type"] = click.Choice(list(meta["choices"]))
+        elif meta["min"] is not None:
+            kw["type"] = click.IntRange(min=meta["min"])
+        else:
+            kw["type"] = kind
+    return click.option(meta["flag"] or "--" + f.name.replace("_", "-"), f.name, **kw)
+
+
+def prune_options(exclude: tuple[str, ...] = ()):
+    """The pruning options as flags, one per PruneOptions field (except `exclude`), in field order."""
+    kinds = option_fields()
+
+    def decorate(f):
+        for field in reversed(dataclasses.fields(PruneOptions)):
+            if field.name not in exclude:
+                f = _flag(field, kinds[field.name])(f)
+        return f
+    return decorate
 
 
 @click.command("prune")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output model path (a missing folder is created).")
-@click.option("--sparsity", type=float, default=None, help="Final sparsity (default: 1-N/M for N:M, else 0.5).")
-@prune_options
-@click.option("--steps", default=1, show_default=True, help="Gradual pruning steps (1 = one-shot).")
-@click.option("--initial-sparsity", default=0.0, show_default=True, help="s_i of the cubic schedule.")
-@click.option("--t0", default=0, show_default=True, help="First pruning step t0, in the hook's units.")
-@click.option("--delta-t", "dt", default=1, show_default=True, help="Steps between pruning events, in the hook's units.")
-@click.option("--hook", "hooks", multiple=True, metavar="MODULE:FN", help="Fine-tuning hook run after each step (module:function or file.py:function).")
+@prune_options()
 @data_options
 @click.option("--eval-data", type=click.Path(), help="Evaluation data for --check (default: --data; split in two halves when --data also calibrates).")
 @click.option("--check", "run_gate", is_flag=True, help="Run the parity gate on the result (exit 1 if it fails).")
@@ -61,19 +66,13 @@ def prune_options(f):
 @click.option("--block", metavar="RxC", help="With a block target: the block shape.")
 @click.option("--target-out", type=click.Path(file_okay=False), help="With --target: the artifact folder (default: OUT without .onnx + .TARGET).")
 @click.option("--dump-recipe", type=click.Path(dir_okay=False), help="Write the recipe equivalent to these flags (then run it).")
-def command(model_path, output, sparsity, pattern, scope, criterion, calib_samples, sequential, repair, skip, override, min_params, nm_remainder,
-            round_to, reinit,
-            fold_constants, steps, initial_sparsity, t0, dt, hooks, eval_data, run_gate, masks_in, masks_out,
-            report_path, external_data, quiet, target_name, emit, block, target_out, dump_recipe, **data_and_gate):
+def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report_path, external_data, quiet,
+            target_name, emit, block, target_out, dump_recipe, **rest):
     """Prune MODEL's weights and write the result to OUT (the input file is never written)."""
-    if pattern is None:
-        pattern = str(load_target(target_name, block=block).pattern) if target_name else "unstructured"
-    opts = PruneOptions(sparsity=sparsity, pattern=pattern, scope=scope, criterion=criterion,
-                        overrides=list(override), skip=list(skip), min_params=min_params, nm_remainder=nm_remainder,
-                        steps=steps, initial_sparsity=initial_sparsity, t0=t0, dt=dt, hooks=list(hooks),
-                        fold_constants=fold_constants, calib_samples=calib_samples, sequential=sequential,
-                        repair=repair, round_to=round_to, reinit=reinit)
-    g = data_and_gate
+    if rest["pattern"] is None:
+        rest["pattern"] = str(load_target(target_name, block=block).pattern) if target_name else "unstructured"
+    opts = PruneOptions.from_flags(rest)
+    g = rest  # the data and gate options
     recipe = Recipe(
         prune=opts,
         input={"model": model_path},

@@ -20,6 +20,8 @@ from onnxprune.jobs.prune_job import PruneOptions
 from onnxprune.jobs.sweep import HEADLINE, find_max, plot, pyplot, sweep
 from onnxprune.prune.patterns import Pattern
 
+NOT_SWEPT = ("sparsity", "steps", "initial_sparsity", "t0", "dt", "hooks")  # one-shot, at each level in turn
+
 
 def _sparsities(text: str) -> list[float]:
     try:
@@ -43,25 +45,20 @@ def _refuse_nm(pattern: str) -> None:
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--sparsities", default="0.3,0.5,0.7,0.9", show_default=True, help="Comma-separated sparsity levels.")
 @click.option("--find-max", "bisect", is_flag=True, help="Bisect for the highest sparsity that passes the thresholds.")
-@prune_options
+@prune_options(exclude=NOT_SWEPT)
 @data_options
 @threshold_options
 @run_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON curve here ('-': stdout).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the curve (needs matplotlib).")
-def command(model_path, sparsities, bisect, pattern, scope, criterion, calib_samples, sequential, repair, skip, override, min_params, nm_remainder,
-            round_to, reinit,
-            fold_constants, report_path, plot_path, **rest):
+def command(model_path, sparsities, bisect, report_path, plot_path, **rest):
     """Prune at each sparsity level and report the parity metric curve (not for N:M, which has one sparsity).
 
     Every level and the plot dependency are checked before the first run; if a level fails while
     running, the report keeps the points measured so far."""
-    pattern = pattern or "unstructured"
+    pattern = rest["pattern"] = rest["pattern"] or "unstructured"
     _refuse_nm(pattern)
-    opts = PruneOptions(pattern=pattern, scope=scope, criterion=criterion, overrides=list(override),
-                        skip=list(skip), min_params=min_params, nm_remainder=nm_remainder, fold_constants=fold_constants,
-                        calib_samples=calib_samples, sequential=sequential, repair=repair,
-                        round_to=round_to, reinit=reinit)
+    opts = PruneOptions.from_flags(rest)
     levels = None if bisect else _sparsities(sparsities)
     for s in levels or ():
         dataclasses.replace(opts, sparsity=s)  # validates the level with these options

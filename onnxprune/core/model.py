@@ -60,6 +60,8 @@ class Model:
         self._fds: dict[str, int] = {}  # open external-data files
         self._sources: set[Path] = {self.path} if self.path else set()  # files never to overwrite
         self.notes: list[str] = []  # what loading found legal but worth saying (see `validate`)
+        self.edits = 0  # values written (write, set_entries): the pass contract checks `modified` with it
+        self.rewrites = 0  # protos swapped in (replace_proto): the graph, and so its analysis, changed
 
     @property
     def proto(self) -> onnx.ModelProto:
@@ -195,6 +197,7 @@ class Model:
             values = np.array(values, dtype=dtype, order="C")
         values.flags.writeable = False
         self._written[key] = values
+        self.edits += 1
 
     def set_entries(self, key: str, flat_index: np.ndarray, value: np.ndarray | float) -> None:
         """Set the entries at `flat_index` (row-major) to `value`, in place when the tensor's
@@ -203,6 +206,7 @@ class Model:
         if values is None:
             self.write(key, self.read(key))
             values = self._written[key]
+        self.edits += 1
         values.flags.writeable = True
         try:
             values.reshape(-1)[flat_index] = value
@@ -352,6 +356,7 @@ class Model:
             self._written.clear()
         self._proto = proto
         self._refs = None
+        self.rewrites += 1
 
     def sha256(self) -> str:
         return hashlib.sha256(self.proto.SerializeToString()).hexdigest()

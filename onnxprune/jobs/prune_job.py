@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Callable
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
 from onnxprune.pipeline.calibration import CalibrationPass
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, parse_override
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
+from onnxprune.prune.criteria import CRITERIA
 from onnxprune.prune.fold import FoldConstantsPass
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
@@ -34,27 +37,57 @@ from onnxprune.repair.structured_repair import lstsq_repair
 CHANNEL_CRITERIA = {"magnitude": "l2", "wanda": "activation"}  # prune option -> channel importance
 
 
+def _option(default: Any = None, *, help: str, factory: Callable | None = None, choices: tuple = (),
+            flag: str | None = None, metavar: str | None = None, min: int | None = None,
+            cli_default: Any = MISSING) -> Any:
+    """A PruneOptions field: its default and `help`, from which the CLI flag and the recipe key are made.
+
+    `flag`: the flag where it is not "--" + the name with "-" for "_"; `min`: an integer's least value;
+    `cli_default`: the flag's default where the CLI resolves it later (pattern: the target's)."""
+    meta = {"help": help, "choices": tuple(choices), "flag": flag, "metavar": metavar, "min": min,
+            "cli_default": cli_default}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
 @dataclass
 class PruneOptions:
-    sparsity: float | None = None  # default: 1 - N/M for N:M, else 0.5
-    pattern: str = "unstructured"
-    scope: str = "layer"
-    criterion: str = "magnitude"
-    overrides: list[str] = field(default_factory=list)
-    skip: list[str] = field(default_factory=list)
-    min_params: int = DEFAULT_MIN_PARAMS
-    nm_remainder: str = "skip"
-    steps: int = 1
-    initial_sparsity: float = 0.0
-    t0: int = 0
-    dt: int = 1
-    hooks: list[str] = field(default_factory=list)
-    fold_constants: bool = False
-    calib_samples: int | None = None  # calibration samples taken from the data (None: all of it)
-    sequential: bool = False  # recapture calibration statistics stage by stage from the partly pruned model
-    repair: str = "none"  # after every pruning step: none | lstsq | bias | lstsq+bias (needs data)
-    round_to: int = DEFAULT_ROUND_TO  # pattern "channel": kept channels rounded to a multiple of this
-    reinit: bool = False  # pattern "channel": emit the smaller architecture freshly initialised
+    """Every pruning option, declared once: the recipe's [prune] keys and the `prune` / `sweep` flags
+    are generated from these fields (`option_fields`)."""
+
+    sparsity: float | None = _option(help="Final sparsity (default: 1-N/M for N:M, else 0.5).")
+    pattern: str = _option("unstructured", cli_default=None, help=(
+        "unstructured (default), N:M (e.g. 2:4), RxC blocks (e.g. 4x4), or channel (remove whole channels: "
+        "smaller, faster); with --target, the target's pattern."))
+    scope: str = _option("layer", choices=("layer", "global"), help=(
+        "layer: every weight reaches the sparsity; global: one ranking over all selected weights."))
+    criterion: str = _option("magnitude", choices=tuple(CRITERIA), help=(
+        "Weight importance: magnitude, or calibration-aware wanda / sparsegpt (need --data)."))
+    overrides: list[str] = _option(factory=list, flag="--override", metavar="GLOB=S",
+                                   help="Per-name sparsity, e.g. 'conv1*=0.3'. Repeatable.")
+    skip: list[str] = _option(factory=list, metavar="GLOB",
+                              help="Leave weights (or their nodes) matching GLOB dense. Repeatable.")
+    min_params: int = _option(DEFAULT_MIN_PARAMS, help="Weights smaller than this stay dense.")
+    nm_remainder: str = _option("skip", choices=("skip", "pad"), help=(
+        "N:M on a reduction length that is not a multiple of M: leave dense, or pad the last group."))
+    steps: int = _option(1, help="Gradual pruning steps (1 = one-shot).")
+    initial_sparsity: float = _option(0.0, help="s_i of the cubic schedule.")
+    t0: int = _option(0, help="First pruning step t0, in the hook's units.")
+    dt: int = _option(1, flag="--delta-t", help="Steps between pruning events, in the hook's units.")
+    hooks: list[str] = _option(factory=list, flag="--hook", metavar="MODULE:FN", help=(
+        "Fine-tuning hook run after each step (module:function or file.py:function)."))
+    fold_constants: bool = _option(False, help=(
+        "Fold constant subexpressions first so weights assembled from constants become prunable."))
+    calib_samples: int | None = _option(min=1, help="Calibration samples to use from --data (default: all).")
+    sequential: bool = _option(False, help=(
+        "Recapture calibration statistics layer by layer from the partly pruned model."))
+    repair: str = _option("none", choices=REPAIR_METHODS, help=(
+        "Built-in repair after each pruning step from calibration data: masked least squares and/or bias "
+        "correction."))
+    round_to: int = _option(DEFAULT_ROUND_TO, min=1, help=(
+        "--pattern channel: kept channels are a multiple of this (16 suits onnxruntime's AVX-512 convolutions, "
+        "as in the cpu-channels recipe)."))
+    reinit: bool = _option(False, help=(
+        "--pattern channel: emit the pruned architecture freshly initialised, for training from scratch."))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -137,8 +170,27 @@ class PruneOptions:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_flags(cls, values: dict) -> PruneOptions:
+        """Options from parsed flags: pops every field's value out of `values` (lists from tuples);
+        fields without a value (flags the command does not take) keep their default."""
+        kinds = option_fields()
+        given = {name: values.pop(name) for name in kinds if name in values}
+        return cls(**{k: list(v) if kinds[k] is list else v for k, v in given.items()})
+
     def sha256(self) -> str:
         return options_hash(self.to_dict())
+
+
+def option_fields() -> dict[str, type]:
+    """PruneOptions' fields (in order) -> the type of value each takes: float, int, str, bool or list (of str)."""
+    hints = typing.get_type_hints(PruneOptions)
+    out = {}
+    for f in fields(PruneOptions):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        out[f.name] = list if typing.get_origin(hint) is list else (args[0] if args else hint)
+    return out
 
 
 def build_pipeline(opts: PruneOptions) -> Pipeline:
@@ -213,7 +265,7 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
         if on_step:
             on_step(ctx, result)
 
-    build_pipeline(opts).run(model, ctx, step)
+    build_pipeline(opts).run(ctx, step)
     check_params_not_increased(counted["before"], stored_params(model), "pruning")  # postcondition
     stamp(model, opts.to_dict())
     return ctx, summarize(ctx, opts)
@@ -229,15 +281,14 @@ def summarize(ctx: Context, opts: PruneOptions) -> dict:
     groups, channels, parameters and MACs before and after)."""
     if opts.pattern == "channel":
         return {"options": opts.to_dict(), "options_sha256": opts.sha256(),
-                "structured": ctx.state.get("channel_prune", {}), "passes": [r.to_dict() for r in ctx.results],
+                "structured": ctx.channel_report or {}, "passes": [r.to_dict() for r in ctx.results],
                 "speed_note": "Channel pruning removes whole channels: the model is smaller and dense, and faster "
                               "on any runtime, roughly in proportion to the MACs removed."}
     rows = []
     total = pruned = 0
     for w in ctx.analysis.weights:
         sparsity = ctx.masks.sparsity(w.key) if w.key in ctx.masks else 0.0
-        skipped = next((r.weights[w.key]["skipped"] for r in reversed(ctx.results)
-                        if r.pass_name == "prune" and "skipped" in r.weights.get(w.key, {})), None)
+        skipped = ctx.skipped.get(w.key)
         zeros = int(np.count_nonzero(ctx.model.read(w.key) == zero_value(w, ctx.model)))  # quantized: == zero point
         rows.append({"name": w.key, "op": w.op, "params": w.params, "sparsity": sparsity,
                      "zeros": zeros, "skipped": skipped})

@@ -7,9 +7,9 @@ Sections and keys (relative paths are taken from the current directory, like CLI
 
   [job]     name, description
   [input]   model
-  [prune]   the PruneOptions fields: sparsity, pattern, scope, criterion, overrides, skip,
-            min_params, nm_remainder, steps, initial_sparsity, t0, dt, hooks, fold_constants,
-            calib_samples, sequential, repair, round_to, reinit (pattern "channel")
+  [prune]   the PruneOptions fields (the keys are generated from them): sparsity, pattern, scope,
+            criterion, overrides, skip, min_params, nm_remainder, steps, initial_sparsity, t0, dt,
+            hooks, fold_constants, calib_samples, sequential, repair, round_to, reinit
   [data]    calibration, evaluation, labels, samples, seed, shapes, int_ranges
   [check]   enabled, the thresholds (min_cosine, max_rel_l2, min_top1_agreement,
             max_accuracy_drop, atol, rtol, min_snr_db, max_abs, min_exact_match,
@@ -38,20 +38,16 @@ import tomli_w
 
 from onnxprune.core.bundled import toml_files
 from onnxprune.core.errors import OnnxPruneError, OptionError, recipe_key
-from onnxprune.jobs.prune_job import PruneOptions, build_pipeline
+from onnxprune.jobs.prune_job import PruneOptions, build_pipeline, option_fields
 from onnxprune.pack.targets import load_target
 
 _FLOAT, _INT, _BOOL, _STR, _STRS = (int, float), int, bool, str, list
+_KINDS = {float: _FLOAT, int: _INT, bool: _BOOL, str: _STR, list: _STRS}  # a PruneOptions field's type -> key kind
 
 SCHEMA: dict[str, dict[str, Any]] = {
     "job": {"name": _STR, "description": _STR},
     "input": {"model": _STR},
-    "prune": {
-        "sparsity": _FLOAT, "pattern": _STR, "scope": _STR, "criterion": _STR, "overrides": _STRS, "skip": _STRS,
-        "min_params": _INT, "nm_remainder": _STR, "steps": _INT, "initial_sparsity": _FLOAT, "t0": _INT,
-        "dt": _INT, "hooks": _STRS, "fold_constants": _BOOL, "calib_samples": _INT, "sequential": _BOOL,
-        "repair": _STR, "round_to": _INT, "reinit": _BOOL,
-    },
+    "prune": {name: _KINDS[kind] for name, kind in option_fields().items()},
     "data": {"calibration": _STR, "evaluation": _STR, "labels": _STR, "samples": _INT, "seed": _INT,
              "shapes": _STRS, "int_ranges": _STRS},
     "check": {"enabled": _BOOL, "min_cosine": _FLOAT, "max_rel_l2": _FLOAT, "min_top1_agreement": _FLOAT,

@@ -13,7 +13,7 @@ They take an already-pruned model (from `prune_model`, or loaded from a file):
     EmitArtifact(target, out) the artifact folder (`emit.emit_artifact`)
 
 `TargetPipeline` composes them; `pack_model(model, target, out_dir)` runs it and returns the report.
-The passes keep their state (eligibility, packed tensors, manifest) on the context as `ctx.state["target"]`.
+The passes keep their state (eligibility, packed tensors, manifest) on the context as `ctx.target`.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from onnxprune.pack.emit import emit_artifact
 from onnxprune.pack.formats.base import PackedTensor, bits_of
 from onnxprune.pack.sizes import binary_entropy, information_bound_bits
 from onnxprune.pack.targets import Target, load_target
-from onnxprune.pipeline import Context, Pass, PassResult, Pipeline
-from onnxprune.pipeline.masking import write_masked
+from onnxprune.pipeline import ANALYSIS_FRESH, Context, Pass, PassResult, Pipeline
+from onnxprune.pipeline.masking import PRUNED_ZERO, write_masked
 from onnxprune.prune import criteria, patterns
 from onnxprune.prune.patterns import Pattern
 
@@ -59,8 +59,10 @@ class TargetState:
 
 
 def target_state(ctx: Context) -> TargetState:
-    """The target passes' shared state, kept on the context."""
-    return ctx.state.setdefault("target", TargetState())
+    """The target passes' shared state, kept on the context (made on first use)."""
+    if ctx.target is None:
+        ctx.target = TargetState()
+    return ctx.target
 
 
 def _target(target: Target | str) -> Target:
@@ -90,6 +92,7 @@ class EnforcePattern(Pass):
     """Re-prune weights that violate the target's pattern (magnitude within the pattern, masks monotone)."""
 
     name = "enforce-pattern"
+    ensures = (ANALYSIS_FRESH, PRUNED_ZERO)
 
     def __init__(self, target: Target | str, max_increase: float = DEFAULT_MAX_INCREASE, criterion: str = "magnitude"):
         self._target = _target(target)
@@ -101,7 +104,8 @@ class EnforcePattern(Pass):
         criteria.get(criterion)
         self.criterion = criterion
 
-    def call(self, model: Model, ctx: Context) -> PassResult:
+    def call(self, ctx: Context) -> PassResult:
+        model = ctx.model
         target = self._target
         pattern = target.pattern
         result = PassResult(self.name, False)
@@ -164,7 +168,8 @@ class AssessEligibility(Pass):
         self.target = self._target.name
         self.input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
 
-    def call(self, model: Model, ctx: Context) -> PassResult:
+    def call(self, ctx: Context) -> PassResult:
+        model = ctx.model
         rep = assess(model, self._target, ctx.analysis, ctx.masks, self.input_shapes or None)
         target_state(ctx).eligibility = rep
         result = PassResult(self.name, False, notes=list(rep.notes))
@@ -186,7 +191,8 @@ class PackWeights(Pass):
         self.params = dict(self._target.format_params)
         self.input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
 
-    def call(self, model: Model, ctx: Context) -> PassResult:
+    def call(self, ctx: Context) -> PassResult:
+        model = ctx.model
         target = self._target
         st = target_state(ctx)
         if st.eligibility is None or st.eligibility.target != target.name:
@@ -236,8 +242,8 @@ class EmitArtifact(Pass):
         self.mode = mode
         self.measure_gzip = measure_gzip
 
-    def call(self, model: Model, ctx: Context) -> PassResult:
-
+    def call(self, ctx: Context) -> PassResult:
+        model = ctx.model
         st = target_state(ctx)
         weights = ctx.analysis.by_key()
         manifest = emit_artifact(model, self._target, weights, st.packed, self.out_dir, self.mode,
@@ -279,7 +285,7 @@ def pack_model(model: Model, target: Target | str, out_dir: str | None = None, *
     elif masks is not None:
         raise TargetError("give either ctx or masks to pack_model, not both")
     start = len(ctx.results)
-    TargetPipeline(t, out_dir, emit, enforce, max_increase, input_shapes, measure_gzip).run(model, ctx)
+    TargetPipeline(t, out_dir, emit, enforce, max_increase, input_shapes, measure_gzip).run(ctx)
     return ctx, pack_report(ctx, t, ctx.results[start:])
 
 

@@ -25,8 +25,13 @@ from onnxprune.analyze.activations import (
 )
 from onnxprune.analyze.weights import Weight
 from onnxprune.core.errors import Opt, OptionError
-from onnxprune.core.model import Model
-from onnxprune.pipeline.contract import Context, Pass, PassResult
+from onnxprune.pipeline.contract import (
+    ANALYSIS_FRESH,
+    Condition,
+    Context,
+    Pass,
+    PassResult,
+)
 
 
 class StagedStats:
@@ -97,7 +102,7 @@ class CalibrationState:
         self.stats: dict[str, LayerStats] = {}
         self.gram_keys: set[str] = set()  # keys whose cached stats were captured with Gram matrices wanted
         self.skipped: dict[str, str] = {}
-        self.epoch = -1  # len(ctx.results) when the cache was filled
+        self.epoch = ctx.epoch  # the context's epoch the cached statistics belong to
         self.captures: list[dict] = []
         self.notes: list[str] = []
         self._upstream: dict[str, frozenset[str]] | None = None
@@ -125,11 +130,11 @@ class CalibrationState:
 
     def expire(self) -> None:
         """Drop the cache when a pass modified the model since it was filled."""
-        ctx = self.ctx
-        if self.epoch >= 0 and any(r.modified for r in ctx.results[self.epoch:]):
+        epoch = self.ctx.epoch
+        if self.epoch != epoch:
             self.stats.clear()
             self.gram_keys.clear()
-        self.epoch = len(ctx.results)
+        self.epoch = epoch
 
     def capture(self, weights: Sequence[Weight], gram: bool) -> Capture:
         ctx = self.ctx
@@ -139,7 +144,7 @@ class CalibrationState:
         if gram:
             self.gram_keys |= set(cap.stats)
         self.skipped.update(cap.skipped)
-        dense_model = not any(r.modified for r in ctx.results) and not ctx.masks.keys()
+        dense_model = ctx.epoch == 0 and not ctx.masks.keys()
         if dense_model:
             for k, s in cap.stats.items():
                 self.dense_mean.setdefault(k, s.mean.copy())
@@ -160,6 +165,15 @@ class CalibrationState:
         return self.stats.get(weight.key)
 
 
+def _no_data(ctx: Context) -> tuple | None:
+    if ctx.data is not None:
+        return None
+    return ("give ", Opt("data.calibration", "FILE"), " (an .npz or a folder of .npz/.npy, rows along axis 0)")
+
+
+CALIBRATION_DATA = Condition("calibration data", _no_data)
+
+
 def calibration_state(ctx: Context, create: bool = True, **settings) -> CalibrationState | None:
     """The context's calibration state (`ctx.calibration`), made on first use unless `create` is False."""
     if ctx.calibration is None and create:
@@ -172,6 +186,7 @@ class CalibrationPass(Pass):
     repair) and, with `means`, E[X] of every op input on the dense model (for bias correction)."""
 
     name = "calibrate"
+    requires = (ANALYSIS_FRESH, CALIBRATION_DATA)
 
     def __init__(self, samples: int | None = None, batch_size: int = DEFAULT_BATCH, max_cols: int = DEFAULT_MAX_COLS,
                  means: bool = False, threads: int | None = None):
@@ -185,10 +200,7 @@ class CalibrationPass(Pass):
         if samples is not None and samples < 1:
             raise OptionError(Opt("prune.calib_samples"), f" must be >= 1, got {samples}")
 
-    def call(self, model: Model, ctx: Context) -> PassResult:
-        if ctx.data is None:
-            raise OptionError("calibration-aware pruning and repair need calibration inputs: give ",
-                              Opt("data.calibration", "FILE"), " (an .npz or a folder of .npz/.npy, rows along axis 0)")
+    def call(self, ctx: Context) -> PassResult:
         state = calibration_state(ctx, samples=self.samples, batch_size=self.batch_size, max_cols=self.max_cols,
                                   threads=self.threads)
         state.samples, state.batch_size, state.max_cols, state.threads = (

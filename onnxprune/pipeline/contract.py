@@ -1,7 +1,11 @@
 """The pass contract, the shared context and composing passes into a pipeline.
 
-A pass takes its settings in its constructor and does its work in `call(model, ctx)`, returning
-a `PassResult` that says exactly whether it modified the model and what, per weight. The CLI,
+A pass takes its settings in its constructor and does its work on `ctx.model` in `call(ctx)`,
+returning a `PassResult` that says exactly whether it modified the model and what, per weight.
+`Pass.__call__` holds every pass to the contract: its declared `requires` (`Condition`s) must hold
+before it runs and its `ensures` after it modified the model; `modified` must match what it wrote; a
+structural pass's leftovers are swept and the analysis rebuilt; and a failure that is not an
+OnnxPruneError becomes a one-line `PassError` naming the pass (and the weight it was at). The CLI,
 the Python API and recipe files all build `Pipeline` objects from the same passes.
 """
 
@@ -12,13 +16,18 @@ import json
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from onnxprune import __version__
-from onnxprune.analyze.cleanup import check_no_unused, remove_unused
+from onnxprune.analyze.cleanup import remove_unused, unused_constants
 from onnxprune.analyze.weights import Analysis, find_weights
+from onnxprune.core.errors import OnnxPruneError, Opt
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
+
+
+class PassError(OnnxPruneError):
+    """A pass failed, or a condition it requires or ensures does not hold; the message names the pass."""
 
 
 @dataclass
@@ -36,22 +45,28 @@ class PassResult:
 
 @dataclass
 class Context:
-    """What passes share: the model's analysis, the masks, calibration data, results so far."""
+    """What passes share: the model and its analysis, the masks, calibration data, results so far."""
 
     model: Model
     masks: MaskSet = field(default_factory=MaskSet)
     data: Any = None  # onnxprune.check.data.Dataset used for calibration, or None
     results: list[PassResult] = field(default_factory=list)
     progress: bool = True
-    state: dict[str, Any] = field(default_factory=dict)  # per-family pass state, e.g. "target"
     calibration: Any = None  # pipeline.calibration.CalibrationState, made by the first pass that needs it
+    target: Any = None  # pack.passes.TargetState of the target passes (eligibility, packed tensors, manifest)
+    channel_report: dict | None = None  # the last channel-pruning pass's report (prune.structured)
     exclude: dict[str, str] = field(default_factory=dict)  # weights left dense -> why (e.g. the target cannot use them)
+    skipped: dict[str, str] = field(default_factory=dict)  # weights the pruning passes left dense -> why (latest)
+    epoch: int = 0  # passes that modified the model so far: caches keyed on it expire when it moves
+    at: str | None = None  # the weight or node the running pass works on, named in its errors
     _analysis: Analysis | None = None
+    _analysed_at: int = -1  # model.rewrites when the analysis was built
 
     @property
     def analysis(self) -> Analysis:
         if self._analysis is None:
             self._analysis = find_weights(self.model)
+            self._analysed_at = self.model.rewrites
         return self._analysis
 
     def invalidate(self) -> None:
@@ -59,21 +74,83 @@ class Context:
         self._analysis = None
 
 
+@dataclass(frozen=True)
+class Condition:
+    """A property of the context that a pass requires before it runs, or ensures after it ran.
+
+    `violation(ctx)` is None when it holds, else the message parts (text, `Opt`s) saying why not."""
+
+    name: str
+    violation: Callable[[Context], tuple[str | Opt, ...] | None]
+
+
+def _stale_analysis(ctx: Context) -> tuple[str, ...] | None:
+    if ctx._analysis is not None and ctx._analysed_at != ctx.model.rewrites:
+        return ("the graph was rewritten after its weights were analysed (a pass that rewrites it must be structural)",)
+    return None
+
+
+def _unused(ctx: Context) -> tuple[str, ...] | None:
+    found = unused_constants(ctx.model.proto)
+    if not found:
+        return None
+    more = f" (+{len(found) - 3} more)" if len(found) > 3 else ""
+    return (f"constants nothing reads are left: {'; '.join(found[:3])}{more} (a bug in onnxprune: please report it)",)
+
+
+ANALYSIS_FRESH = Condition("a fresh analysis", _stale_analysis)
+NO_UNUSED = Condition("no unused constants", _unused)
+
+
 class Pass(ABC):
-    """One step of a pipeline. Subclasses set `name` and implement `call`."""
+    """One step of a pipeline. Subclasses set `name`, declare conditions and implement `call`."""
 
     name: str = "pass"
-    structural: bool = False  # True if the pass may rewrite the graph (the analysis is rebuilt)
+    structural: bool = False  # True if the pass may rewrite the graph (leftovers swept, analysis rebuilt)
+    requires: tuple[Condition, ...] = (ANALYSIS_FRESH,)
+    ensures: tuple[Condition, ...] = (ANALYSIS_FRESH,)
 
     @abstractmethod
-    def call(self, model: Model, ctx: Context) -> PassResult: ...
+    def call(self, ctx: Context) -> PassResult: ...
 
-    def __call__(self, model: Model, ctx: Context) -> PassResult:
+    def __call__(self, ctx: Context) -> PassResult:
+        """Run the pass under the contract; its result is appended to `ctx.results`."""
+        self._check(ctx, "requires", self.requires)
+        model = ctx.model
+        edits, rewrites = model.edits, model.rewrites
+        ctx.at = None
         start = time.perf_counter()
-        result = self.call(model, ctx)
+        try:
+            result = self.call(ctx)
+        except OnnxPruneError:
+            raise
+        except Exception as e:
+            where = f" at {ctx.at}" if ctx.at else ""
+            raise PassError(f"pass {self.name!r} failed{where}: {type(e).__name__}: {e} "
+                            "(a bug in onnxprune: please report it with the model)") from e
         result.seconds = time.perf_counter() - start
+        wrote = model.edits != edits or model.rewrites != rewrites
+        if wrote != result.modified:
+            raise PassError(f"pass {self.name!r} reported modified={result.modified} but "
+                            f"{'changed' if wrote else 'did not change'} the model (a bug in the pass)")
+        if result.modified:
+            ctx.epoch += 1
+            if self.structural:  # what the rewrite left unread goes; the analysis is rebuilt on next use
+                swept = remove_unused(model.proto)
+                if swept:
+                    model.replace_proto(model.proto)
+                    result.notes.append(f"removed {len(swept)} unread constants/nodes")
+                ctx.invalidate()
+            self._check(ctx, "ensures", self.ensures)  # a pass that changed nothing leaves the model as it found it
+        ctx.at = None
         ctx.results.append(result)
         return result
+
+    def _check(self, ctx: Context, kind: str, conditions: tuple[Condition, ...]) -> None:
+        for c in conditions:
+            parts = c.violation(ctx)
+            if parts is not None:
+                raise PassError(f"pass {self.name!r} {kind} {c.name}: ", *parts)
 
 
 def _stable(value: Any) -> str:
@@ -91,19 +168,10 @@ class Pipeline:
     def __init__(self, passes: list[Pass]):
         self.passes = list(passes)
 
-    def run(self, model: Model, ctx: Context | None = None, on_step=None) -> Context:
-        """Run every pass in order; `on_step(ctx, result)` is called after each one."""
-        ctx = ctx or Context(model)
+    def run(self, ctx: Context, on_step=None) -> Context:
+        """Run every pass in order on `ctx.model`; `on_step(ctx, result)` is called after each one."""
         for p in self.passes:
-            result = p(model, ctx)
-            if p.structural and result.modified:
-                # what the rewrite left unread goes; then nothing unread may remain (postcondition)
-                swept = remove_unused(model.proto)
-                if swept:
-                    model.replace_proto(model.proto)
-                    result.notes.append(f"removed {len(swept)} unread constants/nodes")
-                check_no_unused(model.proto, f"pass {p.name!r}")
-                ctx.invalidate()
+            result = p(ctx)
             if on_step:
                 on_step(ctx, result)
         return ctx

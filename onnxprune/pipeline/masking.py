@@ -1,13 +1,13 @@
 """Writing a mask into a weight: pruned entries become exactly zero (or the zero point of a quantized
 weight), in place where the stored array allows it. Pruning, repair and hooks all write through here,
-so every pass keeps pruned weights at exactly zero."""
+so every pass keeps pruned weights at exactly zero; the passes that write weights ensure `PRUNED_ZERO`."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from onnxprune.analyze.weights import Weight, zero_value
-from onnxprune.pipeline.contract import Context
+from onnxprune.pipeline.contract import Condition, Context
 
 
 def bit_view(a: np.ndarray) -> np.ndarray:
@@ -52,3 +52,23 @@ def write_masked(ctx: Context, weight: Weight, keep: np.ndarray, stored: np.ndar
 def _maskable_in_place(weight: Weight, stored: np.ndarray) -> bool:
     return (weight.quant is None and stored.flags.owndata and stored.flags.c_contiguous
             and stored.itemsize in (1, 2, 4, 8) and stored.dtype.kind != "O")
+
+
+def _pruned_not_zero(ctx: Context) -> tuple[str, ...] | None:
+    """The first masked weight with a pruned entry that is not exactly zero (or the zero point)."""
+    by_key = ctx.analysis.by_key()
+    for key in ctx.masks.keys():
+        w = by_key.get(key)
+        if w is None:
+            continue
+        stored = ctx.model.read(key)
+        pruned = ~ctx.masks.get(key)
+        zero = bit_view(np.broadcast_to(zero_value(w, ctx.model), stored.shape).astype(stored.dtype))
+        diff = bit_view(stored) != zero
+        bad = np.count_nonzero(pruned & (diff if diff.ndim == stored.ndim else diff.any(axis=-1)))
+        if bad:
+            return (f"weight {key!r} has {bad} pruned entries that are not exactly zero (a bug in the pass)",)
+    return None
+
+
+PRUNED_ZERO = Condition("pruned weights exactly zero", _pruned_not_zero)

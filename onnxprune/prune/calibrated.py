@@ -28,10 +28,14 @@ import numpy as np
 
 from onnxprune.analyze.activations import LayerStats
 from onnxprune.analyze.weights import Weight
-from onnxprune.core.errors import Opt, OptionError
-from onnxprune.pipeline import Context, PassResult
-from onnxprune.pipeline.calibration import StagedStats, calibration_state
-from onnxprune.pipeline.masking import apply_mask, write_masked
+from onnxprune.core.errors import OptionError
+from onnxprune.pipeline import ANALYSIS_FRESH, Context, PassResult
+from onnxprune.pipeline.calibration import (
+    CALIBRATION_DATA,
+    StagedStats,
+    calibration_state,
+)
+from onnxprune.pipeline.masking import PRUNED_ZERO, apply_mask, write_masked
 from onnxprune.prune import patterns
 from onnxprune.prune.criteria import (
     DEFAULT_PERCDAMP,
@@ -179,6 +183,8 @@ class CalibratedPrunePass(PrunePass):
     """`PrunePass` with calibration statistics: Wanda (per-row) or SparseGPT (with weight updates)."""
 
     name = "prune"
+    requires = (ANALYSIS_FRESH, CALIBRATION_DATA)
+    ensures = (ANALYSIS_FRESH, PRUNED_ZERO)
 
     def __init__(self, sparsity: float | None = None, pattern: str = "unstructured", scope: str = "layer",
                  criterion: str = "wanda", overrides: list[str] = (), skip: list[str] = (),
@@ -199,10 +205,8 @@ class CalibratedPrunePass(PrunePass):
         if self.blocksize < 1 or not 0 <= self.percdamp:
             raise OptionError("sparsegpt needs blocksize >= 1 and percdamp >= 0")
 
-    def call(self, model, ctx: Context) -> PassResult:
-        if ctx.data is None:
-            raise OptionError(f"criterion {self.criterion} needs calibration inputs: give ",
-                              Opt("data.calibration", "FILE"))
+    def call(self, ctx: Context) -> PassResult:
+        model = ctx.model
         pattern, score, alloc, result = self._plan(ctx)
         weights = ctx.analysis.weights
         by_key = ctx.analysis.by_key()
@@ -218,7 +222,7 @@ class CalibratedPrunePass(PrunePass):
         gram = self.criterion == "sparsegpt"
         staged = StagedStats(state, order, gram, self.sequential)
         for w in order:
-            key = w.key
+            key = ctx.at = w.key
             stored = ctx.model.read(key)
             keep = ctx.masks.get(key) if key in ctx.masks else np.ones(w.shape, dtype=bool)
             before = 1 - keep.mean()

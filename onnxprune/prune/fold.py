@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from onnxprune.core.errors import AnalysisError, Opt
 from onnxprune.core.model import Model, check_structure
-from onnxprune.pipeline import Context, Pass, PassResult
+from onnxprune.pipeline import ANALYSIS_FRESH, NO_UNUSED, Context, Pass, PassResult
 
 
 def fold_constants(model: Model) -> bool:
@@ -97,6 +97,7 @@ class FoldConstantsPass(Pass):
 
     name = "fold-constants"
     structural = True
+    ensures = (ANALYSIS_FRESH, NO_UNUSED)
 
-    def call(self, model: Model, ctx: Context) -> PassResult:
-        return PassResult(self.name, fold_constants(model))
+    def call(self, ctx: Context) -> PassResult:
+        return PassResult(self.name, fold_constants(ctx.model))

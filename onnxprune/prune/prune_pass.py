@@ -9,8 +9,8 @@ from tqdm import tqdm
 
 from onnxprune.analyze.weights import Weight, zero_value
 from onnxprune.core.errors import Opt, OptionError
-from onnxprune.pipeline import Context, Pass, PassResult
-from onnxprune.pipeline.masking import bit_view, write_masked
+from onnxprune.pipeline import ANALYSIS_FRESH, Context, Pass, PassResult
+from onnxprune.pipeline.masking import PRUNED_ZERO, bit_view, write_masked
 from onnxprune.prune import criteria, global_rank, patterns
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, allocate, parse_override
 from onnxprune.prune.patterns import Pattern
@@ -25,6 +25,7 @@ class PrunePass(Pass):
     weights (except N:M, which is per group by definition). Existing masks only shrink."""
 
     name = "prune"
+    ensures = (ANALYSIS_FRESH, PRUNED_ZERO)
 
     def __init__(self, sparsity: float | None = None, pattern: str = "unstructured", scope: str = "layer",
                  criterion: str = "magnitude", overrides: list[str] = (), skip: list[str] = (),
@@ -56,9 +57,10 @@ class PrunePass(Pass):
         result = PassResult(self.name, False)
         for key, reason in alloc.skipped.items():
             result.weights[key] = {"skipped": reason}
+        ctx.skipped.update(alloc.skipped)
         return pattern, criteria.get(self.criterion), alloc, result
 
-    def call(self, model, ctx: Context) -> PassResult:
+    def call(self, ctx: Context) -> PassResult:
         pattern, score, alloc, result = self._plan(ctx)
         weights = ctx.analysis.weights
         by_key = ctx.analysis.by_key()
@@ -75,7 +77,7 @@ class PrunePass(Pass):
             block_prune = dict(zip([w.key for w in glob], self._global_counts(ctx, glob, pattern, score)))
         owner = {w.key: i for i, w in enumerate(glob)}
         for w in [w for w in weights if w.key in alloc.targets or w.key in owner]:
-            key = w.key
+            key = ctx.at = w.key
             stored = ctx.model.read(key)
             keep = ctx.masks.get(key) if key in ctx.masks else None
             before = 0.0 if keep is None else 1 - keep.mean()
@@ -169,6 +171,7 @@ def _prune_entries(ctx: Context, weight: Weight, index: np.ndarray) -> int:
     """Prune the entries at flat `index` of a weight already written; returns how many values changed."""
     zero = np.broadcast_to(zero_value(weight, ctx.model), weight.shape)[np.unravel_index(index, weight.shape)]
     changed = int(np.count_nonzero(bit_view(ctx.model.read(weight.key).reshape(-1)[index]) != bit_view(zero)))
-    ctx.model.set_entries(weight.key, index, zero)
+    if changed:
+        ctx.model.set_entries(weight.key, index, zero)
     ctx.masks.prune_entries(weight.key, index)
     return changed

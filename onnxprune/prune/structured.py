@@ -65,7 +65,7 @@ from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model, check_structure
 from onnxprune.core.report import table
 from onnxprune.ops import spec_for
-from onnxprune.pipeline import Context, Pass, PassResult
+from onnxprune.pipeline import ANALYSIS_FRESH, NO_UNUSED, Context, Pass, PassResult
 
 CRITERIA = ("l2", "activation")
 SCOPES = ("layer", "global")
@@ -700,10 +700,11 @@ class ChannelPrunePass(Pass):
     """Structured pruning as a structural pass: remove `sparsity` of the prunable channels.
 
     Reads calibration data from ctx.data (the first batch also gives the shapes; without data a
-    synthetic feed is used). The full report is in ctx.state["channel_prune"]."""
+    synthetic feed is used). The full report is in ctx.channel_report."""
 
     name = "channel-prune"
     structural = True
+    ensures = (ANALYSIS_FRESH, NO_UNUSED)
 
     def __init__(self, sparsity: float = 0.5, round_to: int = DEFAULT_ROUND_TO, scope: str = "layer", criterion: str = "l2",
                  repair: str = "none", reinit: bool = False, seed: int = 0, skip: list[str] | tuple = (),
@@ -726,7 +727,8 @@ class ChannelPrunePass(Pass):
         if not 0 <= self.sparsity < 1:
             raise OptionError(f"sparsity {sparsity}: give a fraction of channels to remove in [0, 1)")
 
-    def call(self, model: Model, ctx: Context) -> PassResult:
+    def call(self, ctx: Context) -> PassResult:
+        model = ctx.model
         res = prune_channels(model, self.sparsity, round_to=self.round_to, scope=self.scope,
                              criterion=self.criterion, data=ctx.data, repair=self.repair, reinit=self.reinit,
                              seed=self.seed, skip=self.skip, calib_samples=self.calib_samples, prefer=self.prefer,
@@ -747,7 +749,7 @@ class ChannelPrunePass(Pass):
             model.replace_proto(res.proto)
             for key in [k for k in ctx.masks.keys() if k in changed]:
                 ctx.masks.entries.pop(key, None)  # masks of reshaped weights no longer apply
-        ctx.state["channel_prune"] = res.report
+        ctx.channel_report = res.report
         notes = [f"channels {res.report['channels_before']} -> {res.report['channels_after']}, params x"
                  f"{res.report['params_ratio']:.3f}, MACs x{res.report['macs_ratio']:.3f}"]
         notes += [f"frozen group {f['name']} ({f['channels']} ch): {'; '.join(f['reasons'])}"

@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 
 from onnxprune.core.errors import HookError, OptionError
-from onnxprune.pipeline import Context, Pass, PassResult
-from onnxprune.pipeline.masking import apply_mask
+from onnxprune.pipeline import ANALYSIS_FRESH, Context, Pass, PassResult
+from onnxprune.pipeline.masking import PRUNED_ZERO, apply_mask
 
 
 @dataclass
@@ -74,13 +74,15 @@ class HookPass(Pass):
     """Run fine-tuning hooks after a pruning step and write back what they return, masked."""
 
     name = "hooks"
+    ensures = (ANALYSIS_FRESH, PRUNED_ZERO)
 
     def __init__(self, hooks: list[str | Callable], step: int = 1, steps: int = 1, t: int = 0, sparsity: float = 0.0):
         self.hooks = [h if isinstance(h, str) else getattr(h, "__qualname__", repr(h)) for h in hooks]
         self._fns = [load_hook(h) for h in hooks]
         self.step, self.steps, self.t, self.sparsity = step, steps, t, sparsity
 
-    def call(self, model, ctx: Context) -> PassResult:
+    def call(self, ctx: Context) -> PassResult:
+        model = ctx.model
         result = PassResult(self.name, False)
         by_key = ctx.analysis.by_key()
         for spec, fn in zip(self.hooks, self._fns):

@@ -34,9 +34,9 @@ from onnxprune.analyze.weights import Weight, dequant_params
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.model import Model
 from onnxprune.ops import spec_for
-from onnxprune.pipeline import Context, Pass, PassResult
-from onnxprune.pipeline.calibration import StagedStats, calibration_state
-from onnxprune.pipeline.masking import apply_mask
+from onnxprune.pipeline import ANALYSIS_FRESH, Context, Pass, PassResult
+from onnxprune.pipeline.calibration import CALIBRATION_DATA, StagedStats, calibration_state
+from onnxprune.pipeline.masking import PRUNED_ZERO, apply_mask
 
 REPAIR_METHODS = ("none", "lstsq", "bias", "lstsq+bias")
 DEFAULT_DAMP = 0.01
@@ -278,10 +278,13 @@ class RepairPass(Pass):
     """Built-in repair after a pruning step: lstsq, bias, or lstsq+bias (see module doc)."""
 
     name = "repair"
+    ensures = (ANALYSIS_FRESH, PRUNED_ZERO)
 
     def __init__(self, method: str = "lstsq", sequential: bool = False, damp: float = DEFAULT_DAMP,
                  exact_flops: float = EXACT_FLOPS, cg_flops: float = CG_FLOPS, auto_damp: bool = True):
         _parse(method)
+        if method != "none":
+            self.requires = (ANALYSIS_FRESH, CALIBRATION_DATA)
         self.auto_damp = bool(auto_damp)
         self.method = method
         self.sequential = bool(sequential)
@@ -289,7 +292,7 @@ class RepairPass(Pass):
         self.exact_flops = float(exact_flops)
         self.cg_flops = float(cg_flops)
 
-    def call(self, model, ctx: Context) -> PassResult:
+    def call(self, ctx: Context) -> PassResult:
         result = PassResult(self.name, False)
         if self.method == "none":
             return result
