@@ -21,6 +21,7 @@ they are part of every run's RSS and time. Needs about 5 x the weight bytes of f
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shlex
 import shutil
@@ -119,7 +120,8 @@ def measure(argv: list[str]) -> tuple[float, int]:
 
 
 def drop(path: Path) -> None:
-    for p in (path, path.with_name(path.name + ".data")):
+    """Remove a model and its data file: PATH.data (onnx.save here) or PATH.<16 hex>.data (onnxprune)."""
+    for p in (path, path.with_name(path.name + ".data"), *path.parent.glob(glob.escape(path.name) + ".*.data")):
         p.unlink(missing_ok=True)
 
 

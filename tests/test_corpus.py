@@ -834,7 +834,7 @@ def output_case(name: str, argv: Callable[[Path, Path, Path], list[str]], codes=
         m = _mlp(tmp)
         o = tmp / "out"
         o.mkdir()
-        (o / "x.onnx.data").mkdir()
+        (o / "x.onnx.0123456789abcdef.data").mkdir()  # named like a data file of x.onnx: never removed
         blocker = o / "blocker"
         blocker.write_text("a file where a folder is needed\n")
         (o / "adir.onnx").mkdir()
@@ -849,8 +849,10 @@ output_case("prune --masks-out under a file", lambda m, o, b: ["prune", m, "-o",
                                                                b / "m.npz", "--quiet"])
 output_case("prune --dump-recipe under a file", lambda m, o, b: ["prune", m, "-o", o / "p.onnx", "--dump-recipe",
                                                                  b / "j.toml", "--quiet"])
-output_case("prune --external-data with the data path a folder",
-            lambda m, o, b: ["prune", m, "-o", o / "x.onnx", "--external-data", "--quiet"])
+output_case("prune --external-data beside a folder named like its data file",
+            lambda m, o, b: ["prune", m, "-o", o / "x.onnx", "--external-data", "--quiet"], codes={0})
+output_case("prune --report named like the output's data file",
+            lambda m, o, b: ["prune", m, "-o", o / "x.onnx", "--report", o / "x.onnx.00000000deadbeef.data", "--quiet"])
 output_case("prune -o onto the input", lambda m, o, b: ["prune", m, "-o", m, "--quiet"])
 output_case("pack -o onto a file", lambda m, o, b: ["pack", m, "--target", "npu-bitmask", "-o", b, "--quiet"])
 output_case("pack -o under a file", lambda m, o, b: ["pack", m, "--target", "npu-bitmask", "-o", b / "pk", "--quiet"])

@@ -4,7 +4,9 @@ memory-mapped, round-tripped), atomic and deterministic saves that never touch t
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 from pathlib import Path
 
 import builders as B
@@ -21,6 +23,13 @@ from onnxprune.core.model import Model
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _data_name(model_path: Path) -> str:
+    """The one external-data location the saved model at `model_path` records."""
+    proto = onnx.load(str(model_path), load_external_data=False)
+    (name,) = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    return name
 
 
 def _cli_fails_cleanly(path, *fragments):
@@ -181,7 +190,7 @@ def test_external_data_round_trip(ext, tmp_path):
     internal = model.save(tmp_path / "out_int" / "model.onnx", external_data=False)
     external = model.save(tmp_path / "out_ext" / "model.onnx", external_data=True)
     assert sorted(os.listdir(internal.parent)) == ["model.onnx"]
-    assert sorted(os.listdir(external.parent)) == ["model.onnx", "model.onnx.data"]
+    assert sorted(os.listdir(external.parent)) == ["model.onnx", _data_name(external)]
     for path in (internal, external):
         again = Model.load(path)
         assert [r.key for r in again.tensors()] == keys
@@ -215,7 +224,8 @@ def test_external_save_inlines_small_tensors_of_an_external_input(ext, tmp_path)
     out = model.save(tmp_path / "o" / "renamed.onnx", external_data=True)
     proto = onnx.load(str(out), load_external_data=False)
     where = {t.name: {e.key: e.value for e in t.external_data}.get("location") for t in proto.graph.initializer}
-    assert where == {"conv.W": None, "conv.B": None, "fc.W": "renamed.onnx.data", "fc.B": None, "head.W": None}
+    assert where == {"conv.W": None, "conv.B": None, "fc.W": _data_name(out), "fc.B": None, "head.W": None}
+    assert re.fullmatch(r"renamed\.onnx\.[0-9a-f]{16}\.data", where["fc.W"])
     assert np.array_equal(Model.load(out).read("conv.B"), Model.load(ext).read("conv.B"))
 
 
@@ -252,25 +262,16 @@ class _FailingWriter:
         return getattr(self.f, name)
 
 
-def _failing_atomic_open(real, after: int):
-    """atomic_open whose files raise after `after` bytes were written."""
+def _failing_atomic_model_and_data(real, after: int):
+    """atomic_model_and_data whose files each raise after `after` bytes were written."""
     import contextlib
 
     @contextlib.contextmanager
-    def wrapped(path, mode="wb"):
-        with real(path, mode) as f:
-            yield _FailingWriter(f, after)
-    return wrapped
-
-
-def _failing_atomic_files(real, after: int):
-    """atomic_files whose files each raise after `after` bytes were written."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def wrapped(*paths, mode="w+b"):
-        with real(*paths, mode=mode) as files:
-            yield [_FailingWriter(f, after) for f in files]
+    def wrapped(*args, **kwargs):
+        with real(*args, **kwargs) as w:
+            w.model = _FailingWriter(w.model, after)
+            w.data = w.data and _FailingWriter(w.data, after)
+            yield w
     return wrapped
 
 
@@ -281,8 +282,7 @@ def test_failed_write_leaves_nothing(ext, tmp_path, monkeypatch, external):
     model = Model.load(ext)
     before = {r.key: np.array(model.read(r.key)) for r in model.tensors()}
     out = tmp_path / "out" / "model.onnx"
-    monkeypatch.setattr(M, "atomic_open", _failing_atomic_open(M.atomic_open, after=1500))
-    monkeypatch.setattr(M, "atomic_files", _failing_atomic_files(M.atomic_files, after=1500))
+    monkeypatch.setattr(M, "atomic_model_and_data", _failing_atomic_model_and_data(M.atomic_model_and_data, after=1500))
     with pytest.raises(_Boom):
         model.save(out, external_data=external)
     assert os.listdir(out.parent) == []
@@ -342,7 +342,8 @@ def test_two_saves_give_identical_bytes(ext, tmp_path):
     model = Model.load(ext)
     a = model.save(tmp_path / "c" / "m.onnx", external_data=True)
     b = model.save(tmp_path / "d" / "m.onnx", external_data=True)
-    for name in ("m.onnx", "m.onnx.data"):
+    assert sorted(os.listdir(a.parent)) == sorted(os.listdir(b.parent)) == ["m.onnx", _data_name(a)]
+    for name in os.listdir(a.parent):
         assert (a.parent / name).read_bytes() == (b.parent / name).read_bytes()
     assert Model.load(ext).save(tmp_path / "e" / "m.onnx").read_bytes() == Model.load(ext).save(
         tmp_path / "f" / "m.onnx").read_bytes()
@@ -429,3 +430,109 @@ def test_replace_proto_with_its_own_proto_keeps_pending_writes(ext):
     model.write("fc.W", np.full(model.read("fc.W").shape, 3, np.float32))
     model.replace_proto(proto)
     assert (model.read("fc.W") == 3).all()
+
+
+# ----------------------------------------------------- external data: content-named data files
+
+def test_data_file_is_named_by_its_content(ext, tmp_path):
+    out = Model.load(ext).save(tmp_path / "o" / "m.onnx", external_data=True)
+    name = _data_name(out)
+    assert name == f"m.onnx.{_sha(out.parent / name)[:16]}.data"
+    assert sorted(os.listdir(out.parent)) == ["m.onnx", name]
+
+
+def test_overwriting_an_external_output_removes_the_old_data_file(ext, tmp_path, caplog):
+    out = tmp_path / "o" / "m.onnx"
+    Model.load(ext).save(out, external_data=True)
+    first, first_bytes = _data_name(out), out.read_bytes()
+    model = Model.load(ext)
+    model.write("fc.W", np.zeros(model.read("fc.W").shape, np.float32))
+    with caplog.at_level(logging.WARNING, logger="onnxprune"):
+        model.save(out, external_data=True)
+        second = _data_name(out)
+        assert second != first and sorted(os.listdir(out.parent)) == ["m.onnx", second]
+        assert (Model.load(out).read("fc.W") == 0).all()
+        # the same content again: the same name and bytes as the first time, the second data file goes
+        Model.load(ext).save(out, external_data=True)
+        assert out.read_bytes() == first_bytes and sorted(os.listdir(out.parent)) == ["m.onnx", first]
+        Model.load(ext).save(out, external_data=True)  # identical data over itself: harmless
+        assert out.read_bytes() == first_bytes and sorted(os.listdir(out.parent)) == ["m.onnx", first]
+        Model.load(ext).save(out, external_data=False)  # an inline model needs no data file
+        assert os.listdir(out.parent) == ["m.onnx"]
+    assert not caplog.records  # replacing a model's own data file is routine: no notes
+    Model.load(ext).save(out, external_data=True)
+    onnx.checker.check_model(onnx.load(str(out), load_external_data=True))
+
+
+def test_leftover_data_files_are_removed_with_a_note(ext, tmp_path, caplog):
+    out = tmp_path / "o" / "m.onnx"
+    out.parent.mkdir()
+    orphan = out.parent / "m.onnx.0123456789abcdef.data"  # as a save killed between its renames leaves
+    orphan.write_bytes(b"\0" * 4096)
+    others = ["m.onnx.data.bak", "m.onnx.0123.data", "n.onnx.0123456789abcdef.data", "m.onnx.0123456789ABCDEF.data"]
+    for name in others:  # not named like a data file of m.onnx: left alone
+        (out.parent / name).write_bytes(b"x")
+    (out.parent / "m.onnx.fedcba9876543210.data").mkdir()  # a folder is never removed
+    with caplog.at_level(logging.WARNING, logger="onnxprune"):
+        Model.load(ext).save(out, external_data=True)
+    assert not orphan.exists()
+    assert sorted(os.listdir(out.parent)) == sorted(["m.onnx", _data_name(out), "m.onnx.fedcba9876543210.data", *others])
+    (note,) = [r.getMessage() for r in caplog.records]
+    assert str(orphan) in note and "no model refers to" in note and "\n" not in note
+
+
+def test_an_earlier_versions_data_file_is_left_with_a_note(ext, tmp_path, caplog):
+    """Before data files were named by their content, the data of m.onnx was m.onnx.data; an
+    overwrite leaves that file (something else may read it) and says so."""
+    out = B.external_data_model(tmp_path / "o", name="m.onnx")  # refers to m.onnx.data
+    with caplog.at_level(logging.WARNING, logger="onnxprune"):
+        Model.load(ext).save(out, external_data=True)
+    assert sorted(os.listdir(out.parent)) == ["m.onnx", "m.onnx.data", _data_name(out)]
+    (note,) = [r.getMessage() for r in caplog.records]
+    assert str(out.parent / "m.onnx.data") in note and "left" in note and "\n" not in note
+
+
+def test_no_data_file_without_large_tensors(tmp_path):
+    out = Model(B.matmul_cast_fp16()).save(tmp_path / "o" / "m.onnx", external_data=True)
+    assert os.listdir(out.parent) == ["m.onnx"]
+    Model.load(out)
+
+
+def test_a_data_file_the_input_reads_is_never_replaced_or_removed(ext, tmp_path):
+    """A model whose data file is named like the output's: saving the same weights there would
+    replace it, other weights would remove it. Both are refused or avoided."""
+    out = Model.load(ext).save(tmp_path / "o" / "m.onnx", external_data=True)
+    twin = out.parent / "twin.onnx"
+    twin.write_bytes(out.read_bytes())  # reads m.onnx's data file
+    data = out.parent / _data_name(out)
+    before = _sha(data)
+    with pytest.raises(OnnxPruneError, match="refusing to overwrite the input"):
+        Model.load(twin).save(out, external_data=True)
+    changed = Model.load(twin)
+    changed.write("fc.W", np.zeros(changed.read("fc.W").shape, np.float32))
+    changed.save(out, external_data=True)  # m.onnx's old data file is the input's: kept
+    assert _sha(data) == before and len(os.listdir(out.parent)) == 4
+    assert np.array_equal(Model.load(twin).read("fc.W"), Model.load(ext).read("fc.W"))
+
+
+def test_a_failed_model_rename_leaves_the_old_model_and_its_data(ext, tmp_path, monkeypatch):
+    import onnxprune.core.atomic as A
+
+    out = Model.load(ext).save(tmp_path / "o" / "m.onnx", external_data=True)
+    before = {p: _sha(p) for p in out.parent.iterdir()}
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == out:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(A.os, "replace", replace)
+    model = Model.load(ext)
+    model.write("fc.W", np.ones(model.read("fc.W").shape, np.float32))
+    with pytest.raises(OnnxPruneError, match="free some space"):
+        model.save(out, external_data=True)
+    monkeypatch.undo()
+    assert {p: _sha(p) for p in out.parent.iterdir()} == before  # the new data file is gone again
+    assert np.array_equal(Model.load(out).read("fc.W"), Model.load(ext).read("fc.W"))
+    assert (Model.load(model.save(out, external_data=True)).read("fc.W") == 1).all()

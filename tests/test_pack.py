@@ -490,6 +490,25 @@ def test_artifact_write_is_atomic_and_refuses_foreign_folders(tmp_path):
         P.pack_model(model, target, tmp_path / "x", emit="sparse-initializer", ctx=ctx)
 
 
+def test_artifact_with_external_data_names_its_data_file(tmp_path, monkeypatch):
+    """Above 2 GiB model.onnx keeps its weights in model.onnx.<16 hex of sha256>.data: the manifest
+    names it, and the folder can be packed again."""
+    import onnxprune.core.model as M
+
+    monkeypatch.setattr(M, "PROTOBUF_LIMIT", 64 * 2**20)  # every model "above 2 GiB"
+    target = load_target("npu-bitmask")
+    model, ctx = _pruned(tiny_net(), target)
+    out = tmp_path / "art"
+    for _ in range(2):
+        P.pack_model(model, target, out, ctx=ctx, emit="dense", measure_gzip=False)
+        manifest = json.loads((out / "manifest.json").read_text())
+        data = out / manifest["model"]["data_file"]
+        assert data.name == f"model.onnx.{manifest['model']['data_sha256'][:16]}.data"
+        assert _file_sha(data) == manifest["model"]["data_sha256"]
+        assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", "model.onnx", "weights.bin", data.name])
+        assert verify_artifact(out)["ok"]
+
+
 def test_sparse_initializer_keeps_constant_nodes_dense(tmp_path):
     target = load_target("onnx-sparse")
     model, ctx = _pruned(tiny_net(), target)

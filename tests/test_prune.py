@@ -454,10 +454,27 @@ def test_external_data_output_and_input_untouched(tmp_path):
     before = sha256(src)
     r = cli("prune", src, "-o", tmp_path / "ext" / "o.onnx", "--sparsity", "0.5", "--external-data", "--quiet")
     assert r.exit_code == 0, r.output
-    assert (tmp_path / "ext" / "o.onnx.data").is_file()
+    (data,) = [p for p in (tmp_path / "ext").iterdir() if p.name != "o.onnx"]
+    assert data.name == f"o.onnx.{sha256(data)[:16]}.data"  # named by its content
     assert sha256(src) == before
     y = run_ort(tmp_path / "ext" / "o.onnx", {"x": np.ones((1, 64), np.float32)})[0]
     assert np.isfinite(y).all()
+    first = sha256(tmp_path / "ext" / "o.onnx")
+    r = cli("prune", src, "-o", tmp_path / "ext" / "o.onnx", "--sparsity", "0.5", "--external-data", "--quiet")
+    assert r.exit_code == 0 and r.stderr == "", r.output  # the same run again: the same files, no notes
+    assert sorted(p.name for p in (tmp_path / "ext").iterdir()) == ["o.onnx", data.name]
+    assert sha256(tmp_path / "ext" / "o.onnx") == first
+
+
+def test_no_output_may_be_named_like_the_output_models_data_file(tmp_path):
+    """The save replaces or removes files named OUT.<16 hex>.data: no report or masks there, and
+    none of the input's data files as an output."""
+    src = save(mlp3(), tmp_path / "m.onnx")
+    r = cli("prune", src, "-o", tmp_path / "o.onnx", "--report", tmp_path / "o.onnx.0123456789abcdef.data")
+    assert_usage_error(r, "named like a data file of the output model")
+    (tmp_path / "m.onnx.0123456789abcdef.data").write_bytes(b"x")  # as if the input's data
+    assert_usage_error(cli("prune", src, "-o", tmp_path / "m.onnx.0123456789abcdef.data"), "overwrite the input")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.0123456789abcdef.data"]
 
 
 def test_options_fail_before_the_model_is_read(tmp_path):

@@ -59,7 +59,7 @@ def prune_options(exclude: tuple[str, ...] = ()):
 @click.option("--masks-in", type=click.Path(dir_okay=False), help="Start from these masks (.npz + .json manifest).")
 @click.option("--masks-out", type=click.Path(dir_okay=False), help="Write the final masks (.npz + .json manifest).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here ('-': stdout).")
-@click.option("--external-data", is_flag=True, help="Store weights in OUT.data beside the model (automatic above 2 GiB).")
+@click.option("--external-data", is_flag=True, help="Store weights in OUT.<hash>.data beside the model, named by its content (automatic above 2 GiB).")
 @click.option("--quiet", is_flag=True, help="No table, no progress bar.")
 @click.option("--target", "target_name", metavar="NAME", help="Prune in this target's pattern (only the layers it can use), then pack for it (see onnxprune targets).")
 @click.option("--emit", type=click.Choice(["dense", "sparse-initializer", "portable"]), help="With --target: the artifact's ONNX form (default: the target's).")

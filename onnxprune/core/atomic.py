@@ -5,14 +5,22 @@ killed while writing (kill -9, power loss) leaves its temporary file behind: tem
 the writer's host and PID (`.NAME.HOST.PID.XXXXXXXX.tmp`), and the next write to the same output
 removes those whose writer is provably gone (same host, PID no longer alive), with a note.
 
+A model with external data is two files, which no single rename replaces together: its data file
+is named by its content (`OUT.<16 hex of sha256>.data`, `atomic_model_and_data`), goes into place
+first, under its own name, then the model replaces the old one in one rename, and only then the old
+model's data file is removed. Every moment leaves a model at OUT with its data, old or new.
+
 Failures to write (a file where a folder is needed, a folder where a file is, no space) become
 `OutputError`s: one line naming the path. `undo_on_error` removes what a failed command committed.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
+import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -20,7 +28,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 from onnxprune.core.errors import OutputError
 
@@ -107,7 +115,7 @@ def keep_on_error(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def undo_on_error(keep: tuple[type[BaseException], ...] = ()) -> Iterator[list[tuple[str, Path]]]:
-    """Files and folders committed inside the block (by `atomic_open`, `atomic_files`,
+    """Files and folders committed inside the block (by `atomic_open`, `atomic_model_and_data`,
     `record_tree`, and folders created for them) are removed again if the block raises, unless the
     exception is one of `keep`: a command that fails leaves no outputs behind."""
     journal: list[tuple[str, Path]] = []
@@ -217,41 +225,229 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-@contextlib.contextmanager
-def atomic_files(*paths: str | os.PathLike, mode: str = "w+b") -> Iterator[list[IO]]:
-    """Temporary files next to several `paths` (a model and its data file); only when the block
-    succeeds are they fsynced and renamed into place, in the order given (the data before the model
-    that points at it). On failure none of them is touched."""
-    targets = [Path(p) for p in paths]
-    temps: list[tuple[Path, str]] = []
-    files: list[IO] = []
+# ---------------------------------------------------------------------- a model and its data
+
+_DATA_TAIL = re.compile(r"\.[0-9a-f]{16}\.data")
+
+
+def data_file_name(out_name: str, digest: str) -> str:
+    """The name of the data file of the model file `out_name` whose content has sha256 `digest`:
+    `OUT.<first 16 hex digits>.data`. Same content, same name; new content, a new name."""
+    return f"{out_name}.{digest[:16]}.data"
+
+
+def is_data_file_name(out_name: str, name: str) -> bool:
+    """Whether `name` has the form of a data file onnxprune writes for the model file `out_name`."""
+    return name.startswith(out_name) and _DATA_TAIL.fullmatch(name[len(out_name):]) is not None
+
+
+def data_files_beside(out: str | os.PathLike) -> list[Path]:
+    """The files beside `out` named like its data files (`OUT.<16 hex>.data`), sorted."""
+    out = Path(out)
     try:
-        for path in targets:
-            why = _blocked(path) if path.is_dir() else None
-            if why:  # a folder in the way: fail before anything is written
-                raise OutputError(f"{path}: cannot write: {why}; choose another path")
-            make_parents(path)
-            remove_stale_temps(path)
-            fd, tmp = _mkstemp(path)
-            temps.append((path, tmp))
-            files.append(os.fdopen(fd, mode))
+        names = os.listdir(out.parent)
+    except OSError:
+        return []
+    return sorted(out.parent / n for n in names if is_data_file_name(out.name, n))
+
+
+class _HashingFile:
+    """A binary file that hashes (sha256) what is written to it; other attributes are the file's.
+    A large write is hashed on a second thread while it is written (hashlib and the write both
+    release the GIL), and `write` returns only once both are done: the caller may reuse its buffer."""
+
+    _OVERLAP = 1 << 20  # bytes: from this size on, hash and write at the same time
+
+    def __init__(self, f: IO):
+        self._f, self._sha, self.sealed = f, hashlib.sha256(), False
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def write(self, b) -> int:
+        if self.sealed:
+            raise ValueError("the data file is sealed: its name is taken from what was written before")
+        if memoryview(b).nbytes < self._OVERLAP:
+            n = self._f.write(b)
+            self._sha.update(b)
+            return n
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onnxprune-sha256")
+        hashed = self._pool.submit(self._sha.update, b)
         try:
-            yield files
-            for f in files:
+            n = self._f.write(b)
+        finally:
+            hashed.result()
+        return n
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self._f.close()
+
+    def __getattr__(self, name):  # tell, flush, fileno, ...
+        return getattr(self._f, name)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[int | None]:
+    """An exclusive flock on `folder` (released when the process dies, kill -9 included); yields
+    the folder's fd (None where the folder cannot be opened; then there is no lock)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield None
+        return
+    try:
+        with contextlib.suppress(OSError):  # a file system without flock: no lock
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _fsync_dir(fd: int | None) -> None:
+    """Make the renames done so far in a folder durable before the next step depends on them."""
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+
+
+class ModelAndData:
+    """The temporary files of `atomic_model_and_data`: write the data to `data`, take its name with
+    `data_name()` (after that no more data), write the model (which records that name) to `model`,
+    then `commit()`. Without data (`data` is None) the model is written alone."""
+
+    def __init__(self, out: Path, model: tuple[IO, str], data: tuple[IO, str] | None, protect: set[Path],
+                 replaced: set[str]):
+        self.out, self._protect, self._replaced = out, protect, replaced
+        self._model, self._model_tmp = model
+        self._data, self._data_tmp = (_HashingFile(data[0]), data[1]) if data else (None, None)
+        self.data, self.model = self._data, self._model  # what the caller writes to
+        self.data_path: Path | None = None  # where the data went (None: no data file was asked for)
+        self.removed: list[Path] = []  # data files of `out` the commit removed
+        self.committed = False
+
+    def data_name(self) -> str:
+        """Seal the data file and return its name, `OUT.<16 hex of its sha256>.data`. A save that
+        never asks for it writes no data file (no model refers to one)."""
+        if self._data is None:
+            raise ValueError("atomic_model_and_data(..., data=False) has no data file")
+        if not self._data.sealed:
+            self._data.flush()
+            self._data.sealed = True
+            self.data_path = self.out.with_name(data_file_name(self.out.name, self._data.hexdigest()))
+        return self.data_path.name
+
+    def commit(self) -> None:
+        """Put the files into place so that `out` holds a complete model at every moment: fsync
+        them; then, under a lock on the folder, rename the data file to its content-derived name (a
+        new name when the data differs, so the model now at `out` keeps its own), fsync the folder,
+        rename the model over `out` (the one atomic step from the old model to the new), fsync the
+        folder, and only then remove the data files of `out` no model refers to any more (the
+        replaced model's, and any left by interrupted saves). The files stay open: a caller can
+        still read them back."""
+        if self.committed:
+            return
+        out = self.out
+        if out.resolve() in self._protect or (self.data_path is not None and self.data_path.resolve() in self._protect):
+            raise OutputError(f"{out}: refusing to overwrite the input model or its data; choose another output path")
+        try:
+            for f in (self._data, self._model) if self.data_path is not None else (self._model,):
                 f.flush()
                 os.fsync(f.fileno())
-                f.close()
         except OSError as e:
-            raise _output_error(targets[-1], e, "write") from e
-        for path, tmp in temps:
-            _replace(tmp, path)
+            raise _output_error(out, e, "write") from e
+        with _folder_lock(out.parent) as folder:  # concurrent saves to `out` never remove each other's data
+            existed = True
+            if self.data_path is not None:
+                existed = self.data_path.exists()  # same content, same name: it stays valid throughout
+                try:
+                    os.replace(self._data_tmp, self.data_path)
+                except OSError as e:
+                    raise _output_error(self.data_path, e, "write") from None
+                _fsync_dir(folder)  # the data file is in place before any model points at it
+            try:
+                os.replace(self._model_tmp, out)
+            except OSError as e:
+                if not existed:
+                    with contextlib.suppress(OSError):
+                        self.data_path.unlink()  # the old model at `out` does not use it
+                raise _output_error(out, e, "write") from None
+            _fsync_dir(folder)  # the new model is in place before its predecessor's data goes
+            self.committed = True
+            if self.data_path is not None:
+                _record("file", self.data_path)  # undone after the model (journal order, reversed)
+            _record("file", out)
+            self.removed = self._remove_unused()
+
+    def _remove_unused(self) -> list[Path]:
+        removed = []
+        for path in data_files_beside(self.out):
+            if path == self.data_path or path.resolve() in self._protect:
+                continue
+            try:
+                os.unlink(path)
+            except OSError:  # a folder, or gone already
+                continue
+            if path.name not in self._replaced:  # the replaced model's own data goes without a word
+                log.warning("onnxprune: note: removed %s, a data file of %s that no model refers to "
+                            "(left by an interrupted save)", path, self.out.name)
+            removed.append(path)
+        return removed
+
+    def _close(self) -> None:
+        for f, tmp in ((self._model, self._model_tmp), (self._data, self._data_tmp)):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)  # after a commit: renamed, nothing left to remove
+
+
+@contextlib.contextmanager
+def atomic_model_and_data(out: str | os.PathLike, protect: Iterable[str | os.PathLike] = (),
+                          replaced: Iterable[str] = (), data: bool = True) -> Iterator[ModelAndData]:
+    """Write a model file `out` and its data file `OUT.<16 hex of the data's sha256>.data` beside
+    it, so that a kill at any moment leaves at `out` the old model with its data, or the new one
+    with its data: see `ModelAndData.commit` (called at the end of the block if the block did not).
+    Naming the data file by its content keeps the output deterministic (same data, same name, same
+    model bytes) and keeps the old data in place until the model that uses it is replaced. With
+    `data=False` only the model is written (and data files of `out` are removed all the same).
+
+    `protect`: files never to overwrite or remove (the input model's). `replaced`: names of the
+    data files the model now at `out` uses; removing them is routine, removing other leftovers
+    is noted on stderr. A failure leaves `out` and its data as they were; temporary files of
+    writers that are gone are removed first, as by `atomic_open`."""
+    out = Path(out)
+    if out.is_dir():
+        raise OutputError(f"{out}: cannot write: it is a folder; give a file path; choose another path")
+    make_parents(out)
+    data_stem = out.with_name(out.name + ".data")  # temporary data files: .OUT.data.HOST.PID.*.tmp
+    remove_stale_temps(out)
+    remove_stale_temps(data_stem)
+    opened: list[tuple[IO, str]] = []
+    try:
+        for path in (out, data_stem) if data else (out,):
+            fd, tmp = _mkstemp(path)
+            opened.append((os.fdopen(fd, "w+b"), tmp))
     except BaseException:
-        for f in files:
+        for f, tmp in opened:
             f.close()
-        for _, tmp in temps:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            os.unlink(tmp)
         raise
+    pair = ModelAndData(out, opened[0], opened[1] if data else None, {Path(p).resolve() for p in protect},
+                        set(replaced))
+    try:
+        try:
+            yield pair
+        except OSError as e:
+            raise _output_error(out, e, "write") from e
+        pair.commit()
+    finally:
+        pair._close()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -26,9 +27,11 @@ import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
-from onnxprune.core.atomic import atomic_files, atomic_open
+from onnxprune.core.atomic import atomic_model_and_data, data_files_beside
 from onnxprune.core.errors import ExternalDataError, ModelLoadError, OnnxPruneError
 from onnxprune.core.graph import unique_path, walk_graphs
+
+log = logging.getLogger("onnxprune")
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: above this a model must keep its weights as external data
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
@@ -260,34 +263,47 @@ class Model:
 
     # -- saving --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, external_data: bool | None = None) -> Path:
-        """Write atomically. External data (`<name>.data` beside it) when asked or above 2 GiB."""
+        """Write atomically. External data when asked or above 2 GiB: in `<name>.<16 hex>.data`
+        beside it, named by the sha256 of its content (see `atomic_model_and_data`). Data files of
+        `path` no model refers to any more (the replaced model's) are removed."""
         path = Path(path)
         out = path.resolve()
-        inputs = set(self._sources) | ({self.path} if self.path else set())
-        inputs |= {self._external_file(r)[0] for r in self.tensors() if _is_external(r.proto)}
-        data_path = out.with_name(out.name + ".data")
-        if out in inputs or data_path in inputs:
+        inputs = self.input_files()
+        if out in inputs:
             raise OnnxPruneError(f"{path}: refusing to overwrite the input model or its data; choose another output path")
         if external_data is None:
             external_data = self.weight_bytes() > PROTOBUF_LIMIT - 64 * 2**20
         if external_data:
-            self._save_external(out, data_path)
+            self._save_external(out, inputs)
         else:
             for ref in self.tensors():
                 if _is_external(ref.proto) and ref.key not in self._written:
                     self.write(ref.key, self.read(ref.key))
             data = self.proto.SerializeToString()
-            with atomic_open(out) as f:
-                f.write(data)
+            with atomic_model_and_data(out, protect=inputs, replaced=_replaced_locations(out), data=False) as w:
+                w.model.write(data)  # data files of an external model replaced here go
+            self._forget(w.removed)
         return out
 
-    def _save_external(self, out: Path, data_path: Path, align: int = 64) -> None:
-        """Stream every tensor of >= 1 KiB into one data file, then point the protos at it and
-        write the model; both files go into place together, only on success. No copy of the
+    def input_files(self) -> set[Path]:
+        """The files this model was loaded from or reads its weights from (never to be overwritten)."""
+        inputs = set(self._sources) | ({self.path} if self.path else set())
+        return inputs | self.external_files()
+
+    def external_files(self) -> set[Path]:
+        """The data files the model's tensors refer to now (resolved paths)."""
+        return {self._external_file(r)[0] for r in self.tensors() if _is_external(r.proto)}
+
+    def _save_external(self, out: Path, inputs: set[Path], align: int = 64) -> None:
+        """Stream every tensor of >= 1 KiB into one data file, named by its sha256, then point the
+        protos at it and write the model; both files go into place only on success, the data file
+        first, and the old model at `out` stays usable until the new one replaces it. No copy of the
         weights is kept for rollback: if the model cannot be written, the protos are restored from
         the data just written and every written value stays pending."""
         pending = dict(self._written)
-        with atomic_files(data_path, out) as (data, model_file):
+        replaced = _replaced_locations(out)
+        with atomic_model_and_data(out, protect=inputs, replaced=replaced) as w:
+            data = w.data
             plan: list[tuple[TensorRef, int, int]] = []
             for ref in self.tensors():
                 n = _nbytes(ref.proto)
@@ -299,6 +315,7 @@ class Model:
             data.flush()
             undo: list[tuple[onnx.TensorProto, list[tuple[str, str]], int, int | None]] = []
             try:
+                name = w.data_name() if plan else ""  # no large tensor: no data file
                 for ref in self.tensors():
                     t = ref.proto
                     if _is_external(t) and _nbytes(t) < 1024:  # small: inline; its old data file stays behind
@@ -311,19 +328,29 @@ class Model:
                     for field in _TYPED_FIELDS + ("raw_data", "external_data"):
                         t.ClearField(field)
                     t.data_location = onnx.TensorProto.EXTERNAL
-                    for k, v in (("location", data_path.name), ("offset", str(offset)), ("length", str(n))):
+                    for k, v in (("location", name), ("offset", str(offset)), ("length", str(n))):
                         e = t.external_data.add()
                         e.key, e.value = k, v
-                model_file.write(self.proto.SerializeToString())
+                w.model.write(self.proto.SerializeToString())
+                w.commit()
             except BaseException:
                 self._restore(undo, data)
                 self._written.clear()
                 self._written.update(pending)
                 raise
-        stale = self._fds.pop(str(data_path.resolve()), None)  # a new file now stands at that path
-        if stale is not None:
-            os.close(stale)
+        self._forget([w.data_path, *w.removed])  # a new file stands at that path, or none any more
+        legacy = out.name + ".data"  # the name of the data file before names came from the content
+        if legacy in replaced and (out.parent / legacy).is_file() and (out.parent / legacy).resolve() not in inputs:
+            log.warning("onnxprune: note: left %s in place: the model this save replaced used it, the new one "
+                        "does not; remove it if nothing else does", out.parent / legacy)
         self.path, self.base_dir = out, out.parent
+
+    def _forget(self, files) -> None:
+        """Close what is open of `files` (replaced or removed by a save)."""
+        for file in files:
+            fd = self._fds.pop(str(file.resolve()), None) if file is not None else None
+            if fd is not None:
+                os.close(fd)
 
     @staticmethod
     def _restore(undo, data) -> None:
@@ -360,6 +387,23 @@ class Model:
 
     def sha256(self) -> str:
         return hashlib.sha256(self.proto.SerializeToString()).hexdigest()
+
+
+def _replaced_locations(path: Path, limit: int = 64 * 2**20) -> set[str]:
+    """The external-data locations the model file at `path` (about to be replaced) refers to, as
+    far as they matter: read only when a data file of ours (or an older onnxprune's) lies beside
+    it. Empty if the model cannot be read or is over `limit` bytes (a model with external data keeps
+    only small tensors inline, so a larger one has its weights inside)."""
+    if not data_files_beside(path) and not path.with_name(path.name + ".data").exists():
+        return set()
+    try:
+        if not path.is_file() or path.stat().st_size > limit:
+            return set()
+        proto = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError):  # not a model: nothing to recognise
+        return set()
+    return {e.value for ref in Model(proto).tensors() if _is_external(ref.proto)
+            for e in ref.proto.external_data if e.key == "location"}
 
 
 def _set_raw(t: onnx.TensorProto, values: np.ndarray) -> None:

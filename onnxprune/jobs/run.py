@@ -12,7 +12,7 @@ import click
 from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import Dataset, dataset_from_options
 from onnxprune.check.parity import refuse_guessed_shapes
-from onnxprune.core.atomic import check_writable
+from onnxprune.core.atomic import check_writable, data_files_beside, is_data_file_name
 from onnxprune.core.errors import OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
@@ -54,23 +54,30 @@ def render_summary(report: dict) -> str:
 
 
 def _check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
-    """No output may overwrite the input model (or its data) or another output."""
-    written = {"output model": output, "output data": output + ".data"}
+    """No output may overwrite the input model (or its data) or another output. The output model's
+    data file (`OUT.<16 hex>.data`, named by its content) is not known before the save: no other
+    output may be named like one (the save replaces and removes those), and the save itself refuses
+    to replace a data file the input reads."""
+    written = {"output model": output}
     for key, label in (("report", "report"), ("masks", "masks")):
         if recipe.output.get(key) and not is_stdout(recipe.output[key]):
             written[label] = recipe.output[key]
     if recipe.output.get("masks"):
         written["masks manifest"] = recipe.output["masks"] + ".json"
-    protected = {Path(model_path).resolve(), Path(model_path + ".data").resolve()}
+    protected = {Path(model_path).resolve(), Path(model_path + ".data").resolve(),
+                 *(p.resolve() for p in data_files_beside(model_path))}
+    out = Path(output).resolve()
     seen: dict[Path, str] = {}
     for label, path in written.items():
-        if label != "output data":  # written only with external data; the save itself checks it
-            check_writable(path, label)  # fail before the work, not after it
+        check_writable(path, label)  # fail before the work, not after it
         resolved = Path(path).resolve()
         if resolved in protected:
             raise OptionError(f"{path}: the {label} would overwrite the input model; choose another path")
         if resolved in seen:
             raise OptionError(f"{path}: used for both the {seen[resolved]} and the {label}; choose distinct paths")
+        if resolved.parent == out.parent and is_data_file_name(out.name, resolved.name):
+            raise OptionError(f"{path}: the {label} is named like a data file of the output model {output} "
+                              "(which a save replaces or removes); choose another path")
         seen[resolved] = label
 
 

@@ -9,7 +9,8 @@
                    portable            packed weights stored inside the ONNX with standard ops that rebuild
                                        the dense weights at load (onnxprune.pack.portable): any runtime
                                        runs the smaller file, outputs bit-identical to the dense model
-                 (model.onnx.data beside it when the model needs external data)
+                 (model.onnx.<16 hex>.data beside it when the model needs external data: the first
+                 16 hex digits of its sha256; the manifest names it)
   weights.bin    every packed array, in this binary layout (little-endian throughout):
                    bytes 0..63   header: magic b"ONNXPRUNEPACK\\0\\0\\0" (16 bytes), uint32 layout version (1),
                                  uint32 alignment (64), uint64 number of arrays, uint64 file size,
@@ -50,7 +51,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune import __version__
 from onnxprune.analyze.weights import Weight
-from onnxprune.core.atomic import atomic_open, make_parents, record_tree
+from onnxprune.core.atomic import atomic_open, is_data_file_name, make_parents, record_tree
 from onnxprune.core.errors import OutputError, TargetError
 from onnxprune.core.graph import walk_graphs
 from onnxprune.core.model import PROTOBUF_LIMIT, Model
@@ -65,7 +66,7 @@ MAGIC = b"ONNXPRUNEPACK\0\0\0"
 LAYOUT_VERSION = 1
 ALIGN = 64
 HEADER_BYTES = 64
-ARTIFACT_FILES = ("model.onnx", "model.onnx.data", "weights.bin", "manifest.json")
+ARTIFACT_FILES = ("model.onnx", "weights.bin", "manifest.json")  # and model.onnx's data file (`_ours`)
 
 
 # --------------------------------------------------------------------------------------- layout
@@ -252,11 +253,16 @@ def sparse_initializer_model(model: Model, packed: dict[str, PackedTensor]) -> t
 
 # ------------------------------------------------------------------------------------- the folder
 
+def _ours(name: str) -> bool:
+    """A file an artifact folder holds: one of ARTIFACT_FILES or model.onnx's data file."""
+    return name in ARTIFACT_FILES or is_data_file_name("model.onnx", name)
+
+
 def _check_out_dir(out: Path, model: Model) -> None:
     if out.exists() and not out.is_dir():
         raise TargetError(f"{out}: exists and is not a folder; give a folder path for the artifact")
     if out.is_dir():
-        extra = [p.name for p in out.iterdir() if p.name not in ARTIFACT_FILES]
+        extra = [p.name for p in out.iterdir() if not _ours(p.name)]
         if extra and not (out / "manifest.json").is_file():
             raise TargetError(f"{out}: folder exists and is not an onnxprune pack folder (has {extra[0]!r}); "
                               "choose a new or empty folder")
@@ -350,6 +356,7 @@ def emit_artifact(model: Model, target: Target, weights: dict[str, Weight], pack
         else:
             emitted, where = _copy(model), {k: "dense" for k in packed}
         emitted.save(staging / "model.onnx")
+        data_file = next(iter(emitted.external_files()), None)  # the one data file of an external save
         if fail_after:
             fail_after("model.onnx")
         records, wbytes, wsha = _write_weights(staging / "weights.bin", packed)
@@ -376,8 +383,7 @@ def emit_artifact(model: Model, target: Target, weights: dict[str, Weight], pack
         model_file = staging / "model.onnx"
         sizes = {"dense_model_bytes": dense_bytes, "model_bytes": model_file.stat().st_size,
                  "weights_bin_bytes": wbytes}
-        data_file = staging / "model.onnx.data"
-        if data_file.exists():
+        if data_file is not None:
             sizes["model_data_bytes"] = data_file.stat().st_size
         if measure_gzip and dense_bytes <= PROTOBUF_LIMIT:
             sizes["gzip_dense_model_bytes"] = len(zlib.compress(model.proto.SerializeToString(), 9))
@@ -387,7 +393,7 @@ def emit_artifact(model: Model, target: Target, weights: dict[str, Weight], pack
             "emit": mode,
             "source": str(model.path) if model.path else None,
             "model": {"file": "model.onnx", "bytes": sizes["model_bytes"], "sha256": _file_sha(model_file),
-                      **({"data_file": "model.onnx.data", "data_sha256": _file_sha(data_file)} if data_file.exists() else {})},
+                      **({"data_file": data_file.name, "data_sha256": _file_sha(data_file)} if data_file is not None else {})},
             "weights": {"file": "weights.bin", "bytes": wbytes, "sha256": wsha, "alignment": ALIGN,
                         "header_bytes": HEADER_BYTES, "magic": MAGIC.rstrip(b"\0").decode(), "byte_order": "little",
                         "layout_version": LAYOUT_VERSION},
