@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +138,7 @@ def _hook_file(tmp_path, body: str) -> str:
 BAD_HOOKS = {
     "name": ("def hook(ctx):\n    return {'no_such_tensor': np.zeros(3, np.float32)}\n", "no_such_tensor"),
     "shape": ("def hook(ctx):\n    return {'fc1.weight': np.zeros((256, 64), np.float32)}\n", "shape"),
-    "dtype": ("def hook(ctx):\n    return {'fc1.weight': ctx.weights['fc1.weight'].astype(np.float64)}\n", "float64"),
+    "dtype": ("def hook(ctx):\n    return {'fc1.weight': ctx.weights['fc1.weight'].astype(np.int32)}\n", "int32"),
     "raises": ("def hook(ctx):\n    raise RuntimeError('boom')\n", "boom"),
     "raises-multiline": ("def hook(ctx):\n    raise RuntimeError('first line\\nsecond line')\n", "second line"),
 }
@@ -162,6 +163,22 @@ def test_bad_hook_spec_exits_2(tmp_path, spec):
     r = cli("prune", MLP, "-o", tmp_path / "o.onnx", "--hook", spec.format(samples=SAMPLES))
     assert r.exit_code == 2, r.output
     assert "\n" not in r.stderr.strip() and "hook" in r.stderr
+
+
+def test_float64_from_a_hook_is_cast_with_a_note(tmp_path):
+    spec = _hook_file(tmp_path, "def hook(ctx):\n    return {'fc1.weight': ctx.weights['fc1.weight'].astype(np.float64) + 1e-3}\n")
+    ctx, report = prune_model(Model.load(MLP), PruneOptions(sparsity=0.5, hooks=[spec + ":hook"]), progress=False)
+    assert ctx.model.read("fc1.weight").dtype == np.float32
+    notes = [n for r in ctx.results for n in r.notes]
+    assert any("as float64: cast to the model's float32" in n for n in notes), notes
+
+
+def test_module_hook_imports_from_the_current_folder(tmp_path, monkeypatch):
+    (tmp_path / "mytune.py").write_text("def hook(ctx):\n    return None\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    r = cli("prune", MLP, "-o", tmp_path / "o.onnx", "--sparsity", "0.5", "--hook", "mytune:hook", "--quiet")
+    assert r.exit_code == 0, r.output
 
 
 def test_reviving_hook_is_remasked(tmp_path):

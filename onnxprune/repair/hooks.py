@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -58,7 +60,10 @@ def load_hook(spec: str | Callable) -> Callable:
             mod_spec = importlib.util.spec_from_file_location(f"onnxprune_hook_{path.stem}", path)
             module = importlib.util.module_from_spec(mod_spec)
             mod_spec.loader.exec_module(module)
-        else:
+        else:  # like `python -m`: modules in the current folder come first
+            cwd = os.getcwd()
+            if cwd not in sys.path:
+                sys.path.insert(0, cwd)
             module = importlib.import_module(target)
     except OptionError:
         raise
@@ -95,14 +100,14 @@ class HookPass(Pass):
             except Exception as e:
                 raise HookError(f"hook {spec} failed at step {self.step}: {type(e).__name__}: {_one_line(e)}") from e
             for name, values in (updates or {}).items():
-                changed = self._write(model, ctx, by_key, spec, name, values)
+                changed = self._write(model, ctx, by_key, spec, name, values, result.notes)
                 if changed:
                     result.modified = True
                     result.weights.setdefault(name, {"updated_by": []})["updated_by"].append(spec)
         return result
 
     @staticmethod
-    def _write(model, ctx: Context, by_key, spec: str, name: str, values: Any) -> bool:
+    def _write(model, ctx: Context, by_key, spec: str, name: str, values: Any, notes: list[str]) -> bool:
         key = model.key_for(name)
         if key is None:
             raise HookError(f"hook {spec} returned {name!r}, which is no constant tensor of the model")
@@ -111,7 +116,10 @@ class HookPass(Pass):
         if values.shape != current.shape:
             raise HookError(f"hook {spec} returned {name!r} with shape {values.shape}; the model has {current.shape}")
         if values.dtype != current.dtype:
-            raise HookError(f"hook {spec} returned {name!r} as {values.dtype}; the model stores {current.dtype}")
+            if values.dtype.kind != "f" or current.dtype.kind != "f":
+                raise HookError(f"hook {spec} returned {name!r} as {values.dtype}; the model stores {current.dtype}")
+            notes.append(f"hook {spec} returned {name!r} as {values.dtype}: cast to the model's {current.dtype}")
+            values = values.astype(current.dtype)  # e.g. float64 from numpy arithmetic
         if key in ctx.masks and key in by_key:
             values = apply_mask(by_key[key], values, ctx.masks.get(key), model)
         values = np.ascontiguousarray(values)  # hooks may hand back views (transposes, slices)
