@@ -115,7 +115,8 @@ def test_sweep_keeps_the_points_measured_before_a_failure(tmp_path, monkeypatch)
 
 # -------------------------------------------------------------------------------------------- outputs
 
-def test_report_dash_is_pure_json_on_stdout(tmp_path, monkeypatch):
+@pytest.mark.parametrize("flag", [["--report", "-"], ["--json"]])
+def test_report_dash_is_pure_json_on_stdout(tmp_path, monkeypatch, flag):
     monkeypatch.chdir(tmp_path)
     pruned = tmp_path / "m.onnx"
     gate = ["--data", EVAL, "--min-cosine", "0.5"]
@@ -124,11 +125,16 @@ def test_report_dash_is_pure_json_on_stdout(tmp_path, monkeypatch):
                          (["sweep", MLP, "--sparsities", "0.3", "--data", EVAL], "onnxprune.sweep"),
                          (["pack", pruned, "--target", "nvidia-2to4", "-o", tmp_path / "art", "--no-gzip"],
                           "onnxprune.pack")]:
-        r = run(*args, "--report", "-")
+        r = run(*args, *flag)
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["schema"] == schema
         assert r.stderr.strip()  # the human output is still there, on stderr
     assert not (tmp_path / "-").exists()
+
+
+def test_json_and_a_report_path_are_exclusive(tmp_path):
+    r = run("check", MLP, MLP, "--data", EVAL, "--json", "--report", tmp_path / "r.json")
+    assert r.exit_code == 2 and "--json" in r.stderr and not (tmp_path / "r.json").exists()
 
 
 def test_missing_output_folder_is_created_and_said(tmp_path):

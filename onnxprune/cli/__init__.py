@@ -15,7 +15,7 @@ import click
 
 from onnxprune import __version__
 from onnxprune.core.atomic import undo_on_error
-from onnxprune.core.errors import OnnxPruneError, Opt, recipe_key
+from onnxprune.core.errors import OnnxPruneError, Opt, OptionError, recipe_key
 
 # what --version prints: the tool and the two libraries whose versions decide its results
 VERSION_MESSAGE = (f"%(prog)s %(version)s (onnx {importlib.metadata.version('onnx')}, "
@@ -45,6 +45,17 @@ def cli_flag(opt: Opt) -> str:
     if opt.value is None or opt.value is True:  # True: an on/off flag
         return flag
     return " ".join(f"{flag} {v}" for v in (opt.value if isinstance(opt.value, list) else [opt.value]))
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the JSON report on stdout (as --report -); tables go to stderr.")
+
+
+def report_target(report_path: str | None, as_json: bool) -> str | None:
+    """Where the JSON report goes: --report PATH, or stdout ('-') with --json."""
+    if as_json and report_path not in (None, "-"):
+        raise OptionError("give --report PATH or --json (the report on stdout), not both")
+    return "-" if as_json else report_path
 
 
 class _Group(click.Group):

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from onnxprune.analyze.weights import find_weights
+from onnxprune.cli import json_option, report_target
 from onnxprune.core.errors import NothingToPackError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
@@ -31,16 +32,18 @@ from onnxprune.pack.targets import EMIT_MODES, load_target
 @click.option("--masks", "masks_in", type=click.Path(dir_okay=False), help="Masks of the pruning run (.npz + .json) for exact pattern checks.")
 @click.option("--shape", "input_shapes", multiple=True, metavar="NAME=D1xD2...",
               help="Input shape for MAC counts where the model's input dims are dynamic, e.g. x=1x3x48x320. Repeatable.")
+@json_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report (schema onnxprune.pack) here ('-': stdout).")
 @click.option("--no-gzip", is_flag=True, help="Skip measuring gzip of the dense model (slow on large models).")
 @click.option("--all-rows", is_flag=True, help="Print every layer (default: the first 60).")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def command(model_path, target_name, output, emit, block, enforce, max_increase, masks_in, input_shapes, report_path,
-            no_gzip, all_rows, quiet):
+            as_json, no_gzip, all_rows, quiet):
     """Pack a pruned MODEL for an accelerator target into OUT_DIR: model.onnx, weights.bin, manifest.json.
 
     Prints, per layer, whether it will run sparse on the target and if not why, the share of weights and
     MACs that run sparse, and the sizes against the information bound. The input file is never written."""
+    report_path = report_target(report_path, as_json)
     target = load_target(target_name, block=block)
     shapes = dict(parse_shape(s) for s in input_shapes)
     model = Model.load(model_path)

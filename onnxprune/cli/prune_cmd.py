@@ -6,6 +6,7 @@ import dataclasses
 
 import click
 
+from onnxprune.cli import json_option, report_target
 from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
 from onnxprune.core.atomic import atomic_write_text
 from onnxprune.core.report import make_parent
@@ -58,6 +59,7 @@ def prune_options(exclude: tuple[str, ...] = ()):
 @run_options
 @click.option("--masks-in", type=click.Path(dir_okay=False), help="Start from these masks (.npz + .json manifest).")
 @click.option("--masks-out", type=click.Path(dir_okay=False), help="Write the final masks (.npz + .json manifest).")
+@json_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here ('-': stdout).")
 @click.option("--external-data", is_flag=True, help="Store weights in OUT.<hash>.data beside the model, named by its content (automatic above 2 GiB).")
 @click.option("--quiet", is_flag=True, help="No table, no progress bar.")
@@ -66,9 +68,10 @@ def prune_options(exclude: tuple[str, ...] = ()):
 @click.option("--block", metavar="RxC", help="With a block target: the block shape.")
 @click.option("--target-out", type=click.Path(file_okay=False), help="With --target: the artifact folder (default: OUT without .onnx + .TARGET).")
 @click.option("--dump-recipe", type=click.Path(dir_okay=False), help="Write the recipe equivalent to these flags (then run it).")
-def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report_path, external_data, quiet,
+def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report_path, as_json, external_data, quiet,
             target_name, emit, block, target_out, dump_recipe, **rest):
     """Prune MODEL's weights and write the result to OUT (the input file is never written)."""
+    report_path = report_target(report_path, as_json)
     if rest["pattern"] is None:
         rest["pattern"] = str(load_target(target_name, block=block).pattern) if target_name else "unstructured"
     opts = PruneOptions.from_flags(rest)

@@ -8,7 +8,7 @@ import click
 
 from onnxprune.check.data import dataset_from_options
 from onnxprune.check.parity import refuse_guessed_shapes, thresholds_from_options
-from onnxprune.cli import cli_flag
+from onnxprune.cli import cli_flag, json_option, report_target
 from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
 from onnxprune.cli.prune_cmd import prune_options
 from onnxprune.core.atomic import check_writable, keep_on_error
@@ -49,13 +49,15 @@ def _refuse_nm(pattern: str) -> None:
 @data_options
 @threshold_options
 @run_options
+@json_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON curve here ('-': stdout).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the curve (needs matplotlib).")
-def command(model_path, sparsities, bisect, report_path, plot_path, **rest):
+def command(model_path, sparsities, bisect, report_path, as_json, plot_path, **rest):
     """Prune at each sparsity level and report the parity metric curve (not for N:M, which has one sparsity).
 
     Every level and the plot dependency are checked before the first run; if a level fails while
     running, the report keeps the points measured so far."""
+    report_path = report_target(report_path, as_json)
     pattern = rest["pattern"] = rest["pattern"] or "unstructured"
     _refuse_nm(pattern)
     opts = PruneOptions.from_flags(rest)
