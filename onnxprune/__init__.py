@@ -9,7 +9,7 @@ The public Python API (the CLI is a thin layer over the same objects)::
     model.save("out.onnx")
     parity = op.compare("model.onnx", model, op.Dataset.from_source("eval.npz", model.proto))
     ctx, packed = op.pack_model(model, "nvidia-2to4", "out/artifact", ctx=ctx)
-    result = op.run_recipe(op.load_recipe("passes/nvidia-2to4.toml", ["input.model=\\"m.onnx\\""]))
+    result = op.run_recipe(op.load_recipe("passes/nvidia-2to4.toml", ["input.model=\\"m.onnx\\"", "data.calibration=\\"calib.npz\\""]))
 
 Names load lazily, so `import onnxprune` stays fast for the CLI.
 """

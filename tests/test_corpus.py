@@ -699,6 +699,12 @@ def _(tmp):
 
 
 # graph inputs with odd dims: every command works or refuses in one line
+@case("graph output declared without a shape (legal: onnxruntime runs it)")
+def _(tmp):
+    m = _small(lambda m: m.graph.output[0].type.tensor_type.ClearField("shape"))
+    return legal(_save(m, tmp / "in" / "m.onnx"), tmp, sweep=LEGAL)
+
+
 @case("graph input dim -1")
 def _(tmp):
     m = _small(lambda m: setattr(m.graph.input[0].type.tensor_type.shape.dim[0], "dim_value", -1))

@@ -172,3 +172,15 @@ def test_paddle_recogniser_gate_runs_at_real_size(tmp_path):
     assert r.exit_code == 2 and "--shape x=1x3xHxW" in r.output and not out.exists(), r.output
     r = cli("prune", rec, "-o", out, "--pattern", "2:4", "--check", "--samples", "4", "--shape", "x=1x3x48x320")
     assert r.exit_code == 1 and "x=1x3x48x320 (given)" in r.output and "FAIL" in r.output, r.output
+
+
+def test_python_api_names_its_own_fix_for_guessed_shapes():
+    from onnxprune.check.parity import compare
+    from onnxprune.core.errors import DataError
+
+    m = image_net()
+    with pytest.raises(DataError) as e:
+        compare(m, m, Dataset.synthetic(m, 2))
+    assert "shapes={'x': (1, 3, H, W)}" in str(e.value) and "allow_guessed_shapes=True" in str(e.value)
+    report = compare(m, m, Dataset.synthetic(m, 2, shapes={"x": (1, 3, 32, 32)}))  # as the message says
+    assert report.passed and report.inputs["shapes_guessed"] is False

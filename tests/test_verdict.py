@@ -230,3 +230,8 @@ def test_sweep_keeps_a_relative_report_path_after_a_failure(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     r = run("sweep", MLP, "--sparsities", "0.3", "--data", EVAL, "--report", "s.json")
     assert r.exit_code == 2 and json.loads((tmp_path / "s.json").read_text())["error"] == "broken"
+
+
+def test_an_unknown_repair_fails_when_the_options_are_made():
+    with pytest.raises(OptionError, match="repair 'bogus': use one of none, lstsq"):
+        PruneOptions(repair="bogus")

@@ -27,10 +27,21 @@ class Opt:
         return self.key.rpartition(".")[2]
 
 
+def _shapes_value(value: list[str]) -> str:
+    """["x=1x3xHxW"] as the Python `shapes` mapping: {'x': (1, 3, H, W)}."""
+    items = []
+    for text in value:
+        name, _, dims = text.partition("=")
+        items.append(f"{name!r}: ({', '.join(dims.split('x'))}{',' if dims.count('x') == 0 else ''})")
+    return "{" + ", ".join(items) + "}"
+
+
 def python_name(opt: Opt) -> str:
-    """An option as a Python keyword argument: `sparsity`, `nm_remainder='pad'`."""
+    """An option as a Python keyword argument: `sparsity`, `nm_remainder='pad'`, `shapes={'x': (1, 3, H, W)}`."""
     name = _PYTHON_NAMES.get(opt.key, opt.name)
-    return name if opt.value is None else f"{name}={opt.value!r}"
+    if opt.value is None:
+        return name
+    return f"{name}={_shapes_value(opt.value) if opt.key == 'data.shapes' else repr(opt.value)}"
 
 
 def recipe_key(opt: Opt) -> str:

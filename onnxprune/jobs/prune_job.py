@@ -99,6 +99,8 @@ class PruneOptions:
             raise OptionError(f"scope {self.scope!r}: use layer or global")
         if self.nm_remainder not in ("skip", "pad"):
             raise OptionError(f"nm remainder {self.nm_remainder!r}: use skip or pad")
+        if self.repair not in REPAIR_METHODS:
+            raise OptionError(Opt("prune.repair"), f" {self.repair!r}: use one of {', '.join(REPAIR_METHODS)}")
         if self.pattern == "channel":
             self._validate_channel()
             return

@@ -1,6 +1,6 @@
-"""Recipes: a whole job as data (TOML), schema-validated, and the one function that runs a job.
+"""Recipes: a whole job as data (TOML), schema-validated.
 
-The `prune` flags and a recipe file both become a `Recipe`; `run_job` runs it. So flags and
+The `prune` flags and a recipe file both become a `Recipe`; `jobs.run.run_recipe` runs it. So flags and
 recipes cannot drift: `prune ... --dump-recipe F` followed by `run F` gives the same bytes.
 
 Sections and keys (relative paths are taken from the current directory, like CLI flags):

@@ -118,11 +118,6 @@ class CalibrationState:
             if w.key not in self.dense:
                 self.dense[w.key] = np.array(ctx.model.read(w.key))
 
-    def dense_of(self, weight: Weight) -> np.ndarray:
-        if weight.key in self.dense:
-            return self.dense[weight.key]
-        return np.array(self.ctx.model.read(weight.key))
-
     def upstream(self) -> dict[str, frozenset[str]]:
         if self._upstream is None:
             self._upstream = upstream_weights(self.ctx.model, self.ctx.analysis.weights)

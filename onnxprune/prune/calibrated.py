@@ -1,6 +1,6 @@
 """Calibration-aware pruning: Wanda scores and SparseGPT (OBS pruning with weight updates).
 
-- `wanda`: score |W_ij| * ||X_j||_2 (X: the op's input on calibration data, see repair/capture.py),
+- `wanda`: score |W_ij| * ||X_j||_2 (X: the op's input on calibration data, see analyze/activations.py),
   compared within each output row for unstructured sparsity (every row reaches the sparsity, as
   in Sun et al. 2023); for N:M the comparison is per group, for blocks per block mean.
 - `sparsegpt`: Frantar & Alistarh 2023. Per weight (and per row group), from H = X^T X:
