@@ -8,7 +8,7 @@ import onnx
 
 from onnxprune.core.graph import attrs
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import Axes, Bias, Capture, OpSpec, ShapeOf, he_normal, known, prod
+from onnxprune.ops.spec import Axes, Bias, Capture, ConstantAt, OpSpec, Refit, ShapeOf, he_normal, known, prod
 
 
 class _ConvFamily(OpSpec):
@@ -63,6 +63,35 @@ class ConvSpec(_ConvFamily):
         if len(node.input) < 3 or not node.input[2]:
             return "Conv without bias"
         return Bias(node.input[2], shapes=((rows,),))
+
+    def refit_axes(self, node: onnx.NodeProto) -> tuple[int, int] | None:
+        return (1, 0) if attrs(node).get("group", 1) == 1 else None
+
+    def refit(self, node: onnx.NodeProto, n: int, w: np.ndarray, kept_out: np.ndarray | None,
+              graph: onnx.GraphProto, constant: ConstantAt) -> Refit:
+        """Columns: im2col patches; the bias B (a zero one added where the Conv has none; a computed or
+        shared B stays as it is, fixed in the fit)."""
+        if kept_out is not None:
+            w = w[kept_out]
+        wm = w.transpose(*range(2, w.ndim), 1, 0).reshape(-1, w.shape[0])  # (k*C, O)
+        b = None
+        if len(node.input) > 2 and node.input[2]:
+            b = constant(n, 2)
+            b = b[kept_out] if b is not None and kept_out is not None else b
+        else:
+            b = np.zeros(wm.shape[1])
+        return Refit(wm, prod(w.shape[2:]), b, tuple(w.shape[2:]))
+
+    def refit_columns(self, node: onnx.NodeProto, refit: Refit, x: np.ndarray, im2col) -> np.ndarray:
+        at, nd = attrs(node), len(refit.layout)
+        return im2col(x, refit.layout, tuple(at.get("strides", [1] * nd)), tuple(at.get("dilations", [1] * nd)),
+                      tuple(at.get("pads", [0] * 2 * nd)), at.get("auto_pad", "NOTSET"))
+
+    def refit_write(self, node: onnx.NodeProto, n: int, refit: Refit, w: np.ndarray, b: np.ndarray | None,
+                    current: ConstantAt) -> list[tuple[int, int, np.ndarray]]:
+        k = refit.layout
+        out = [(n, 1, w.reshape(*k, w.shape[0] // refit.k, w.shape[1]).transpose(len(k) + 1, len(k), *range(len(k))))]
+        return out + ([(n, 2, b)] if b is not None else [])
 
 
 class ConvTransposeSpec(_ConvFamily):

@@ -7,7 +7,7 @@ import onnx
 
 from onnxprune.core.graph import attrs
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import Axes, Bias, Capture, OpSpec, ShapeOf, he_normal, known, prod
+from onnxprune.ops.spec import Axes, Bias, Capture, ConstantAt, OpSpec, Refit, ShapeOf, he_normal, known, prod
 
 
 def _k(a, b, a_axis: int, b_axis: int) -> int | None:
@@ -62,6 +62,31 @@ class MatMulSpec(OpSpec):
             return "Add of the MatMul output with itself"
         return Bias(other[0])  # (N,) or (1, ..., 1, N)
 
+    def refit_axes(self, node: onnx.NodeProto) -> tuple[int, int]:
+        return 0, 1
+
+    def refit(self, node: onnx.NodeProto, n: int, w: np.ndarray, kept_out: np.ndarray | None,
+              graph: onnx.GraphProto, constant: ConstantAt) -> Refit | str:
+        """A 2-D B; the bias: the constant of an Add that is the output's only reader."""
+        if w.ndim != 2:
+            return "batched MatMul weight"
+        wm = w[:, kept_out] if kept_out is not None else w
+        users = [(m, j) for m, nd in enumerate(graph.node) for j, x in enumerate(nd.input) if x == node.output[0]]
+        if len(users) == 1 and graph.node[users[0][0]].op_type == "Add":
+            m, j = users[0]
+            c = constant(m, 1 - j)
+            if c is not None and c.size == w.shape[1] and c.shape[-1] == w.shape[1]:
+                b = c.reshape(-1)[kept_out] if kept_out is not None else c.reshape(-1)
+                return Refit(wm, 1, b, (m, 1 - j, c.shape[:-1]))
+        return Refit(wm)
+
+    def refit_write(self, node: onnx.NodeProto, n: int, refit: Refit, w: np.ndarray, b: np.ndarray | None,
+                    current: ConstantAt) -> list[tuple[int, int, np.ndarray]]:
+        if b is None:
+            return [(n, 1, w)]
+        m, j, lead = refit.layout
+        return [(n, 1, w), (m, j, b.reshape(*lead, -1))]
+
 
 class GemmSpec(OpSpec):
     op_types = ("Gemm",)
@@ -113,6 +138,38 @@ class GemmSpec(OpSpec):
             return "Gemm with beta 0"
         shapes = ((rows,), (1, rows)) if role == "B" else ((rows, 1),)
         return Bias(node.input[2], float(at.get("alpha", 1.0)) / beta, shapes)
+
+    def refit_axes(self, node: onnx.NodeProto) -> tuple[int, int]:
+        return (1, 0) if attrs(node).get("transB", 0) else (0, 1)
+
+    def refit(self, node: onnx.NodeProto, n: int, w: np.ndarray, kept_out: np.ndarray | None,
+              graph: onnx.GraphProto, constant: ConstantAt) -> Refit:
+        """alpha * B as (K, N); the bias beta * C (a zero C added where there is none)."""
+        at = attrs(node)
+        wm = w.T if at.get("transB", 0) else w  # (K, N)
+        if kept_out is not None:
+            wm = wm[:, kept_out]
+        alpha, beta = float(at.get("alpha", 1.0)), float(at.get("beta", 1.0))
+        wm = wm * alpha
+        b = None
+        c = constant(n, 2) if len(node.input) > 2 and node.input[2] else None
+        if c is not None:
+            if c.size == w.shape[0 if at.get("transB", 0) else 1] and beta != 0:
+                c = c.reshape(-1)
+                b = (c[kept_out] if kept_out is not None else c) * beta
+        elif not (len(node.input) > 2 and node.input[2]):
+            b = np.zeros(wm.shape[1])
+        return Refit(wm, 1, b, (alpha, beta))
+
+    def refit_columns(self, node: onnx.NodeProto, refit: Refit, x: np.ndarray, im2col) -> np.ndarray:
+        return x.T if attrs(node).get("transA", 0) else x
+
+    def refit_write(self, node: onnx.NodeProto, n: int, refit: Refit, w: np.ndarray, b: np.ndarray | None,
+                    current: ConstantAt) -> list[tuple[int, int, np.ndarray]]:
+        alpha, beta = refit.layout
+        wm = w / alpha
+        out = [(n, 1, wm.T if attrs(node).get("transB", 0) else wm)]
+        return out + ([(n, 2, b / (beta or 1.0))] if b is not None else [])
 
 
 MATMUL = register(MatMulSpec())

@@ -7,7 +7,7 @@ import onnx
 
 from onnxprune.core.graph import attrs
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import Axes, Bias, Capture, OpSpec, ShapeOf, prod
+from onnxprune.ops.spec import Axes, Bias, Capture, ConstantAt, OpSpec, Refit, ShapeOf, prod
 
 
 class RecurrentSpec(OpSpec):
@@ -15,6 +15,8 @@ class RecurrentSpec(OpSpec):
     weight_inputs = {1: "W", 2: "R"}
     min_rank = 3
     macs_unknown = "sequence length or batch not static"
+    refit_quantized = "recurrent"
+    refit_note = "LSTM/GRU/RNN: input weights W refit; recurrent weights R kept as sliced"
 
     def view_axes(self, role: str, rank: int, attrs: dict) -> Axes:
         return (0, 1), (2,)  # rows: direction x gate unit
@@ -62,6 +64,33 @@ class RecurrentSpec(OpSpec):
         off = 0 if role == "W" else gh
         index = (np.arange(d)[:, None] * 2 * gh + off + np.arange(gh)[None, :]).reshape(-1)
         return Bias(node.input[3], shapes=((d, 2 * gh),), index=index)
+
+    def refit_axes(self, node: onnx.NodeProto) -> tuple[int, int]:
+        return 2, 1
+
+    def refit(self, node: onnx.NodeProto, n: int, w: np.ndarray, kept_out: np.ndarray | None,
+              graph: onnx.GraphProto, constant: ConstantAt) -> Refit:
+        """The input weights W (D, G*H, I) as (I, D*G*H); the bias: the W half of B."""
+        if kept_out is not None:
+            w = w[:, kept_out]
+        d, gh, i = w.shape
+        wm = w.transpose(2, 0, 1).reshape(i, d * gh)
+        bb = constant(n, 3) if len(node.input) > 3 and node.input[3] else None
+        b = None
+        if bb is not None:
+            wb = bb[:, :bb.shape[1] // 2]
+            b = (wb[:, kept_out] if kept_out is not None else wb).reshape(-1)
+        return Refit(wm, 1, b, (d, gh))
+
+    def refit_write(self, node: onnx.NodeProto, n: int, refit: Refit, w: np.ndarray, b: np.ndarray | None,
+                    current: ConstantAt) -> list[tuple[int, int, np.ndarray]]:
+        d, gh = refit.layout
+        out = [(n, 1, w.reshape(w.shape[0], d, gh).transpose(1, 2, 0))]
+        if b is None:
+            return out
+        bb = current(n, 3)
+        bb[:, :gh] = b.reshape(d, gh)
+        return out + [(n, 3, bb)]
 
 
 RECURRENT = register(RecurrentSpec())
