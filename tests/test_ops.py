@@ -1,6 +1,7 @@
 """The op registry: every registered spec agrees with the ONNX schema of its op, views each weight as a
 matrix whose axes partition the weight's, counts the MACs of a tiny node as an independent count does,
-and a spec registered for a custom-domain op makes that op's weight prunable end to end."""
+a spec registered for a custom-domain op makes that op's weight prunable end to end, and each refit
+spec's matrix form reproduces its op and writes back unchanged."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from onnxprune.analyze.weights import find_weights
 from onnxprune.core.model import Model
 from onnxprune.jobs.prune_job import PruneOptions, prune_model
 from onnxprune.ops import all_specs, register, registry, spec_for
 from onnxprune.ops.matmul import MatMulSpec
+from onnxprune.repair.structured_repair import _im2col
 
 OPS = [(spec.domain, op) for spec in all_specs() for op in spec.op_types]
 IDS = [f"{d}.{op}" if d else op for d, op in OPS]
@@ -138,3 +141,49 @@ def test_a_custom_domain_op_is_prunable_end_to_end(monkeypatch):
     assert (pruned == 0).mean() == 0.5
     kept = np.abs(w[pruned != 0]).min()
     assert kept >= np.abs(w[pruned == 0]).max()  # magnitude pruning kept the largest half
+
+
+# ------------------------------------------------------------------- the structured refit
+
+REFIT_OPS = [(d, op) for d, op in OPS if spec_for(op, d).refit_axes(helper.make_node(op, ["x", "w"], ["y"])) is not None]
+
+
+def _refit_case(op: str, rng):
+    """(graph nodes, weight of node 0, (node, input, bias) or None, x, expected pre-activation rows
+    (rows, outs))."""
+    if op == "Conv":
+        w, b, x = rng.standard_normal((5, 3, 3, 2)), rng.standard_normal(5), rng.standard_normal((2, 3, 6, 5))
+        node = helper.make_node(op, ["x", "w", "b"], ["y"], strides=[2, 1], pads=[1, 0, 1, 1], dilations=[1, 2])
+        y = ReferenceEvaluator(node).run(None, {"x": x, "w": w, "b": b})[0]
+        return [node], w, (0, 2, b), x, y.transpose(0, 2, 3, 1).reshape(-1, 5)
+    if op == "Gemm":
+        w, c, x = rng.standard_normal((5, 4)), rng.standard_normal(5), rng.standard_normal((4, 3))
+        node = helper.make_node(op, ["x", "w", "c"], ["y"], transA=1, transB=1, alpha=0.5, beta=2.0)
+        return [node], w, (0, 2, c), x, ReferenceEvaluator(node).run(None, {"x": x, "w": w, "c": c})[0]
+    if op == "MatMul":
+        w, c, x = rng.standard_normal((4, 5)), rng.standard_normal((1, 5)), rng.standard_normal((2, 3, 4))
+        nodes = [helper.make_node(op, ["x", "w"], ["y"]), helper.make_node("Add", ["c", "y"], ["z"])]
+        return nodes, w, (1, 0, c), x, (x @ w + c).reshape(-1, 5)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]  # the input projection W x + Wb of each direction
+    w, bb, x = rng.standard_normal((2, gates * 3, 4)), rng.standard_normal((2, 2 * gates * 3)), rng.standard_normal((5, 2, 4))
+    node = helper.make_node(op, ["x", "w", "r", "b"], ["y"], hidden_size=3, direction="bidirectional")
+    expected = np.einsum("sbi,dgi->sbdg", x, w) + bb[:, :gates * 3]
+    return [node], w, (0, 3, bb), x, expected.reshape(10, -1)
+
+
+@pytest.mark.parametrize(("domain", "op"), REFIT_OPS, ids=[f"{d}.{op}" if d else op for d, op in REFIT_OPS])
+def test_refit_matrix_reproduces_the_op_and_writes_back_unchanged(domain, op):
+    spec = spec_for(op, domain)
+    nodes, w, bias, x, expected = _refit_case(op, np.random.default_rng(0))
+    node = nodes[0]
+    consts = {(0, 1): w} | ({bias[:2]: bias[2]} if bias else {})
+    refit = spec.refit(node, 0, w, None, helper.make_graph(nodes, "g", [], []), lambda m, i: consts.get((m, i)))
+    cols = spec.refit_columns(node, refit, x, _im2col)
+    got = cols @ refit.matrix + (refit.bias if refit.bias is not None else 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert cols.shape[1] == refit.matrix.shape[0] and refit.matrix.shape[0] % refit.k == 0
+    written = {(m, i): a for m, i, a in spec.refit_write(node, 0, refit, refit.matrix, refit.bias,
+                                                          lambda m, i: consts[m, i].copy())}
+    assert set(written) == set(consts)
+    for at, a in written.items():
+        np.testing.assert_allclose(a, consts[at], rtol=1e-12)
