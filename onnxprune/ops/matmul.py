@@ -62,6 +62,41 @@ class MatMulSpec(OpSpec):
             return "Add of the MatMul output with itself"
         return Bias(other[0])  # (N,) or (1, ..., 1, N)
 
+    def link_channels(self, b, n: int, node: onnx.NodeProto) -> str | None:
+        """K of A to K of B; M of A and N of B to y's (a root where that operand is a 2-D constant);
+        broadcast batch axes to y's."""
+        ra, rb, ro = b.rank_in(n, 0), b.rank_in(n, 1), b.rank_out(n, 0)
+        if ra is None or rb is None or ro is None:
+            return "shape unknown"
+        a_const, b_const = b.is_const(node.input[0]), b.is_const(node.input[1])
+        if ra == 1 and rb == 1:
+            b.link(n, b.I(n, 0, 0), b.I(n, 1, 0))
+            return None
+        ak = b.I(n, 0, ra - 1)
+        bk = b.I(n, 1, rb - 2) if rb >= 2 else b.I(n, 1, 0)
+        b.link(n, ak, bk)
+        b.role(ak, "in")
+        b.role(bk, "in")
+        if ra >= 2:
+            am, ym = b.I(n, 0, ra - 2), b.O(n, 0, ro - 2 if rb >= 2 else ro - 1)
+            b.link(n, am, ym)
+            b.role(am, "out")
+            b.role(ym, "act", root=a_const and ra == 2)
+        if rb >= 2:
+            bn, yn = b.I(n, 1, rb - 1), b.O(n, 0, ro - 1)
+            b.link(n, bn, yn)
+            b.role(bn, "out")
+            b.role(yn, "act", root=b_const and rb == 2)
+        ys = b.shapes[node.output[0]]
+        nb = ro - (2 if ra >= 2 and rb >= 2 else 1)
+        for i, r in ((0, ra), (1, rb)):
+            s = b.shape_of(node.input[i])
+            for a in range(r - 2):
+                o = a + nb - (r - 2)
+                if o >= 0 and s[a] == ys[o]:
+                    b.link(n, b.I(n, i, a), b.O(n, 0, o))
+        return None
+
     def refit_axes(self, node: onnx.NodeProto) -> tuple[int, int]:
         return 0, 1
 
@@ -138,6 +173,36 @@ class GemmSpec(OpSpec):
             return "Gemm with beta 0"
         shapes = ((rows,), (1, rows)) if role == "B" else ((rows, 1),)
         return Bias(node.input[2], float(at.get("alpha", 1.0)) / beta, shapes)
+
+    def link_channels(self, b, n: int, node: onnx.NodeProto) -> None:
+        """K of A to K of B; M and N to y's (roots where A / B is constant); C's axes to y's."""
+        at = attrs(node)
+        ta, tb = at.get("transA", 0), at.get("transB", 0)
+        a_m, a_k = (1, 0) if ta else (0, 1)
+        b_k, b_n = (1, 0) if tb else (0, 1)
+        a_const, b_const = b.is_const(node.input[0]), b.is_const(node.input[1])
+        ak, bk = b.I(n, 0, a_k), b.I(n, 1, b_k)
+        b.link(n, ak, bk)
+        b.role(bk, "in")
+        b.role(ak, "in")
+        am, bn = b.I(n, 0, a_m), b.I(n, 1, b_n)
+        ym, yn = b.O(n, 0, 0), b.O(n, 0, 1)
+        b.link(n, am, ym)
+        b.link(n, bn, yn)
+        b.role(bn, "out")
+        b.role(yn, "act", root=b_const)
+        b.role(am, "out")
+        b.role(ym, "act", root=a_const)
+        rc = b.rank_in(n, 2)
+        if rc:
+            cs = b.shape_of(node.input[2])
+            ys = b.shapes[node.output[0]]
+            for a in range(rc):
+                if cs[a] == ys[a + 2 - rc]:
+                    d = b.I(n, 2, a)
+                    b.link(n, d, b.O(n, 0, a + 2 - rc))
+                    b.role(d, "param")
+        return None
 
     def refit_axes(self, node: onnx.NodeProto) -> tuple[int, int]:
         return (1, 0) if attrs(node).get("transB", 0) else (0, 1)

@@ -120,6 +120,12 @@ class OpSpec:
         `rows` output units), or why there is none."""
         return f"{node.op_type} role {role} has no bias"
 
+    def link_channels(self, b, n: int, node: onnx.NodeProto) -> str | None:
+        """Channel linking for structured pruning: link the dims of node `n`'s inputs and outputs through
+        `b` (onnxprune.analyze.groups' builder: I, O, link, role, slot, hidden, fixup, shape_of, ...);
+        returns why the axes it leaves unlinked cannot follow a change (None: no reason)."""
+        return "op not supported by structured pruning"
+
     # the structured least-squares refit of a layer whose input lost channels (onnxprune.repair)
 
     def refit_axes(self, node: onnx.NodeProto) -> tuple[int, int] | None:
