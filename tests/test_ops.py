@@ -1,7 +1,8 @@
 """The op registry: every registered spec agrees with the ONNX schema of its op, views each weight as a
 matrix whose axes partition the weight's, counts the MACs of a tiny node as an independent count does,
 a spec registered for a custom-domain op makes that op's weight prunable end to end, and each refit
-spec's matrix form reproduces its op and writes back unchanged."""
+spec's matrix form reproduces its op and writes back unchanged, and each linking spec groups a layer's
+output channels with its consumer's input columns."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from onnxprune.analyze.groups import analyze_groups
 from onnxprune.analyze.weights import find_weights
 from onnxprune.core.model import Model
 from onnxprune.jobs.prune_job import PruneOptions, prune_model
-from onnxprune.ops import all_specs, register, registry, spec_for
+from onnxprune.ops import OpSpec, all_specs, register, registry, spec_for
 from onnxprune.ops.matmul import MatMulSpec
 from onnxprune.repair.structured_repair import _im2col
 
@@ -187,3 +189,43 @@ def test_refit_matrix_reproduces_the_op_and_writes_back_unchanged(domain, op):
     assert set(written) == set(consts)
     for at, a in written.items():
         np.testing.assert_allclose(a, consts[at], rtol=1e-12)
+
+
+# ------------------------------------------------------------------- channel linking
+
+LINK_OPS = [(d, op) for d, op in OPS if type(spec_for(op, d)).link_channels is not OpSpec.link_channels]
+
+
+def _two_layers(op: str, rng):
+    """A tiny model where a layer of `op` with 6 output channels feeds a consumer; (proto, feed, the
+    dims that must share one prunable 6-channel group)."""
+    names = iter(range(9))
+    f = lambda *s: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), f"w{next(names)}")  # noqa: E731
+    if op in ("Conv", "ConvTranspose"):
+        w1, w2 = (f(6, 3, 3, 3), f(4, 6, 3, 3)) if op == "Conv" else (f(3, 6, 3, 3), f(6, 4, 3, 3))
+        nodes = [helper.make_node(op, ["x", w1.name], ["h"]), helper.make_node(op, ["h", w2.name], ["y"])]
+        x, inits = (1, 3, 8, 8), [w1, w2]
+        o, i = (0, 1) if op == "Conv" else (1, 0)
+        dims = [("c", 0, 1, o), ("c", 1, 1, i)]
+    elif op in ("Gemm", "MatMul"):
+        w1, w2 = f(5, 6), f(6, 4)
+        nodes = [helper.make_node(op, ["x", w1.name], ["h"]), helper.make_node(op, ["h", w2.name], ["y"])]
+        x, inits, dims = (2, 5), [w1, w2], [("c", 0, 1, 1), ("c", 1, 1, 0)]
+    else:
+        gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+        w, r, w2 = f(1, gates * 6, 3), f(1, gates * 6, 6), f(6, 4)
+        axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+        nodes = [helper.make_node(op, ["x", w.name, r.name], ["h"], hidden_size=6),
+                 helper.make_node("Squeeze", ["h", "axes"], ["hs"]), helper.make_node("MatMul", ["hs", w2.name], ["y"])]
+        x, inits, dims = (5, 2, 3), [w, r, w2, axes], [("h", 0), ("c", 2, 1, 0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return proto, {"x": rng.standard_normal(x).astype(np.float32)}, dims
+
+
+@pytest.mark.parametrize(("domain", "op"), LINK_OPS, ids=[f"{d}.{op}" if d else op for d, op in LINK_OPS])
+def test_link_channels_groups_a_layer_with_its_consumer(domain, op):
+    proto, feed, dims = _two_layers(op, np.random.default_rng(0))
+    groups = [g for g in analyze_groups(proto, feed).prunable if g.channels == 6]
+    assert any(set(dims) <= {m.dim for m in g.members} for g in groups), [[m.dim for m in g.members] for g in groups]
