@@ -1,6 +1,8 @@
 """The op registry: every registered spec agrees with the ONNX schema of its op, views each weight as a
 matrix whose axes partition the weight's, counts the MACs of a tiny node as an independent count does,
-and a spec registered for a custom-domain op makes that op's weight prunable end to end."""
+a spec registered for a custom-domain op makes that op's weight prunable end to end, and each refit
+spec's matrix form reproduces its op and writes back unchanged, and each linking spec groups a layer's
+output channels with its consumer's input columns."""
 
 from __future__ import annotations
 
@@ -10,12 +12,15 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
+from onnxprune.analyze.groups import analyze_groups
 from onnxprune.analyze.weights import find_weights
 from onnxprune.core.model import Model
 from onnxprune.jobs.prune_job import PruneOptions, prune_model
-from onnxprune.ops import all_specs, register, registry, spec_for
+from onnxprune.ops import OpSpec, all_specs, register, registry, spec_for
 from onnxprune.ops.matmul import MatMulSpec
+from onnxprune.repair.structured_repair import _im2col
 
 OPS = [(spec.domain, op) for spec in all_specs() for op in spec.op_types]
 IDS = [f"{d}.{op}" if d else op for d, op in OPS]
@@ -138,3 +143,89 @@ def test_a_custom_domain_op_is_prunable_end_to_end(monkeypatch):
     assert (pruned == 0).mean() == 0.5
     kept = np.abs(w[pruned != 0]).min()
     assert kept >= np.abs(w[pruned == 0]).max()  # magnitude pruning kept the largest half
+
+
+# ------------------------------------------------------------------- the structured refit
+
+REFIT_OPS = [(d, op) for d, op in OPS if spec_for(op, d).refit_axes(helper.make_node(op, ["x", "w"], ["y"])) is not None]
+
+
+def _refit_case(op: str, rng):
+    """(graph nodes, weight of node 0, (node, input, bias) or None, x, expected pre-activation rows
+    (rows, outs))."""
+    if op == "Conv":
+        w, b, x = rng.standard_normal((5, 3, 3, 2)), rng.standard_normal(5), rng.standard_normal((2, 3, 6, 5))
+        node = helper.make_node(op, ["x", "w", "b"], ["y"], strides=[2, 1], pads=[1, 0, 1, 1], dilations=[1, 2])
+        y = ReferenceEvaluator(node).run(None, {"x": x, "w": w, "b": b})[0]
+        return [node], w, (0, 2, b), x, y.transpose(0, 2, 3, 1).reshape(-1, 5)
+    if op == "Gemm":
+        w, c, x = rng.standard_normal((5, 4)), rng.standard_normal(5), rng.standard_normal((4, 3))
+        node = helper.make_node(op, ["x", "w", "c"], ["y"], transA=1, transB=1, alpha=0.5, beta=2.0)
+        return [node], w, (0, 2, c), x, ReferenceEvaluator(node).run(None, {"x": x, "w": w, "c": c})[0]
+    if op == "MatMul":
+        w, c, x = rng.standard_normal((4, 5)), rng.standard_normal((1, 5)), rng.standard_normal((2, 3, 4))
+        nodes = [helper.make_node(op, ["x", "w"], ["y"]), helper.make_node("Add", ["c", "y"], ["z"])]
+        return nodes, w, (1, 0, c), x, (x @ w + c).reshape(-1, 5)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]  # the input projection W x + Wb of each direction
+    w, bb, x = rng.standard_normal((2, gates * 3, 4)), rng.standard_normal((2, 2 * gates * 3)), rng.standard_normal((5, 2, 4))
+    node = helper.make_node(op, ["x", "w", "r", "b"], ["y"], hidden_size=3, direction="bidirectional")
+    expected = np.einsum("sbi,dgi->sbdg", x, w) + bb[:, :gates * 3]
+    return [node], w, (0, 3, bb), x, expected.reshape(10, -1)
+
+
+@pytest.mark.parametrize(("domain", "op"), REFIT_OPS, ids=[f"{d}.{op}" if d else op for d, op in REFIT_OPS])
+def test_refit_matrix_reproduces_the_op_and_writes_back_unchanged(domain, op):
+    spec = spec_for(op, domain)
+    nodes, w, bias, x, expected = _refit_case(op, np.random.default_rng(0))
+    node = nodes[0]
+    consts = {(0, 1): w} | ({bias[:2]: bias[2]} if bias else {})
+    refit = spec.refit(node, 0, w, None, helper.make_graph(nodes, "g", [], []), lambda m, i: consts.get((m, i)))
+    cols = spec.refit_columns(node, refit, x, _im2col)
+    got = cols @ refit.matrix + (refit.bias if refit.bias is not None else 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert cols.shape[1] == refit.matrix.shape[0] and refit.matrix.shape[0] % refit.k == 0
+    written = {(m, i): a for m, i, a in spec.refit_write(node, 0, refit, refit.matrix, refit.bias,
+                                                          lambda m, i: consts[m, i].copy())}
+    assert set(written) == set(consts)
+    for at, a in written.items():
+        np.testing.assert_allclose(a, consts[at], rtol=1e-12)
+
+
+# ------------------------------------------------------------------- channel linking
+
+LINK_OPS = [(d, op) for d, op in OPS if type(spec_for(op, d)).link_channels is not OpSpec.link_channels]
+
+
+def _two_layers(op: str, rng):
+    """A tiny model where a layer of `op` with 6 output channels feeds a consumer; (proto, feed, the
+    dims that must share one prunable 6-channel group)."""
+    names = iter(range(9))
+    f = lambda *s: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), f"w{next(names)}")  # noqa: E731
+    if op in ("Conv", "ConvTranspose"):
+        w1, w2 = (f(6, 3, 3, 3), f(4, 6, 3, 3)) if op == "Conv" else (f(3, 6, 3, 3), f(6, 4, 3, 3))
+        nodes = [helper.make_node(op, ["x", w1.name], ["h"]), helper.make_node(op, ["h", w2.name], ["y"])]
+        x, inits = (1, 3, 8, 8), [w1, w2]
+        o, i = (0, 1) if op == "Conv" else (1, 0)
+        dims = [("c", 0, 1, o), ("c", 1, 1, i)]
+    elif op in ("Gemm", "MatMul"):
+        w1, w2 = f(5, 6), f(6, 4)
+        nodes = [helper.make_node(op, ["x", w1.name], ["h"]), helper.make_node(op, ["h", w2.name], ["y"])]
+        x, inits, dims = (2, 5), [w1, w2], [("c", 0, 1, 1), ("c", 1, 1, 0)]
+    else:
+        gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+        w, r, w2 = f(1, gates * 6, 3), f(1, gates * 6, 6), f(6, 4)
+        axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
+        nodes = [helper.make_node(op, ["x", w.name, r.name], ["h"], hidden_size=6),
+                 helper.make_node("Squeeze", ["h", "axes"], ["hs"]), helper.make_node("MatMul", ["hs", w2.name], ["y"])]
+        x, inits, dims = (5, 2, 3), [w, r, w2, axes], [("h", 0), ("c", 2, 1, 0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return proto, {"x": rng.standard_normal(x).astype(np.float32)}, dims
+
+
+@pytest.mark.parametrize(("domain", "op"), LINK_OPS, ids=[f"{d}.{op}" if d else op for d, op in LINK_OPS])
+def test_link_channels_groups_a_layer_with_its_consumer(domain, op):
+    proto, feed, dims = _two_layers(op, np.random.default_rng(0))
+    groups = [g for g in analyze_groups(proto, feed).prunable if g.channels == 6]
+    assert any(set(dims) <= {m.dim for m in g.members} for g in groups), [[m.dim for m in g.members] for g in groups]

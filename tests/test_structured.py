@@ -716,10 +716,7 @@ def test_requantized_refit_holds_values_outside_the_old_range(dtype, per_axis, z
                               [vi("x", [1, 6])], [vi("y", [1, 4])], inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
-    class C:
-        n, meta = 1, {"dq": 0}
-
-    _set_weight(proto, C, w)
+    _set_weight(proto, 1, 0, w)
     consts = constant_values(proto.graph)
     got = dequantized(proto.graph.node[0], lambda name: constant_array(consts[name]))
     step = np.asarray(constant_array(consts[proto.graph.node[0].input[1]]), np.float64).reshape(-1, 1) if per_axis else \

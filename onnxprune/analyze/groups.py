@@ -90,8 +90,6 @@ POOL = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool"
 SINK_REDUCE = {"ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceMax", "ReduceMin", "ReduceLogSumExp",
                "ReduceMean"}
 REDUCE = SINK_REDUCE | {"ReduceProd", "ReduceLogSum"}
-RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
 QUANTIZED_LAYER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QGemm", "DynamicQuantizeLSTM",
                        "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"}
 
@@ -455,7 +453,11 @@ class _Builder:
 
     def build(self) -> None:
         for n, node in enumerate(self.g.node):
-            rule = getattr(self, f"op_{node.op_type}", None) if node.domain in ("", "ai.onnx") else None
+            spec = spec_for(node.op_type, node.domain)
+            if spec is not None:
+                rule = lambda n, node, spec=spec: spec.link_channels(self, n, node)  # noqa: E731
+            else:
+                rule = getattr(self, f"op_{node.op_type}", None) if node.domain in ("", "ai.onnx") else None
             if rule is None and node.op_type in ELEMENTWISE and node.domain in ("", "ai.onnx"):
                 rule = self.elementwise
             if rule is None and node.op_type in POOL:
@@ -976,188 +978,34 @@ class _Builder:
         return "positions along the gathered axis are data"
 
     # -- layers ------------------------------------------------------------------------------
-    def _is_const(self, name: str) -> bool:
+    # (conv, matmul and recurrent layers link their channels in their op specs: OpSpec.link_channels)
+    def is_const(self, name: str) -> bool:
+        """`name` is a constant or computed from constants only (not from shapes)."""
         return bool(name) and name in self.const_derived and name not in self.shape_derived
 
-    def op_Conv(self, n, node):
-        return self._conv(n, node, w_in=1, w_out=0)  # weight O x C/g x k...
+    def slot(self, n: int, side: str, size: int) -> Dim:
+        """The per-group channel slots of grouped conv node n on `side` ("in" | "out")."""
+        slot: Dim = ("s", n, side)
+        name = self.g.node[n].name or f"{self.g.node[n].op_type}#{n}"
+        self.sizes[slot] = size
+        self.meta[slot] = ("slot", name, 0, name, self.g.node[n].op_type)
+        self.roles[slot] = "slot"
+        return slot
 
-    def op_ConvTranspose(self, n, node):
-        return self._conv(n, node, w_in=0, w_out=1)  # weight C x O/g x k...
-
-    def _conv(self, n, node, w_in: int, w_out: int) -> None:
-        ws, xs = self.shape_of(node.input[1]), self.shape_of(node.input[0])
-        g = int(attrs(node).get("group", 1))
-        const = self._is_const(node.input[1])
-        self.link(n, self.I(n, 0, 0), self.O(n, 0, 0))
-        y = self.O(n, 0, 1)
-        if g == 1:
-            self._dense_conv(n, y, const, w_in, w_out)
-        elif g == xs[1] and (w_in == 1 or ws[1] == 1):  # depthwise (ConvTranspose: multiplier 1)
-            m = ws[0] // g if w_in == 1 else ws[1]  # channel multiplier O / C
-            self.link(n, self.I(n, 0, 1), y, np.arange(g)[:, None] * m + np.arange(m)[None, :])
-            dw = self.I(n, 1, 0)
-            self.link(n, dw, y)
-            self.role(dw, "out")
-            self.fixups.append(Fixup("conv_group", n, [self.I(n, 0, 1)], {"group": g}))
-        else:
-            self._grouped_conv(n, y, const, g, w_in, w_out)
-        self._conv_bias(n, y)
-        return None
-
-    def _grouped_conv(self, n, y, const: bool, g: int, w_in: int, w_out: int) -> None:
-        """1 < group < channels: position j of every group is one channel, on the input and on the
-        output side, so each group loses the same number and the group count stays. The weight
-        axis that holds one group's share (C/g or O/g) is sliced alike for every group; where the
-        weight has the full axis, a synthetic "slot" dim of the per-group size ties the groups."""
-        x = self.I(n, 0, 1)
-        for full, w_axis, role in ((x, w_in, "in"), (y, w_out, "out")):
-            wd = self.I(n, 1, w_axis)
-            if full is None:
-                continue
-            per = self.sizes[full] // g
-            span = np.arange(per)[:, None] + per * np.arange(g)[None, :]
-            if wd is not None and self.sizes[wd] == per:
-                self.link(n, wd, full, span)
-            else:
-                self.link(n, wd, full)
-                slot: Dim = ("s", n, role)
-                name = self.g.node[n].name or f"{self.g.node[n].op_type}#{n}"
-                self.sizes[slot] = per
-                self.meta[slot] = ("slot", name, 0, name, self.g.node[n].op_type)
-                self.roles[slot] = "slot"
-                self.link(n, slot, full, span)
-            self.role(wd, role)
-        self.role(y, "act", root=const)
-
-    def _dense_conv(self, n, y, const: bool, w_in: int, w_out: int) -> None:
-        """group == 1: input channels meet the weight's `w_in` axis, its `w_out` axis makes y's channels."""
-        w_i = self.I(n, 1, w_in)
-        self.link(n, self.I(n, 0, 1), w_i)
-        self.role(w_i, "in")
-        w_o = self.I(n, 1, w_out)
-        self.link(n, w_o, y)
-        self.role(w_o, "out")
-        self.role(y, "act", root=const)
-
-    def _conv_bias(self, n, y) -> None:
-        db = self.I(n, 2, 0)
-        self.link(n, db, y)
-        self.role(db, "param")
-
-    def op_Gemm(self, n, node):
-        at = attrs(node)
-        ta, tb = at.get("transA", 0), at.get("transB", 0)
-        a_m, a_k = (1, 0) if ta else (0, 1)
-        b_k, b_n = (1, 0) if tb else (0, 1)
-        a_const, b_const = self._is_const(node.input[0]), self._is_const(node.input[1])
-        ak, bk = self.I(n, 0, a_k), self.I(n, 1, b_k)
-        self.link(n, ak, bk)
-        self.role(bk, "in")
-        self.role(ak, "in")
-        am, bn = self.I(n, 0, a_m), self.I(n, 1, b_n)
-        ym, yn = self.O(n, 0, 0), self.O(n, 0, 1)
-        self.link(n, am, ym)
-        self.link(n, bn, yn)
-        self.role(bn, "out")
-        self.role(yn, "act", root=b_const)
-        self.role(am, "out")
-        self.role(ym, "act", root=a_const)
-        rc = self.rank_in(n, 2)
-        if rc:
-            cs = self.shape_of(node.input[2])
-            ys = self.shapes[node.output[0]]
-            for a in range(rc):
-                if cs[a] == ys[a + 2 - rc]:
-                    d = self.I(n, 2, a)
-                    self.link(n, d, self.O(n, 0, a + 2 - rc))
-                    self.role(d, "param")
-
-    def op_MatMul(self, n, node):
-        ra, rb, ro = self.rank_in(n, 0), self.rank_in(n, 1), self.rank_out(n, 0)
-        if ra is None or rb is None or ro is None:
-            return "shape unknown"
-        a_const, b_const = self._is_const(node.input[0]), self._is_const(node.input[1])
-        if ra == 1 and rb == 1:
-            self.link(n, self.I(n, 0, 0), self.I(n, 1, 0))
-            return None
-        ak = self.I(n, 0, ra - 1)
-        bk = self.I(n, 1, rb - 2) if rb >= 2 else self.I(n, 1, 0)
-        self.link(n, ak, bk)
-        self.role(ak, "in")
-        self.role(bk, "in")
-        if ra >= 2:
-            am, ym = self.I(n, 0, ra - 2), self.O(n, 0, ro - 2 if rb >= 2 else ro - 1)
-            self.link(n, am, ym)
-            self.role(am, "out")
-            self.role(ym, "act", root=a_const and ra == 2)
-        if rb >= 2:
-            bn, yn = self.I(n, 1, rb - 1), self.O(n, 0, ro - 1)
-            self.link(n, bn, yn)
-            self.role(bn, "out")
-            self.role(yn, "act", root=b_const and rb == 2)
-        ys = self.shapes[node.output[0]]
-        nb = ro - (2 if ra >= 2 and rb >= 2 else 1)
-        for i, r in ((0, ra), (1, rb)):
-            s = self.shape_of(node.input[i])
-            for a in range(r - 2):
-                o = a + nb - (r - 2)
-                if o >= 0 and s[a] == ys[o]:
-                    self.link(n, self.I(n, i, a), self.O(n, 0, o))
-        return None
-
-    def _rnn(self, n, node):
-        at = attrs(node)
-        if at.get("layout", 0):
-            return "layout=1 (batch first) is not supported"
-        gates = RNN_GATES[node.op_type]
-        ws = self.shape_of(node.input[1])
-        hidden = int(at.get("hidden_size", ws[1] // gates))
-        const = self._is_const(node.input[1]) and self._is_const(node.input[2])
-        if hidden <= 1:
-            return "hidden size 1"
+    def hidden(self, n: int, size: int, root: bool) -> Dim:
+        """The hidden units of recurrent node n (a root when its weights are constant)."""
+        node = self.g.node[n]
         h: Dim = ("h", n)
-        self.sizes[h] = hidden
+        self.sizes[h] = size
         self.meta[h] = ("hidden", node.name or f"{node.op_type}#{n}", 0, node.name or f"{node.op_type}#{n}", node.op_type)
-        if const:
+        if root:
             self.roots.add(h)
         self.roles[h] = "hidden"
-        blocks = lambda k: np.arange(hidden)[:, None] + hidden * np.arange(k)[None, :]  # noqa: E731
-        for i, k in ((1, gates), (2, gates)):
-            d = self.I(n, i, 1)
-            self.link(n, h, d, blocks(k))
-            self.role(d, "hidden")
-        d = self.I(n, 2, 2)
-        self.link(n, h, d)
-        self.role(d, "hidden")
-        d = self.I(n, 3, 1)
-        self.link(n, h, d, blocks(2 * gates))
-        self.role(d, "param")
-        for i in (5, 6):
-            self.link(n, h, self.I(n, i, 2))
-        if node.op_type == "LSTM":
-            d = self.I(n, 7, 1)
-            self.link(n, h, d, blocks(3))
-            self.role(d, "param")
-        self.link(n, h, self.O(n, 0, 3))
-        self.link(n, h, self.O(n, 1, 2))
-        self.link(n, h, self.O(n, 2, 2))
-        xi, wi = self.I(n, 0, 2), self.I(n, 1, 2)
-        self.link(n, xi, wi)
-        self.role(wi, "in")
-        # time, batch and direction axes
-        self.link(n, self.I(n, 0, 0), self.O(n, 0, 0))
-        xb = self.I(n, 0, 1)
-        for d in (self.O(n, 0, 2), self.O(n, 1, 1), self.O(n, 2, 1), self.I(n, 5, 1), self.I(n, 6, 1), self.I(n, 4, 0)):
-            self.link(n, xb, d)
-        dirs = [self.I(n, i, 0) for i in (1, 2, 3, 5, 6, 7)] + [self.O(n, 0, 1), self.O(n, 1, 0), self.O(n, 2, 0)]
-        dirs = [d for d in dirs if d is not None]
-        for d in dirs[1:]:
-            self.link(n, dirs[0], d)
-        self.fixups.append(Fixup("rnn_hidden", n, [h], {"hidden_size": hidden}))
-        return None
+        return h
 
-    op_LSTM = op_GRU = op_RNN = _rnn
+    def fixup(self, kind: str, n: int, dims: list, params: dict) -> None:
+        self.fixups.append(Fixup(kind, n, dims, params))
+
 
     # -- shape vector provenance -------------------------------------------------------------
     def trace_element(self, n: int, i: int, element: int, depth: int = 0) -> tuple:
@@ -1262,7 +1110,7 @@ class _Builder:
         if m.kind != "value":
             return [m.node]
         return [n.name or f"{n.op_type}#{k}" for k, n in enumerate(self.g.node)
-                if n.op_type in WEIGHT_OPS and m.tensor in n.input[1:3]]
+                if _is_layer(n) and m.tensor in n.input[1:3]]
 
     def groups(self) -> list[ChannelGroup]:
 
@@ -1365,13 +1213,19 @@ def analyze_groups(proto: onnx.ModelProto, feed: dict[str, np.ndarray] | None = 
     return GroupAnalysis(groups, b.fixups, shapes, b.blocked, b.sizes, list(dict.fromkeys(b.notes)), b.dim_notes)
 
 
+def _is_layer(node: onnx.NodeProto) -> bool:
+    """A float layer with weights: an op with a spec that is not an integer op."""
+    spec = spec_for(node.op_type, node.domain)
+    return spec is not None and spec.view_of is None
+
+
 def _subgraph_layers(node: onnx.NodeProto) -> int:
     """How many weight layers (Conv, Gemm, MatMul, LSTM, ...) the node's subgraphs hold, nested ones included."""
     count = 0
     for a in node.attribute:
         for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
             for inner in g.node:
-                count += (inner.op_type in WEIGHT_OPS) + _subgraph_layers(inner)
+                count += _is_layer(inner) + _subgraph_layers(inner)
     return count
 
 

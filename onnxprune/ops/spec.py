@@ -17,6 +17,8 @@ import onnx
 
 Shape = tuple  # dims of a tensor; a dim is None where it is not known
 ShapeOf = Callable[[str], "Shape | None"]  # tensor name -> its shape, None when unknown
+ConstantAt = Callable[[int, int], "np.ndarray | None"]  # (node index, input index) -> a constant there or None
+ConstantAt = Callable[[int, int], "np.ndarray | None"]
 Axes = tuple[tuple[int, ...], tuple[int, ...]]
 
 
@@ -55,6 +57,18 @@ class Bias:
     index: np.ndarray | None = None
 
 
+@dataclass
+class Refit:
+    """A consumer of pruned channels as the least-squares refit sees it: its weight as a (k * c_in
+    input columns x kept output units) matrix, columns kernel position major, channel minor; its bias
+    in the same units (None: not fitted); `layout` what the op's `refit_write` needs."""
+
+    matrix: np.ndarray
+    k: int = 1
+    bias: np.ndarray | None = None
+    layout: tuple = ()
+
+
 class OpSpec:
     """One op family. `op_types` in `domain` ("" is the default ONNX domain)."""
 
@@ -64,6 +78,8 @@ class OpSpec:
     min_rank: int = 2  # a weight of lower rank (a vector) is not a matrix
     view_of: str | None = None  # integer ops: the float op whose layout the weight has
     macs_unknown: str = "no MAC rule for {op}"  # why `macs` gave None ({node}: node name, {op}: op type)
+    refit_quantized: str = ""  # why a DequantizeLinear-fed weight is not refit ("": it is)
+    refit_note: str = ""  # what the structured refit report says about the op
 
     def view_axes(self, role: str, rank: int, attrs: dict) -> Axes:
         """(row axes, reduction axes) of the weight at `role` in the op's layout; the last reduction
@@ -103,6 +119,36 @@ class OpSpec:
         """The bias that can absorb a shift of the outputs of the weight at `role` (op layout `shape`,
         `rows` output units), or why there is none."""
         return f"{node.op_type} role {role} has no bias"
+
+    def link_channels(self, b, n: int, node: onnx.NodeProto) -> str | None:
+        """Channel linking for structured pruning: link the dims of node `n`'s inputs and outputs through
+        `b` (onnxprune.analyze.groups' builder: I, O, link, role, slot, hidden, fixup, shape_of, ...);
+        returns why the axes it leaves unlinked cannot follow a change (None: no reason)."""
+        return "op not supported by structured pruning"
+
+    # the structured least-squares refit of a layer whose input lost channels (onnxprune.repair)
+
+    def refit_axes(self, node: onnx.NodeProto) -> tuple[int, int] | None:
+        """(input-channel axis, output axis) of the weight at input 1; None: the node is not refit."""
+        return None
+
+    def refit(self, node: onnx.NodeProto, n: int, w: np.ndarray, kept_out: np.ndarray | None,
+              graph: onnx.GraphProto, constant: ConstantAt) -> Refit | str:
+        """Node `n`'s dense weight `w` (kept output units `kept_out`, None: all) and bias as a `Refit`,
+        or why it is not refit; `graph` is the pruned main graph, `constant` reads the dense model's
+        constants that only that input reads."""
+        raise NotImplementedError
+
+    def refit_columns(self, node: onnx.NodeProto, refit: Refit, x: np.ndarray, im2col) -> np.ndarray:
+        """The activation `x` at input 0 as rows of the refit matrix's columns; `im2col(x, kernel,
+        strides, dilations, pads, auto_pad)` gives conv patches."""
+        return x.reshape(-1, x.shape[-1])
+
+    def refit_write(self, node: onnx.NodeProto, n: int, refit: Refit, w: np.ndarray, b: np.ndarray | None,
+                    current: ConstantAt) -> list[tuple[int, int, np.ndarray]]:
+        """(node index, input index, value) to write for the refit matrix `w` and bias `b` (None: kept);
+        `current` reads the pruned model's constants."""
+        raise NotImplementedError
 
 
 def prod(dims) -> int:

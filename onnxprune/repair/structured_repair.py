@@ -16,6 +16,8 @@ global pooling). The ridge pulls toward the plain sliced weights, so a weak fit 
 By default layers are refit stage by stage in graph order from the partly repaired model (sequential),
 so errors do not compound; sequential=False uses one capture of the unrepaired pruned model.
 LSTM/GRU/RNN recurrent weights R are left as sliced (their input, the hidden state, is not refit).
+What a layer's refit reads and writes (weight axes, matrix form, bias, input columns, write-back) is
+its op spec's (`OpSpec.refit_*`, onnxprune.ops).
 """
 
 from __future__ import annotations
@@ -43,42 +45,32 @@ from onnxprune.analyze.groups import (
 from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model
 from onnxprune.core.runtime import output_array
+from onnxprune.ops import OpSpec, spec_for
+from onnxprune.ops.spec import Refit
 
 DEFAULT_DAMP = 0.01
 MAX_BYTES = 1_500_000_000  # Gram matrices held at once; more consumers are done in further passes
 
 
-def _conv_cols(x: np.ndarray, at: dict, kshape) -> np.ndarray:
-
-    nd = len(kshape)
-    strides = tuple(at.get("strides", [1] * nd))
-    dil = tuple(at.get("dilations", [1] * nd))
-    pads = tuple(at.get("pads", [0] * 2 * nd))
-    auto = at.get("auto_pad", "NOTSET")
+def _im2col(x: np.ndarray, kshape, strides, dil, pads, auto) -> np.ndarray:
+    """Conv patches of x as (rows, k * C), kernel position major, channel minor."""
     pb, pe = conv_pads(x.shape[2:], kshape, strides, dil, pads, auto)
     return np.concatenate([c[0] for c in im2col(np.asarray(x, dtype=np.float32), kshape, strides, dil, pb, pe, 1)], axis=0)
 
 
 class _Consumer:
-    """One layer to refit: how to build X from its input, its dense weights and bias in matrix form."""
+    """One layer to refit: its spec's `Refit` (dense weights and bias in matrix form, kept output units
+    only), its kept input channels and the DequantizeLinear node its weight is stored behind (None: none)."""
 
-    def __init__(self, n: int, node_new, node_old, op: str, w_o: np.ndarray, b_o: np.ndarray | None,
-                 kept_in: np.ndarray, c_in: int, bias_ref, meta: dict):
-        self.n, self.node_new, self.node_old, self.op = n, node_new, node_old, op
-        self.w_o, self.b_o = w_o, b_o  # (cols_o, outs), (outs,) with kept output units only
-        self.kept_in, self.c_in = kept_in, c_in
-        self.bias_ref = bias_ref  # how to write the bias back (None: the layer has no bias)
-        self.meta = meta
+    def __init__(self, n: int, node, spec: OpSpec, refit: Refit, kept_in: np.ndarray, dq: int | None):
+        self.n, self.node, self.spec, self.refit, self.op = n, node, spec, refit, node.op_type
+        self.w_o, self.b_o, self.k = refit.matrix, refit.bias, refit.k  # (cols_o, outs), (outs,)
+        self.kept_in, self.c_in, self.dq = kept_in, refit.matrix.shape[0] // refit.k, dq
         self.h_pp = self.h_po = self.s_p = self.s_o = None
         self.rows = 0
 
     def x(self, a: np.ndarray) -> np.ndarray:
-        a = np.asarray(a, dtype=np.float32)
-        if self.op == "Conv":
-            return _conv_cols(a, self.meta["attrs"], self.meta["kshape"])
-        if self.op == "Gemm":
-            return a.T if self.meta["transA"] else a
-        return a.reshape(-1, a.shape[-1])
+        return self.spec.refit_columns(self.node, self.refit, np.asarray(a, dtype=np.float32), _im2col)
 
     def add(self, xo: np.ndarray, xp: np.ndarray) -> None:
         xo, xp = self.x(xo), self.x(xp)
@@ -93,14 +85,13 @@ class _Consumer:
         self.rows += xp.shape[0]
 
     def nbytes(self) -> int:
-        cp = len(self.kept_in) * self.meta.get("k", 1)
-        co = self.c_in * self.meta.get("k", 1)
+        cp = len(self.kept_in) * self.k
+        co = self.c_in * self.k
         return (cp * cp + cp * co) * 8
 
     def start(self) -> np.ndarray:
         """The dense weights at the kept input columns (the plain sliced weights)."""
-        k = self.meta.get("k", 1)
-        cols = (np.arange(k)[:, None] * self.c_in + self.kept_in[None, :]).reshape(-1)
+        cols = (np.arange(self.k)[:, None] * self.c_in + self.kept_in[None, :]).reshape(-1)
         return self.w_o[cols]
 
     def solve(self, damp: float) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -188,31 +179,28 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
     def sole(name: str) -> bool:
         """Only this layer reads constant `name`: refitting it in place unties nothing."""
         return readers[name] == 1 and name not in pinned
+
+    def constant(m: int, i: int) -> np.ndarray | None:
+        """The dense model's constant at node m's input i, where only that input reads it."""
+        name = old.node[m].input[i]
+        return np.asarray(read(name), dtype=np.float64) if name in consts_old and sole(new.node[m].input[i]) else None
+
     for n, node in enumerate(new.node):
         op = node.op_type
-        at = attrs(node)
-        if op == "Conv":
-            axis_in, axis_out = 1, 0
-            if at.get("group", 1) != 1:
-                continue
-        elif op == "Gemm":
-            axis_in, axis_out = (1, 0) if at.get("transB", 0) else (0, 1)
-        elif op == "MatMul":
-            axis_in, axis_out = 0, 1
-        elif op in ("LSTM", "GRU", "RNN"):
-            axis_in, axis_out = 2, 1
-        else:
+        spec = spec_for(op, node.domain)
+        axes = spec.refit_axes(node) if spec is not None else None
+        if axes is None:
             continue
-        node_old = old.node[n]
-        wname = node_old.input[1]
+        axis_in, axis_out = axes
+        wname = old.node[n].input[1]
         src = (n, 1)  # (node, input) holding the stored weight
         dq = producer.get(node.input[1])
         if dq is not None and new.node[dq].op_type == "DequantizeLinear" and old.node[dq].input[0] in consts_old:
             if ("c", dq, 0, axis_in) not in plan.keep:
                 continue
             shared = not sole(node.input[1]) or not sole(new.node[dq].input[0])
-            if op not in ("Conv", "Gemm", "MatMul") or shared:
-                why = "shared by several layers" if shared else "recurrent"
+            if spec.refit_quantized or shared:
+                why = "shared by several layers" if shared else spec.refit_quantized
                 skipped.append(f"{node.name or op}: quantized weight ({why}); left as sliced, not refit")
                 continue
             src = (dq, 0)
@@ -228,86 +216,20 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
             continue
         w = (np.asarray(read(wname), dtype=np.float64) if src[0] == n
              else dequantized(old.node[dq], read))  # refit in real units, requantized on writing
-        if op == "MatMul" and w.ndim != 2:
-            skipped.append(f"{node.name}: batched MatMul weight")
+        refit = spec.refit(node, n, w, plan.keep.get(("c", *src, axis_out)), new, constant)
+        if isinstance(refit, str):
+            skipped.append(f"{node.name}: {refit}")
             continue
-        kept_out = plan.keep.get(("c", *src, axis_out))
-        kept_in = plan.keep[d_in]
-        meta: dict = {"attrs": at, "dq": dq if src[0] != n else None}
-        bias_ref = None
-        b = None
-        if op == "Conv":
-            if kept_out is not None:
-                w = w[kept_out]
-            meta["kshape"] = tuple(w.shape[2:])
-            meta["wshape"] = (w.shape[0], len(kept_in))  # (kept outputs, kept inputs) of the rewritten weight
-            meta["k"] = int(np.prod(w.shape[2:]))
-            c_in = w.shape[1]
-            wm = w.transpose(*range(2, w.ndim), 1, 0).reshape(-1, w.shape[0])  # (k*C, O)
-            if len(node_old.input) > 2 and node_old.input[2]:
-                if node_old.input[2] in consts_old and sole(node.input[2]):
-                    b = np.asarray(read(node_old.input[2]), dtype=np.float64)
-                    b = b[kept_out] if kept_out is not None else b
-                    bias_ref = ("input", 2)
-                # else a computed (e.g. quantized) or shared bias: it stays, and the fit keeps it fixed
-            else:
-                b = np.zeros(wm.shape[1])
-                bias_ref = ("input", 2)
-        elif op == "Gemm":
-            wm = w.T if at.get("transB", 0) else w  # (K, N)
-            if kept_out is not None:
-                wm = wm[:, kept_out]
-            alpha, beta = float(at.get("alpha", 1.0)), float(at.get("beta", 1.0))
-            wm = wm * alpha
-            meta["alpha"], meta["beta"], meta["transA"] = alpha, beta, at.get("transA", 0)
-            c_in = wm.shape[0]
-            cname = node_old.input[2] if len(node_old.input) > 2 else ""
-            if cname and cname in consts_old and sole(node.input[2]):
-                c = np.asarray(read(cname), dtype=np.float64)
-                if c.size == w.shape[0 if at.get("transB", 0) else 1] and beta != 0:
-                    c = c.reshape(-1)
-                    b = (c[kept_out] if kept_out is not None else c) * beta
-                    bias_ref = ("input", 2)
-            elif not cname:
-                b = np.zeros(wm.shape[1])
-                bias_ref = ("input", 2)
-        elif op == "MatMul":
-            wm = w[:, kept_out] if kept_out is not None else w
-            c_in = wm.shape[0]
-            users = [(m, j) for m, nd in enumerate(new.node) for j, x in enumerate(nd.input) if x == node.output[0]]
-            if len(users) == 1 and new.node[users[0][0]].op_type == "Add":
-                m, j = users[0]
-                other = old.node[m].input[1 - j]
-                if other in consts_old and sole(new.node[m].input[1 - j]):
-                    c = np.asarray(read(other), dtype=np.float64)
-                    if c.size == w.shape[1] and c.shape[-1] == w.shape[1]:
-                        b = c.reshape(-1)[kept_out] if kept_out is not None else c.reshape(-1)
-                        bias_ref = ("add", m, 1 - j, c.shape[:-1])
-        else:  # LSTM / GRU / RNN input weights W (D, G*H, I); bias: the W half of B
-            if kept_out is not None:
-                w = w[:, kept_out]
-            d, gh, i = w.shape
-            wm = w.transpose(2, 0, 1).reshape(i, d * gh)
-            c_in = i
-            meta["rnn_shape"] = (d, gh)
-            if len(node_old.input) > 3 and node_old.input[3] and sole(node.input[3]):
-                bb = np.asarray(read(node_old.input[3]), dtype=np.float64)
-                full_gh = bb.shape[1] // 2
-                wb = bb[:, :full_gh]
-                wb = wb[:, kept_out] if kept_out is not None else wb
-                b = wb.reshape(-1)
-                bias_ref = ("rnn", 3)
-        out.append(_Consumer(n, node, node_old, op, wm, b, kept_in, c_in, bias_ref, meta))
+        out.append(_Consumer(n, node, spec, refit, plan.keep[d_in], dq if src[0] != n else None))
     return out, skipped
 
 
-def _set_weight(proto: onnx.ModelProto, c: "_Consumer", array: np.ndarray) -> None:
-    """Write a refit weight: as it is, or requantized into the DequantizeLinear's stored integers.
-    Where the refit values leave a channel's representable range, its scale grows (and, for an
+def _set_weight(proto: onnx.ModelProto, n: int, dq: int | None, array: np.ndarray) -> None:
+    """Write node n's refit weight: as it is, or requantized into the stored integers of DequantizeLinear
+    node dq (None: none). Where the refit values leave a channel's representable range, its scale grows (and, for an
     asymmetric zero point, the zero point moves) just enough to hold them."""
-    dq = c.meta.get("dq")
     if dq is None:
-        _set_const(proto, c.n, 1, array)
+        _set_const(proto, n, 1, array)
         return
     node = proto.graph.node[dq]
     consts = constant_values(proto.graph)
@@ -336,33 +258,16 @@ def _set_weight(proto: onnx.ModelProto, c: "_Consumer", array: np.ndarray) -> No
 
 def _write(proto: onnx.ModelProto, c: _Consumer, w: np.ndarray, b: np.ndarray | None) -> None:
     g = proto.graph
-    node = g.node[c.n]
     consts = constant_values(g)
-    if c.op == "Conv":
-        shape = c.meta["wshape"]
-        k = c.meta["kshape"]
-        arr = w.reshape(*k, shape[1], shape[0]).transpose(len(k) + 1, len(k), *range(len(k)))
-        _set_weight(proto, c, arr)
-        if b is not None and c.bias_ref is not None:
-            _set_const(proto, c.n, 2, b)
-    elif c.op == "Gemm":
-        at = c.meta["attrs"]
-        wm = w / c.meta["alpha"]
-        _set_weight(proto, c, wm.T if at.get("transB", 0) else wm)
-        if b is not None and c.bias_ref is not None:
-            _set_const(proto, c.n, 2, b / (c.meta["beta"] or 1.0))
-    elif c.op == "MatMul":
-        _set_weight(proto, c, w)
-        if b is not None and c.bias_ref is not None and c.bias_ref[0] == "add":
-            _, m, j, lead = c.bias_ref
-            _set_const(proto, m, j, b.reshape(*lead, -1))
-    else:
-        d, gh = c.meta["rnn_shape"]
-        _set_const(proto, c.n, 1, w.reshape(w.shape[0], d, gh).transpose(1, 2, 0))
-        if b is not None and c.bias_ref is not None:
-            bb = constant_array(consts[node.input[3]]).astype(np.float64)
-            bb[:, :gh] = b.reshape(d, gh)
-            _set_const(proto, c.n, 3, bb)
+
+    def current(m: int, i: int) -> np.ndarray:
+        return constant_array(consts[g.node[m].input[i]]).astype(np.float64)
+
+    for m, i, array in c.spec.refit_write(c.node, c.n, c.refit, w, b, current):
+        if (m, i) == (c.n, 1):
+            _set_weight(proto, c.n, c.dq, array)
+        else:
+            _set_const(proto, m, i, array)
 
 
 def _output_error(model: Model, proto: onnx.ModelProto, ds, batch_size: int) -> float:
@@ -446,7 +351,7 @@ def lstsq_repair(model: Model, proto: onnx.ModelProto, plan, data, *, samples: i
             chunks.append(cur)
     report["passes"] = len(chunks)
     for chunk in chunks:
-        names = sorted({c.node_new.input[0] for c in chunk} - feeds)
+        names = sorted({c.node.input[0] for c in chunk} - feeds)
         pruned.replace_proto(proto)
         s_o = capture_session(capture_proto(model, names), model, None) if names else None
         s_p = capture_session(capture_proto(pruned, names), pruned, None) if names else None
@@ -456,12 +361,12 @@ def lstsq_repair(model: Model, proto: onnx.ModelProto, plan, data, *, samples: i
             for k in feeds:
                 oo[k] = pp[k] = feed[k]
             for c in chunk:
-                c.add(oo[c.node_new.input[0]], pp[c.node_new.input[0]])
+                c.add(oo[c.node.input[0]], pp[c.node.input[0]])
         for c in chunk:
             w, b, info = c.solve(damp)
             _write(proto, c, w, b)
             info["bias"] = b is not None
-            report["layers"][c.node_new.name or f"{c.op}#{c.n}"] = info
+            report["layers"][c.node.name or f"{c.op}#{c.n}"] = info
             c.h_pp = c.h_po = None
     if guard:
         err_before = _output_error(model, saved, check, batch_size)
@@ -473,6 +378,7 @@ def lstsq_repair(model: Model, proto: onnx.ModelProto, plan, data, *, samples: i
             report["note_guard"] = ("repair rejected: it raised the output error on held-out calibration samples "
                                     f"({err_before:.4g} -> {err_after:.4g}); the plain sliced weights are kept")
     report["seconds"] = round(time.perf_counter() - start, 3)
-    if any(c.op in ("LSTM", "GRU", "RNN") for c in consumers):
-        report["note"] = "LSTM/GRU/RNN: input weights W refit; recurrent weights R kept as sliced"
+    notes = [n for n in dict.fromkeys(c.spec.refit_note for c in consumers) if n]
+    if notes:
+        report["note"] = "; ".join(notes)
     return report
