@@ -229,3 +229,16 @@ def test_link_channels_groups_a_layer_with_its_consumer(domain, op):
     proto, feed, dims = _two_layers(op, np.random.default_rng(0))
     groups = [g for g in analyze_groups(proto, feed).prunable if g.channels == 6]
     assert any(set(dims) <= {m.dim for m in g.members} for g in groups), [[m.dim for m in g.members] for g in groups]
+
+
+def test_gemm_with_beta_zero_and_no_c_fits_no_bias():
+    """A new C would be multiplied by beta = 0 at run time: the refit must not fit one."""
+    from onnx import helper
+
+    from onnxprune.ops import spec_for
+
+    w = np.ones((4, 3), np.float32)
+    for beta, fitted in ((0.0, False), (1.0, True)):
+        node = helper.make_node("Gemm", ["x", "w"], ["y"], beta=beta)
+        refit = spec_for("Gemm").refit(node, 0, w, None, helper.make_graph([node], "g", [], []), lambda n, i: None)
+        assert (refit.bias is not None) == fitted

@@ -222,7 +222,7 @@ class GemmSpec(OpSpec):
             if c.size == w.shape[0 if at.get("transB", 0) else 1] and beta != 0:
                 c = c.reshape(-1)
                 b = (c[kept_out] if kept_out is not None else c) * beta
-        elif not (len(node.input) > 2 and node.input[2]):
+        elif not (len(node.input) > 2 and node.input[2]) and beta != 0:  # beta 0 would multiply a new C away
             b = np.zeros(wm.shape[1])
         return Refit(wm, 1, b, (alpha, beta))
 
