@@ -226,25 +226,6 @@ def constant_array(entry: tuple[str, Any]) -> np.ndarray:
     raise ValueError(f"Constant attribute {a.name}")
 
 
-def qdq_params(dq: onnx.NodeProto, read, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, zero point) of a DequantizeLinear of constants (`read(name)` gives a constant's
-    values), float64, shaped to broadcast along its axis on an input of rank `ndim`."""
-    scale = np.asarray(read(dq.input[1]), dtype=np.float64)
-    zp = np.asarray(read(dq.input[2]), dtype=np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros(())
-    if scale.size > 1:
-        shape = [1] * ndim
-        shape[attrs(dq).get("axis", 1) % ndim] = scale.size
-        scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp)
-    return scale, zp
-
-
-def dequantized(dq: onnx.NodeProto, read) -> np.ndarray:
-    """The real values a DequantizeLinear of constants yields: (q - zero_point) * scale."""
-    q = np.asarray(read(dq.input[0]), dtype=np.float64)
-    scale, zp = qdq_params(dq, read, q.ndim)
-    return (q - zp) * scale
-
-
 def constant_shape(entry: tuple[str, Any]) -> tuple[int, ...]:
     kind, obj = entry
     if kind == "initializer":

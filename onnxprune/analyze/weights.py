@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.core.graph import unique_path
 from onnxprune.core.model import Model, np_dtype
+from onnxprune.core.quant import quant_params
 from onnxprune.ops import spec_for
 
 PASS_THROUGH = {"Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Identity", "DequantizeLinear"}
@@ -435,18 +436,12 @@ def find_weights(model: Model) -> Analysis:
 # ------------------------------------------------------------------------- quantized weights
 
 def dequant_params(weight: Weight, model) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, zero_point) of a quantized weight, broadcastable to its stored layout."""
+    """(scale, zero_point) of a quantized weight, broadcastable to its stored layout (integer ops have
+    no scale here: one, applied later)."""
     q = weight.quant
     assert q is not None
-    scale = model.read(q.scale).astype(np.float32) if q.scale else np.ones((), np.float32)  # integer ops: one
-    zp = model.read(q.zero_point) if q.zero_point else np.zeros((), dtype=weight.dtype)      # scale, applied later
-    per_axis = max(scale.size, zp.size)
-    if per_axis > 1:  # per-axis along q.axis of the stored tensor
-        shape = [1] * len(weight.shape)
-        shape[q.axis % len(weight.shape)] = per_axis
-        scale = scale.reshape(shape) if scale.size > 1 else scale.reshape(())
-        zp = zp.reshape(shape) if zp.size > 1 else zp.reshape(())  # no zero point: one scalar 0
-    return scale, zp
+    scale, zp = quant_params(model.read, q.scale, q.zero_point, q.axis, len(weight.shape), weight.dtype)
+    return scale.astype(np.float32), zp
 
 
 def zero_value(weight: Weight, model) -> np.ndarray:

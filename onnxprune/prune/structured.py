@@ -53,7 +53,6 @@ from onnxprune.analyze.groups import (
     constant_array,
     constant_shape,
     constant_values,
-    dequantized,
     model_macs,
     model_params,
     sample_feed,
@@ -63,6 +62,7 @@ from onnxprune.analyze.groups import (
 from onnxprune.core.errors import DataError, OnnxPruneError, Opt, OptionError
 from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model, check_structure
+from onnxprune.core.quant import dequantized
 from onnxprune.core.report import table
 from onnxprune.ops import spec_for
 from onnxprune.pipeline import ANALYSIS_FRESH, NO_UNUSED, Context, Pass, PassResult
