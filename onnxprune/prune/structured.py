@@ -27,7 +27,6 @@ channels makes every runtime faster, CPU included. The steps:
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -64,6 +63,7 @@ from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model, check_structure
 from onnxprune.core.quant import dequantized
 from onnxprune.core.report import table
+from onnxprune.core.runtime import failing_node
 from onnxprune.ops import spec_for
 from onnxprune.pipeline import ANALYSIS_FRESH, NO_UNUSED, Context, Pass, PassResult
 
@@ -494,17 +494,16 @@ def verify(model: Model, proto: onnx.ModelProto, plan: RewritePlan, feed: dict) 
     except (DataError, ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             ort.capi.onnxruntime_pybind11_state.RuntimeException, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
         first = str(e.__cause__ or e).splitlines()[0][:300]
-        raise RewriteError(f"the rewritten model does not run in onnxruntime: {first}", _failing_node_dims(proto, first)) from e
+        raise RewriteError(f"the rewritten model does not run in onnxruntime: {first}", _node_dims(proto, failing_node(first))) from e
     want = predicted_shapes(plan)
     bad = [(k, want[k], v) for k, v in shapes.items() if k in want and tuple(want[k]) != tuple(v)]
     return shapes, bad
 
 
-def _failing_node_dims(proto: onnx.ModelProto, message: str) -> list[Dim]:
-    """The tensor axes around the node an onnxruntime error names ("... node. Name:'X' ..."), so the
-    groups that reach it are the ones frozen; [] when no node is named."""
-    m = re.search(r"Name:'([^']*)'", message)
-    found = [(n, node) for n, node in enumerate(proto.graph.node) if m and node.name == m.group(1)]
+def _node_dims(proto: onnx.ModelProto, name: str | None) -> list[Dim]:
+    """The tensor axes around the main-graph node `name` (the one an onnxruntime error names), so the
+    groups that reach it are the ones frozen; [] when there is none."""
+    found = [(n, node) for n, node in enumerate(proto.graph.node) if name is not None and node.name == name]
     if not found:
         return []
     n, node = found[0]
