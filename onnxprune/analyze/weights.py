@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.core.graph import unique_path
+from onnxprune.core.graph import NodeRef, unique_path
 from onnxprune.core.model import Model, np_dtype
 from onnxprune.core.quant import quant_params
 from onnxprune.ops import spec_for
@@ -55,11 +56,22 @@ class Step:
 
 @dataclass(frozen=True)
 class Use:
+    """One node applying a weight: its name, op, the input the weight feeds and that input's role."""
+
     node: str
     op: str
     input_index: int
     role: str
-    graph: str
+    ref: NodeRef
+
+    @property
+    def graph(self) -> str:
+        return self.ref.graph
+
+    def resolve(self, graph: onnx.GraphProto) -> onnx.NodeProto | None:
+        """This use's node in the model whose main graph is `graph` (None if it is no longer there)."""
+        node = self.ref.resolve(graph)
+        return node if node is not None and (node.op_type, node.name) == (self.op, self.node) else None
 
 
 @dataclass
@@ -221,13 +233,15 @@ class _Tracer:
         self.model = model
         self.graph = graph
         self.graph_of: dict[int, str] = {}  # id(node) -> graph path
+        self.ref_of: dict[int, NodeRef] = {}
         self.node_list: list[gs.Node] = []
         self._seen: set[str] = {""}
         self._collect(graph, "")
 
     def _collect(self, graph: gs.Graph, path: str) -> None:
-        for node in graph.nodes:
+        for index, node in enumerate(graph.nodes):
             self.graph_of[id(node)] = path
+            self.ref_of[id(node)] = NodeRef(path, index)
             self.node_list.append(node)
             for attr_name, value in node.attrs.items():
                 subs = value if isinstance(value, list) else [value]
@@ -411,7 +425,7 @@ def find_weights(model: Model) -> Analysis:
                     unprunable.append(Unprunable(key, node.name, node.op, role, step))
                     continue
                 steps = steps + [step]
-            use = Use(node.name, node.op, index, role, path)
+            use = Use(node.name, node.op, index, role, tracer.ref_of[id(node)])
             if key in weights:
                 w = weights[key]
                 w.uses.append(use)
