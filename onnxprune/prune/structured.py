@@ -47,6 +47,7 @@ from onnxprune.analyze.cleanup import (
 from onnxprune.analyze.groups import (
     ChannelGroup,
     Dim,
+    ElementSource,
     GroupAnalysis,
     analyze_groups,
     constant_array,
@@ -291,17 +292,15 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
             slicing.setdefault((d[1], d[2]), []).append((d[3], kept))
     writes: dict[tuple[int, int], dict[int, int]] = {}
 
-    def write_elem(src_info, value: int, dims):
-        kind = src_info[0]
-        if kind != "const":
-            raise RewriteError(f"shape element {src_info[1] if len(src_info) > 1 else ''} cannot be rewritten", dims)
-        _, name, flat, n, i, old = src_info
-        if old == value:
+    def write_elem(elem: ElementSource, value: int, dims):
+        if elem.kind != "const":
+            raise RewriteError(f"shape element {elem.why} cannot be rewritten", dims)
+        if elem.value == value:
             return
-        w = writes.setdefault((n, i), {})
-        if w.get(flat, value) != value:
-            raise RewriteError(f"constant {name!r} element {flat} would need two values ({w[flat]} and {value})", dims)
-        w[flat] = value
+        w = writes.setdefault((elem.node, elem.input), {})
+        if w.get(elem.flat, value) != value:
+            raise RewriteError(f"constant {elem.const!r} element {elem.flat} would need two values ({w[elem.flat]} and {value})", dims)
+        w[elem.flat] = value
 
     for fx in an.fixups:
         node = g.node[fx.node]
@@ -355,13 +354,13 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
                 w[0] = value
         elif fx.kind == "shape_vector":
             d = fx.dims[0]
-            srci = fx.data["src"]
-            if srci[0] == "dynamic":
+            elem = fx.data["src"]
+            if elem.kind == "dynamic":
                 continue
-            if srci[0] == "const" and (srci[5] in (-1, 0) and node.op_type == "Reshape"
-                                       or srci[5] == 1 and node.op_type == "Expand"):
+            if elem.kind == "const" and (elem.value in (-1, 0) and node.op_type == "Reshape"
+                                         or elem.value == 1 and node.op_type == "Expand"):
                 continue
-            write_elem(srci, plan.kept(d), [d])
+            write_elem(elem, plan.kept(d), [d])
     # constants: one new array per modified use
     uses: dict[str, list[tuple[int, int]]] = {}
     for n, node in enumerate(g.node):
