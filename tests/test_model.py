@@ -536,3 +536,29 @@ def test_a_failed_model_rename_leaves_the_old_model_and_its_data(ext, tmp_path, 
     assert {p: _sha(p) for p in out.parent.iterdir()} == before  # the new data file is gone again
     assert np.array_equal(Model.load(out).read("fc.W"), Model.load(ext).read("fc.W"))
     assert (Model.load(model.save(out, external_data=True)).read("fc.W") == 1).all()
+
+
+def test_failing_node_reads_the_node_onnxruntime_names():
+    """The one parser of onnxruntime's error text: a run-time kernel failure names its node
+    ("... running MatMul node. Name:'mm' Status Message: ..."); a load-time shape error, or text
+    without a name, gives None. Checked against the installed onnxruntime's own messages."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from onnxprune.core.runtime import failing_node, first_line, session
+
+    def mm(x_shape):
+        w = onnx.numpy_helper.from_array(np.ones((3, 5), np.float32), "w")
+        g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    with pytest.raises(Exception) as run_error:
+        session(mm(None), label="t").run(None, {"x": np.ones((2, 4), np.float32)})
+    assert failing_node(first_line(run_error.value)) == "mm"
+    with pytest.raises(ModelLoadError) as load_error:
+        session(mm([2, 4]), label="t")
+    assert failing_node(first_line(load_error.value.__cause__)) is None
+    assert failing_node("Fail: out of memory") is None
+    assert isinstance(run_error.value, ort.capi.onnxruntime_pybind11_state.Fail)

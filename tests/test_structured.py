@@ -700,7 +700,8 @@ def test_reshape_into_conv_channels_links_the_channel_factor():
 def test_requantized_refit_holds_values_outside_the_old_range(dtype, per_axis, zero):
     """The refit may leave a channel's old range: its scale grows (symmetric) or scale and zero
     point move (asymmetric) so every value comes back within half a step, nothing clipped."""
-    from onnxprune.analyze.groups import constant_array, constant_values, dequantized
+    from onnxprune.analyze.groups import constant_array, constant_values
+    from onnxprune.core.quant import dequantized
     from onnxprune.repair.structured_repair import _set_weight
 
     rng = np.random.default_rng(0)

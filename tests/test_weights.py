@@ -402,3 +402,20 @@ def test_ddddocr_common_weights():
     _round_trips(model, analysis)
     t = _print_totals("ddddocr common", model, analysis)
     assert (t["params"], t["prunable_params"], t["prunable_weights"]) == (13520274, 13501656, 24)
+
+
+def test_uses_of_unnamed_nodes_resolve_to_their_own_node():
+    """Each use holds a NodeRef (graph path, index), so unnamed nodes that a name lookup would
+    confuse resolve to the node that applies the weight; a changed node resolves to None."""
+    from onnx import TensorProto, helper
+
+    ws = [onnx.numpy_helper.from_array(np.full((4, 4), i + 1, np.float32), f"w{i}") for i in range(2)]
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w0"], ["h"]), helper.make_node("MatMul", ["h", "w1"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], ws)
+    model, analysis = _analyse(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    for w in analysis.weights:
+        (use,) = w.uses
+        assert use.node == "" and use.resolve(model.proto.graph).input[1] == w.key
+    model.proto.graph.node[1].op_type = "Gemm"
+    assert analysis.by_key()["w1"].uses[0].resolve(model.proto.graph) is None

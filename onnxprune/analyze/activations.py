@@ -135,51 +135,16 @@ class _Acc:
 
 # ------------------------------------------------------------------------------ activation specs
 
-def _op_input_name(graph: onnx.GraphProto, weight: Weight) -> str:
-    """The tensor name the weight reaches its op with: the stored name, then each chain step's output."""
-    name = weight.key.rpartition("::")[2]
-    for step in weight.chain:
-        nxt = next((n for n in graph.node if n.op_type == step.op and n.name == step.node and n.input
-                    and n.input[0] == name), None)
-        if nxt is None:
-            return name
-        name = nxt.output[0]
-    return name
-
-
-def _node_index(graph: onnx.GraphProto) -> dict[tuple[str, str], list[int]]:
-    index: dict[tuple[str, str], list[int]] = {}
-    for i, n in enumerate(graph.node):
-        index.setdefault((n.op_type, n.name), []).append(i)
-    return index
-
-
-def _node_positions(graph: onnx.GraphProto, weight: Weight, use, index=None) -> list[int]:
-    """Positions of the main-graph nodes that apply the weight in this use (unnamed nodes included)."""
-    name = _op_input_name(graph, weight)
-    same = (index or _node_index(graph)).get((use.op, use.node), [])
-    found = [i for i in same if use.input_index < len(graph.node[i].input)
-             and graph.node[i].input[use.input_index] == name]
-    return found or same  # fall back on the node name alone
-
-
-def find_node(graph: onnx.GraphProto, weight: Weight, use) -> onnx.NodeProto | None:
-    found = _node_positions(graph, weight, use)
-    return graph.node[found[0]] if found else None
-
-
 def activation_spec(model: Model, weight: Weight) -> ActSpec | str:
     """The activation spec of the weight's (first) use, or the reason it cannot be captured."""
     use = weight.uses[0]
     if use.graph:
         return (f"its {use.op} node {use.node!r} is inside subgraph {use.graph!r} (If/Loop/Scan): onnxruntime "
                 "cannot expose tensors of a subgraph")
-    positions = _node_positions(model.proto.graph, weight, use)
-    if not positions:
+    node = use.resolve(model.proto.graph)
+    if node is None:
         return f"{use.op} node {use.node!r} not found in the main graph"
-    pos = positions[0]
-    node = model.proto.graph.node[pos]
-    found = spec_for(node.op_type, node.domain).capture(node, use.role, weight.op_shape, pos)
+    found = spec_for(node.op_type, node.domain).capture(node, use.role, weight.op_shape, use.ref.index)
     if found is None:
         return f"op {use.op} has no activation capture"
     return ActSpec(found.kind, found.tensors, weight.cols, found.groups, found.params, found.note)
@@ -482,13 +447,12 @@ def upstream_weights(model: Model, weights: Sequence[Weight]) -> dict[str, froze
     owner = _subgraph_owners(g)
     at_node: dict[int, int] = {}  # node position -> bitmask of weights it applies
     first: dict[str, int | None] = {}
-    nodes = _node_index(g)
     for w in weights:
         for j, u in enumerate(w.uses):
             if u.graph:
                 pos = [owner[u.graph.split("/")[0]]] if u.graph.split("/")[0] in owner else []
             else:
-                pos = _node_positions(g, w, u, nodes)
+                pos = [u.ref.index] if u.resolve(g) is not None else []
             if j == 0:
                 first[w.key] = pos[0] if pos else None
             for p in pos:

@@ -155,6 +155,21 @@ class ChannelGroup:
                 "consumers": self.consumers, "members": [m.describe() for m in self.members]}
 
 
+@dataclass(frozen=True)
+class ElementSource:
+    """Where one element of a shape vector comes from: "const" (element `flat` of constant `const`,
+    read by input `input` of node `node`, holding `value`), "dynamic" (computed from shapes at run time,
+    so it follows the rewrite) or "unknown" (`why` it cannot be followed)."""
+
+    kind: str
+    why: str = ""
+    const: str = ""
+    flat: int = 0
+    node: int = 0
+    input: int = 0
+    value: int = 0
+
+
 @dataclass
 class Fixup:
     """A rewrite beyond slicing constants: node `node` needs `kind` updated from the kept sizes of `dims`."""
@@ -222,25 +237,6 @@ def constant_array(entry: tuple[str, Any]) -> np.ndarray:
     if a.name in ("value_floats", "value_ints"):
         return np.array(v, dtype=np.float32 if a.name == "value_floats" else np.int64)
     raise ValueError(f"Constant attribute {a.name}")
-
-
-def qdq_params(dq: onnx.NodeProto, read, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, zero point) of a DequantizeLinear of constants (`read(name)` gives a constant's
-    values), float64, shaped to broadcast along its axis on an input of rank `ndim`."""
-    scale = np.asarray(read(dq.input[1]), dtype=np.float64)
-    zp = np.asarray(read(dq.input[2]), dtype=np.float64) if len(dq.input) > 2 and dq.input[2] else np.zeros(())
-    if scale.size > 1:
-        shape = [1] * ndim
-        shape[attrs(dq).get("axis", 1) % ndim] = scale.size
-        scale, zp = scale.reshape(shape), (zp.reshape(shape) if zp.size > 1 else zp)
-    return scale, zp
-
-
-def dequantized(dq: onnx.NodeProto, read) -> np.ndarray:
-    """The real values a DequantizeLinear of constants yields: (q - zero_point) * scale."""
-    q = np.asarray(read(dq.input[0]), dtype=np.float64)
-    scale, zp = qdq_params(dq, read, q.ndim)
-    return (q - zp) * scale
 
 
 def constant_shape(entry: tuple[str, Any]) -> tuple[int, ...]:
@@ -732,8 +728,8 @@ class _Builder:
                     continue
                 src = self.trace_element(n, 1, b)
                 self.fixups.append(Fixup("shape_vector", n, [d], {"input": 1, "element": b, "src": src}))
-                if src[0] == "unknown":
-                    self.blocked.setdefault(d, f"Reshape {node.name!r}: target shape element {b} {src[1]}")
+                if src.kind == "unknown":
+                    self.blocked.setdefault(d, f"Reshape {node.name!r}: target shape element {b} {src.why}")
         return None
 
     def op_Expand(self, n, node):
@@ -753,8 +749,8 @@ class _Builder:
                     src = self.trace_element(n, 1, e)
                     self.fixups.append(Fixup("shape_vector", n, [d], {"input": 1, "element": e, "src": src,
                                                                       "allow_one": a >= 0 and in_shape[a] == out_shape[b]}))
-                    if src[0] == "unknown":
-                        self.blocked.setdefault(d, f"Expand {node.name!r}: shape element {e} {src[1]}")
+                    if src.kind == "unknown":
+                        self.blocked.setdefault(d, f"Expand {node.name!r}: shape element {e} {src.why}")
 
     def op_ConstantOfShape(self, n, node):
         for b in range(self.rank_out(n, 0) or 0):
@@ -764,8 +760,8 @@ class _Builder:
             self.handle(n, d)
             src = self.trace_element(n, 0, b)
             self.fixups.append(Fixup("shape_vector", n, [d], {"input": 0, "element": b, "src": src}))
-            if src[0] == "unknown":
-                self.blocked.setdefault(d, f"ConstantOfShape {node.name!r}: shape element {b} {src[1]}")
+            if src.kind == "unknown":
+                self.blocked.setdefault(d, f"ConstantOfShape {node.name!r}: shape element {b} {src.why}")
 
     def op_Tile(self, n, node):
         reps = self.value_of(node.input[1])
@@ -808,8 +804,8 @@ class _Builder:
                 if sizes_input is not None and d is not None:
                     src = self.trace_element(n, sizes_input, a)
                     self.fixups.append(Fixup("shape_vector", n, [d], {"input": sizes_input, "element": a, "src": src}))
-                    if src[0] == "unknown":
-                        self.blocked.setdefault(d, f"Resize {node.name!r}: sizes element {a} {src[1]}")
+                    if src.kind == "unknown":
+                        self.blocked.setdefault(d, f"Resize {node.name!r}: sizes element {a} {src.why}")
 
     op_Upsample = op_Resize
 
@@ -1008,26 +1004,25 @@ class _Builder:
 
 
     # -- shape vector provenance -------------------------------------------------------------
-    def trace_element(self, n: int, i: int, element: int, depth: int = 0) -> tuple:
-        """Where element `element` of node n's input i comes from:
-        ("const", const name, flat index, node, input) | ("dynamic",) | ("literal", value) | ("unknown", why)."""
+    def trace_element(self, n: int, i: int, element: int, depth: int = 0) -> ElementSource:
+        """Where element `element` of node n's input i comes from."""
         node = self.g.node[n]
         if i >= len(node.input) or not node.input[i]:
-            return ("unknown", "is missing")
+            return ElementSource("unknown", "is missing")
         name = node.input[i]
         if name in self.consts:
             try:
                 v = np.ravel(constant_array(self.consts[name]))
             except ValueError:
-                return ("unknown", "is in a Constant of an unsupported form")
+                return ElementSource("unknown", "is in a Constant of an unsupported form")
             if element >= v.size:
-                return ("unknown", "is out of range")
-            return ("const", name, element, n, i, int(v[element]))
+                return ElementSource("unknown", "is out of range")
+            return ElementSource("const", const=name, flat=element, node=n, input=i, value=int(v[element]))
         if depth > 32:
-            return ("unknown", "is computed by a long chain")
+            return ElementSource("unknown", "is computed by a long chain")
         p = self.producer.get(name)
         if p is None:
-            return ("unknown", "comes from a graph input")
+            return ElementSource("unknown", "comes from a graph input")
         pn = self.g.node[p]
         op = pn.op_type
         if op in ("Cast", "Identity"):
@@ -1037,18 +1032,18 @@ class _Builder:
             for k, piece in enumerate(pn.input):
                 s = self.shape_of(piece)
                 if s is None or len(s) != 1:
-                    return ("dynamic",) if name in self.shape_derived else ("unknown", "is built by a Concat of unknown pieces")
+                    return ElementSource("dynamic") if name in self.shape_derived else ElementSource("unknown", "is built by a Concat of unknown pieces")
                 if element < off + s[0]:
                     return self.trace_element(p, k, element - off, depth + 1)
                 off += s[0]
-            return ("unknown", "is out of range")
+            return ElementSource("unknown", "is out of range")
         if op in ("Unsqueeze", "Squeeze", "Reshape", "Flatten"):
             s = self.shape_of(pn.input[0])
             if s is not None and int(np.prod(s)) == 1:
                 return self.trace_element(p, 0, 0, depth + 1)
         if name in self.shape_derived:
-            return ("dynamic",)
-        return ("unknown", f"is computed at run time by {op} node {pn.name!r}")
+            return ElementSource("dynamic")
+        return ElementSource("unknown", f"is computed at run time by {op} node {pn.name!r}")
 
     # -- components --------------------------------------------------------------------------
     def resolve_pending(self) -> None:

@@ -14,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.core.graph import unique_path
+from onnxprune.core.graph import NodeRef, unique_path
 from onnxprune.core.model import Model, np_dtype
+from onnxprune.core.quant import quant_params
 from onnxprune.ops import spec_for
 
 PASS_THROUGH = {"Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Identity", "DequantizeLinear"}
@@ -54,11 +56,22 @@ class Step:
 
 @dataclass(frozen=True)
 class Use:
+    """One node applying a weight: its name, op, the input the weight feeds and that input's role."""
+
     node: str
     op: str
     input_index: int
     role: str
-    graph: str
+    ref: NodeRef
+
+    @property
+    def graph(self) -> str:
+        return self.ref.graph
+
+    def resolve(self, graph: onnx.GraphProto) -> onnx.NodeProto | None:
+        """This use's node in the model whose main graph is `graph` (None if it is no longer there)."""
+        node = self.ref.resolve(graph)
+        return node if node is not None and (node.op_type, node.name) == (self.op, self.node) else None
 
 
 @dataclass
@@ -220,13 +233,15 @@ class _Tracer:
         self.model = model
         self.graph = graph
         self.graph_of: dict[int, str] = {}  # id(node) -> graph path
+        self.ref_of: dict[int, NodeRef] = {}
         self.node_list: list[gs.Node] = []
         self._seen: set[str] = {""}
         self._collect(graph, "")
 
     def _collect(self, graph: gs.Graph, path: str) -> None:
-        for node in graph.nodes:
+        for index, node in enumerate(graph.nodes):
             self.graph_of[id(node)] = path
+            self.ref_of[id(node)] = NodeRef(path, index)
             self.node_list.append(node)
             for attr_name, value in node.attrs.items():
                 subs = value if isinstance(value, list) else [value]
@@ -410,7 +425,7 @@ def find_weights(model: Model) -> Analysis:
                     unprunable.append(Unprunable(key, node.name, node.op, role, step))
                     continue
                 steps = steps + [step]
-            use = Use(node.name, node.op, index, role, path)
+            use = Use(node.name, node.op, index, role, tracer.ref_of[id(node)])
             if key in weights:
                 w = weights[key]
                 w.uses.append(use)
@@ -435,18 +450,12 @@ def find_weights(model: Model) -> Analysis:
 # ------------------------------------------------------------------------- quantized weights
 
 def dequant_params(weight: Weight, model) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, zero_point) of a quantized weight, broadcastable to its stored layout."""
+    """(scale, zero_point) of a quantized weight, broadcastable to its stored layout (integer ops have
+    no scale here: one, applied later)."""
     q = weight.quant
     assert q is not None
-    scale = model.read(q.scale).astype(np.float32) if q.scale else np.ones((), np.float32)  # integer ops: one
-    zp = model.read(q.zero_point) if q.zero_point else np.zeros((), dtype=weight.dtype)      # scale, applied later
-    per_axis = max(scale.size, zp.size)
-    if per_axis > 1:  # per-axis along q.axis of the stored tensor
-        shape = [1] * len(weight.shape)
-        shape[q.axis % len(weight.shape)] = per_axis
-        scale = scale.reshape(shape) if scale.size > 1 else scale.reshape(())
-        zp = zp.reshape(shape) if zp.size > 1 else zp.reshape(())  # no zero point: one scalar 0
-    return scale, zp
+    scale, zp = quant_params(model.read, q.scale, q.zero_point, q.axis, len(weight.shape), weight.dtype)
+    return scale.astype(np.float32), zp
 
 
 def zero_value(weight: Weight, model) -> np.ndarray:

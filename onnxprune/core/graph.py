@@ -1,8 +1,9 @@
-"""Walking a model's graphs: subgraph paths (the part of a weight key before "::"), outer-scope
-reads, and node attributes decoded one way for every caller."""
+"""Walking a model's graphs: subgraph paths (the part of a weight key before "::"), node references,
+outer-scope reads, and node attributes decoded one way for every caller."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import onnx
@@ -34,6 +35,20 @@ def walk_graphs(graph: onnx.GraphProto, path: str = "", seen: set[str] | None = 
             for i, g in enumerate(sub):
                 name = g.name or f"{node.name or node.op_type}.{attr.name}{i if len(sub) > 1 else ''}"
                 yield from walk_graphs(g, unique_path(f"{path}/{name}" if path else name, seen), seen)
+
+
+@dataclass(frozen=True, order=True)
+class NodeRef:
+    """A node by position: its graph's path as `walk_graphs` gives it and its index in that graph's
+    node list (names are optional and may repeat). Valid until a pass adds, removes or reorders nodes."""
+
+    graph: str
+    index: int
+
+    def resolve(self, graph: onnx.GraphProto) -> onnx.NodeProto | None:
+        """The node in the model whose main graph is `graph`; None when the graph or index is gone."""
+        sub = graph if not self.graph else next((g for p, g in walk_graphs(graph) if p == self.graph), None)
+        return sub.node[self.index] if sub is not None and self.index < len(sub.node) else None
 
 
 def subgraph_outer_refs(node: onnx.NodeProto) -> set[str]:

@@ -4,6 +4,7 @@ its options here, so a model that loads for one step loads for all of them."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import onnxruntime as ort
@@ -16,6 +17,15 @@ CPU = ("CPUExecutionProvider",)
 def first_line(e: BaseException) -> str:
     """onnxruntime's (often multi-line) message, first line only."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def failing_node(message: str) -> str | None:
+    """The name of the node an onnxruntime run error names, or None. The Python API reports which
+    kernel failed only in the message text: "... while running MatMul node. Name:'mm' Status Message:
+    ...". This is the one place that text is parsed; load-time errors ("Node (mm) Op (MatMul)
+    [ShapeInferenceError] ...") name no node here."""
+    m = re.search(r"Name:'([^']*)'", message)
+    return m.group(1) if m else None
 
 
 def session(source: bytes | str | os.PathLike, *, label: str, base_dir: str | os.PathLike | None = None,

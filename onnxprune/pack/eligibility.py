@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxprune.analyze.weights import PASS_THROUGH, Analysis, Use, Weight, find_weights
+from onnxprune.analyze.weights import Analysis, Use, Weight, find_weights
 from onnxprune.core.graph import walk_graphs
 from onnxprune.core.model import Model
 from onnxprune.core.report import table
@@ -274,29 +274,6 @@ def packed_nbytes(fmt: str, params: dict, keep: np.ndarray, itemsize: int) -> in
 
 # ------------------------------------------------------------------------------- graph lookups
 
-def _node_index(model: Model) -> dict[tuple[str, str, str, int, str], onnx.NodeProto]:
-    """(graph path, node name, op, input index, weight key) -> NodeProto, for prunable ops."""
-    out = {}
-    for gpath, g in walk_graphs(model.proto.graph):
-        producers = {o: n for n in g.node for o in n.output}
-        for node in g.node:
-            spec = spec_for(node.op_type, node.domain)
-            if spec is None:
-                continue
-            for idx in spec.weight_inputs:
-                if idx >= len(node.input) or not node.input[idx]:
-                    continue
-                name = node.input[idx]
-                seen = 0
-                while name in producers and producers[name].op_type in PASS_THROUGH and seen < 64:
-                    name = producers[name].input[0]
-                    seen += 1
-                key = model.key_for(name, gpath)
-                if key is not None:
-                    out[(gpath, node.name, node.op_type, idx, key)] = node
-    return out
-
-
 def _attr(node: onnx.NodeProto | None, name: str, default=None):
     if node is None:
         return default
@@ -437,12 +414,11 @@ def static_reasons(target: Target, model: Model, w: Weight, use: Use, node: onnx
 def static_check(target: Target, model: Model, analysis: Analysis | None = None) -> dict[str, list[Reason]]:
     """Weight key -> the static reasons (over all its uses) it cannot be packed for `target`."""
     analysis = analysis or find_weights(model)
-    index = _node_index(model)
     out = {}
     for w in analysis.weights:
         reasons: list[Reason] = []
         for use in w.uses:
-            node = index.get((use.graph, use.node, use.op, use.input_index, w.key))
+            node = use.resolve(model.proto.graph)
             for r in static_reasons(target, model, w, use, node)[0]:
                 if r not in reasons:
                     reasons.append(r)
@@ -492,13 +468,12 @@ def assess(model: Model, target: Target, analysis: Analysis | None = None, masks
            input_shapes: dict[str, tuple[int, ...]] | None = None) -> EligibilityReport:
     """Eligibility of every layer with a prunable weight for `target` (see the module docstring)."""
     analysis = analysis or find_weights(model)
-    index = _node_index(model)
     shapes, notes = infer_shapes(model, input_shapes)
     statics: dict[str, list[tuple[Use, onnx.NodeProto | None, list[Reason], list[str]]]] = {}
     for w in analysis.weights:
         per_use = []
         for use in w.uses:
-            node = index.get((use.graph, use.node, use.op, use.input_index, w.key))
+            node = use.resolve(model.proto.graph)
             reasons, unotes = static_reasons(target, model, w, use, node)
             per_use.append((use, node, reasons, unotes))
         statics[w.key] = per_use

@@ -7,15 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.analyze.weights import Weight, zero_value
+from onnxprune.core.quant import bit_view
 from onnxprune.pipeline.contract import Condition, Context
-
-
-def bit_view(a: np.ndarray) -> np.ndarray:
-    """The values as unsigned integers of the same width (bit patterns: -0.0 != 0.0, NaN == same NaN)."""
-    a = np.ascontiguousarray(a)
-    if a.itemsize in (1, 2, 4, 8):
-        return a.view(f"u{a.itemsize}")
-    return a.view(np.uint8).reshape(a.shape + (a.itemsize,))
 
 
 def apply_mask(weight: Weight, stored: np.ndarray, keep: np.ndarray, model) -> np.ndarray:

@@ -9,8 +9,9 @@ from tqdm import tqdm
 
 from onnxprune.analyze.weights import Weight, zero_value
 from onnxprune.core.errors import Opt, OptionError
+from onnxprune.core.quant import bit_view
 from onnxprune.pipeline import ANALYSIS_FRESH, Context, Pass, PassResult
-from onnxprune.pipeline.masking import PRUNED_ZERO, bit_view, write_masked
+from onnxprune.pipeline.masking import PRUNED_ZERO, write_masked
 from onnxprune.prune import criteria, global_rank, patterns
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, allocate, parse_override
 from onnxprune.prune.patterns import Pattern

@@ -27,7 +27,6 @@ channels makes every runtime faster, CPU included. The steps:
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,12 +47,12 @@ from onnxprune.analyze.cleanup import (
 from onnxprune.analyze.groups import (
     ChannelGroup,
     Dim,
+    ElementSource,
     GroupAnalysis,
     analyze_groups,
     constant_array,
     constant_shape,
     constant_values,
-    dequantized,
     model_macs,
     model_params,
     sample_feed,
@@ -63,7 +62,9 @@ from onnxprune.analyze.groups import (
 from onnxprune.core.errors import DataError, OnnxPruneError, Opt, OptionError
 from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model, check_structure
+from onnxprune.core.quant import dequantized
 from onnxprune.core.report import table
+from onnxprune.core.runtime import failing_node
 from onnxprune.ops import spec_for
 from onnxprune.pipeline import ANALYSIS_FRESH, NO_UNUSED, Context, Pass, PassResult
 
@@ -291,17 +292,15 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
             slicing.setdefault((d[1], d[2]), []).append((d[3], kept))
     writes: dict[tuple[int, int], dict[int, int]] = {}
 
-    def write_elem(src_info, value: int, dims):
-        kind = src_info[0]
-        if kind != "const":
-            raise RewriteError(f"shape element {src_info[1] if len(src_info) > 1 else ''} cannot be rewritten", dims)
-        _, name, flat, n, i, old = src_info
-        if old == value:
+    def write_elem(elem: ElementSource, value: int, dims):
+        if elem.kind != "const":
+            raise RewriteError(f"shape element {elem.why} cannot be rewritten", dims)
+        if elem.value == value:
             return
-        w = writes.setdefault((n, i), {})
-        if w.get(flat, value) != value:
-            raise RewriteError(f"constant {name!r} element {flat} would need two values ({w[flat]} and {value})", dims)
-        w[flat] = value
+        w = writes.setdefault((elem.node, elem.input), {})
+        if w.get(elem.flat, value) != value:
+            raise RewriteError(f"constant {elem.const!r} element {elem.flat} would need two values ({w[elem.flat]} and {value})", dims)
+        w[elem.flat] = value
 
     for fx in an.fixups:
         node = g.node[fx.node]
@@ -355,13 +354,13 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
                 w[0] = value
         elif fx.kind == "shape_vector":
             d = fx.dims[0]
-            srci = fx.data["src"]
-            if srci[0] == "dynamic":
+            elem = fx.data["src"]
+            if elem.kind == "dynamic":
                 continue
-            if srci[0] == "const" and (srci[5] in (-1, 0) and node.op_type == "Reshape"
-                                       or srci[5] == 1 and node.op_type == "Expand"):
+            if elem.kind == "const" and (elem.value in (-1, 0) and node.op_type == "Reshape"
+                                         or elem.value == 1 and node.op_type == "Expand"):
                 continue
-            write_elem(srci, plan.kept(d), [d])
+            write_elem(elem, plan.kept(d), [d])
     # constants: one new array per modified use
     uses: dict[str, list[tuple[int, int]]] = {}
     for n, node in enumerate(g.node):
@@ -494,17 +493,16 @@ def verify(model: Model, proto: onnx.ModelProto, plan: RewritePlan, feed: dict) 
     except (DataError, ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             ort.capi.onnxruntime_pybind11_state.RuntimeException, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
         first = str(e.__cause__ or e).splitlines()[0][:300]
-        raise RewriteError(f"the rewritten model does not run in onnxruntime: {first}", _failing_node_dims(proto, first)) from e
+        raise RewriteError(f"the rewritten model does not run in onnxruntime: {first}", _node_dims(proto, failing_node(first))) from e
     want = predicted_shapes(plan)
     bad = [(k, want[k], v) for k, v in shapes.items() if k in want and tuple(want[k]) != tuple(v)]
     return shapes, bad
 
 
-def _failing_node_dims(proto: onnx.ModelProto, message: str) -> list[Dim]:
-    """The tensor axes around the node an onnxruntime error names ("... node. Name:'X' ..."), so the
-    groups that reach it are the ones frozen; [] when no node is named."""
-    m = re.search(r"Name:'([^']*)'", message)
-    found = [(n, node) for n, node in enumerate(proto.graph.node) if m and node.name == m.group(1)]
+def _node_dims(proto: onnx.ModelProto, name: str | None) -> list[Dim]:
+    """The tensor axes around the main-graph node `name` (the one an onnxruntime error names), so the
+    groups that reach it are the ones frozen; [] when there is none."""
+    found = [(n, node) for n, node in enumerate(proto.graph.node) if name is not None and node.name == name]
     if not found:
         return []
     n, node = found[0]

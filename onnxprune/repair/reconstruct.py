@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxprune.analyze.activations import LayerStats, find_node
+from onnxprune.analyze.activations import LayerStats
 from onnxprune.analyze.weights import Weight, dequant_params
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.model import Model
@@ -115,7 +115,7 @@ def bias_target(model, weight: Weight) -> tuple[str, np.ndarray, float] | str:
     if use.graph:
         return "op inside a subgraph"
     g = model.proto.graph
-    node = find_node(g, weight, use)
+    node = use.resolve(g)
     if node is None:
         return "op not found"
     rows = weight.rows

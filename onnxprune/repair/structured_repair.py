@@ -38,12 +38,11 @@ from onnxprune.analyze.activations import (
 from onnxprune.analyze.groups import (
     constant_array,
     constant_values,
-    dequantized,
-    qdq_params,
     weight_reader,
 )
 from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model
+from onnxprune.core.quant import dequantized, dq_params
 from onnxprune.core.runtime import output_array
 from onnxprune.ops import OpSpec, spec_for
 from onnxprune.ops.spec import Refit
@@ -236,7 +235,7 @@ def _set_weight(proto: onnx.ModelProto, n: int, dq: int | None, array: np.ndarra
     read = lambda name: constant_array(consts[name])  # noqa: E731
     stored = read(node.input[0])
     info = np.iinfo(stored.dtype)
-    scale, zp = qdq_params(node, read, array.ndim)
+    scale, zp = dq_params(node, read, array.ndim)
     n = scale.size
     per = np.moveaxis(array, attrs(node).get("axis", 1) % array.ndim, 0).reshape(n, -1) if n > 1 else array.reshape(1, -1)
     lo, hi = np.minimum(per.min(axis=1), 0.0), np.maximum(per.max(axis=1), 0.0)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxprune.core.errors import TargetError
+from onnxprune.core.quant import bit_view
 
 
 @dataclass
@@ -27,10 +28,10 @@ class PackedTensor:
 
 def bits_of(array: np.ndarray, name: str = "values") -> np.ndarray:
     """An array viewed as unsigned integers of the same width, so every copy keeps exact bits."""
-    a = np.ascontiguousarray(array)
-    if a.dtype.itemsize not in (1, 2, 4, 8):
+    a = np.asarray(array)
+    if a.itemsize not in (1, 2, 4, 8):
         raise TargetError(f"{name}: dtype {a.dtype} has no same-width integer view; use a 1, 2, 4 or 8 byte dtype")
-    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
+    return bit_view(a)
 
 
 def matrix_bits(matrix: np.ndarray, name: str) -> np.ndarray:
