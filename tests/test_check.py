@@ -136,7 +136,7 @@ def test_synthetic_is_deterministic_flagged_and_follows_the_spec():
 def test_synthetic_option_errors():
     with pytest.raises(OptionError, match="'nope'"):
         Dataset.synthetic(classifier(), shapes={"nope": (1, 16)})
-    with pytest.raises(OptionError, match=r"shapes=\[.x=2x15.\] does not fit"):  # Python: the parameter name
+    with pytest.raises(OptionError, match=r"shapes=\{'x': \(2, 15\)\} does not fit"):  # Python: the parameter
         Dataset.synthetic(classifier(), shapes={"x": (2, 15)})
     with pytest.raises(OptionError, match="int64"):
         Dataset.synthetic(embedding(), int_range=(0, 2**70))
