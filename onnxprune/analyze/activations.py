@@ -43,7 +43,7 @@ import onnx.helper
 
 from onnxprune.analyze.weights import Weight
 from onnxprune.core.errors import Opt, OptionError
-from onnxprune.core.graph import subgraph_outer_refs, unique_path
+from onnxprune.core.graph import node_subgraphs, subgraph_outer_refs, unique_path
 from onnxprune.core.model import Model
 from onnxprune.core.runtime import session
 from onnxprune.ops import spec_for
@@ -480,9 +480,6 @@ def _subgraph_owners(g: onnx.GraphProto) -> dict[str, int]:
     """Top-level subgraph path name (as Model/analysis name it) -> position of the owning node."""
     owners, seen = {}, {""}
     for i, node in enumerate(g.node):
-        for a in node.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
-            for j, sub in enumerate(subs):
-                name = sub.name or f"{node.name or node.op_type}.{a.name}{j if len(subs) > 1 else ''}"
-                owners[unique_path(name, seen)] = i
+        for name, _ in node_subgraphs(node):
+            owners[unique_path(name, seen)] = i
     return owners

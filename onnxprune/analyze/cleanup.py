@@ -18,22 +18,13 @@ from __future__ import annotations
 import onnx
 
 from onnxprune.core.errors import OnnxPruneError
+from onnxprune.core.graph import node_subgraphs
 
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
 
 
 class PostconditionError(OnnxPruneError):
     """A rewritten model breaks an invariant every structural pass must keep (a bug in the pass)."""
-
-
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    subs: list[onnx.GraphProto] = []
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            subs.append(a.g)
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            subs.extend(a.graphs)
-    return subs
 
 
 def _delete(field, indices: list[int]) -> None:
@@ -60,7 +51,7 @@ def _sweep(graph: onnx.GraphProto, removed: list[str], path: str) -> set[str]:
         needed = any(o in live for o in node.output if o)
         if needed or node.domain not in _STANDARD_DOMAINS:
             live.update(i for i in node.input if i)
-            for sub in _subgraphs(node):
+            for _, sub in node_subgraphs(node):
                 live |= _sweep(sub, removed, f"{path}/{sub.name}")
         else:
             dead.append(k)
@@ -92,7 +83,7 @@ def _unread(graph: onnx.GraphProto, found: list[str], path: str) -> set[str]:
     reads = {o.name for o in graph.output if o.name}
     for node in graph.node:
         reads.update(i for i in node.input if i)
-        for sub in _subgraphs(node):
+        for _, sub in node_subgraphs(node):
             reads |= _unread(sub, found, f"{path}/{sub.name}")
     inputs = {i.name for i in graph.input}
     for t in graph.initializer:

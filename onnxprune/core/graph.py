@@ -21,20 +21,23 @@ def unique_path(path: str, seen: set[str]) -> str:
     return unique
 
 
+def node_subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """A node's subgraphs (If branches, Loop/Scan bodies), each with its name: the graph's own, else
+    NODE.ATTR (NODE.ATTRi for a list of graphs)."""
+    for attr in node.attribute:
+        sub = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
+            list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
+        for i, g in enumerate(sub):
+            yield g.name or f"{node.name or node.op_type}.{attr.name}{i if len(sub) > 1 else ''}", g
+
+
 def walk_graphs(graph: onnx.GraphProto, path: str = "", seen: set[str] | None = None) -> Iterator[tuple[str, onnx.GraphProto]]:
     """(path, graph) for the graph and every subgraph, depth first in node and attribute order."""
     seen = {path} if seen is None else seen
     yield path, graph
     for node in graph.node:
-        for attr in node.attribute:
-            sub = []
-            if attr.type == onnx.AttributeProto.GRAPH:
-                sub = [attr.g]
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                sub = list(attr.graphs)
-            for i, g in enumerate(sub):
-                name = g.name or f"{node.name or node.op_type}.{attr.name}{i if len(sub) > 1 else ''}"
-                yield from walk_graphs(g, unique_path(f"{path}/{name}" if path else name, seen), seen)
+        for name, g in node_subgraphs(node):
+            yield from walk_graphs(g, unique_path(f"{path}/{name}" if path else name, seen), seen)
 
 
 @dataclass(frozen=True, order=True)
@@ -54,16 +57,14 @@ class NodeRef:
 def subgraph_outer_refs(node: onnx.NodeProto) -> set[str]:
     """Outer-scope names a node's subgraphs read."""
     refs: set[str] = set()
-    for a in node.attribute:
-        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []
-        for g in subs:
-            local = {i.name for i in g.input} | {t.name for t in g.initializer}
-            for n in g.node:
-                local |= set(n.output)
-            for n in g.node:
-                refs |= {i for i in n.input if i and i not in local}
-                refs |= subgraph_outer_refs(n) - local
-            refs |= {o.name for o in g.output if o.name not in local}
+    for _, g in node_subgraphs(node):
+        local = {i.name for i in g.input} | {t.name for t in g.initializer}
+        for n in g.node:
+            local |= set(n.output)
+        for n in g.node:
+            refs |= {i for i in n.input if i and i not in local}
+            refs |= subgraph_outer_refs(n) - local
+        refs |= {o.name for o in g.output if o.name not in local}
     return refs
 
 

@@ -17,7 +17,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -29,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from onnxprune.core.atomic import atomic_model_and_data, data_files_beside
 from onnxprune.core.errors import ExternalDataError, ModelLoadError, OnnxPruneError
-from onnxprune.core.graph import unique_path, walk_graphs
+from onnxprune.core.graph import node_subgraphs, unique_path, walk_graphs
 
 log = logging.getLogger("onnxprune")
 
@@ -550,15 +549,6 @@ def _graph_label(path: str) -> str:
     return "the main graph" if not path else f"subgraph {path!r}"
 
 
-def _subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
-    """A node's subgraphs, each with its name as `core.graph.walk_graphs` gives it."""
-    for attr in node.attribute:
-        sub = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
-            list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
-        for i, g in enumerate(sub):
-            yield g.name or f"{node.name or node.op_type}.{attr.name}{i if len(sub) > 1 else ''}", g
-
-
 class _Validator:
     """One pass over every graph: tensors, names, scopes, order. Raises ModelLoadError; collects notes."""
 
@@ -624,7 +614,7 @@ class _Validator:
                 if name not in visible:
                     self.fail(f"{_node_label(node, i)} in {glabel} reads {name!r}, which no node, graph input or "
                               "initializer defines")
-            for sub_name, sub in _subgraphs(node):
+            for sub_name, sub in node_subgraphs(node):
                 sub_path = unique_path(f"{path}/{sub_name}" if path else sub_name, self.seen_paths)
                 names += sorted(self.graph(sub, sub_path, visible))
             node_deps = set()

@@ -8,7 +8,18 @@ import onnx
 
 from onnxprune.core.graph import attrs
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import Axes, Bias, Capture, ConstantAt, OpSpec, Refit, ShapeOf, he_normal, known, prod
+from onnxprune.ops.spec import (
+    Axes,
+    Bias,
+    Capture,
+    ConstantAt,
+    OpSpec,
+    Refit,
+    ShapeOf,
+    he_normal,
+    known,
+    prod,
+)
 
 
 class _ConvFamily(OpSpec):

@@ -7,8 +7,16 @@ import onnx
 
 from onnxprune.core.graph import attrs
 from onnxprune.ops.registry import register
-from onnxprune.ops.spec import Axes, Bias, Capture, ConstantAt, OpSpec, Refit, ShapeOf, prod
-
+from onnxprune.ops.spec import (
+    Axes,
+    Bias,
+    Capture,
+    ConstantAt,
+    OpSpec,
+    Refit,
+    ShapeOf,
+    prod,
+)
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}  # gate blocks of W, R (B: twice as many)
 

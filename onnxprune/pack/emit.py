@@ -51,7 +51,12 @@ from onnx import helper, numpy_helper
 
 from onnxprune import __version__
 from onnxprune.analyze.weights import Weight
-from onnxprune.core.atomic import atomic_open, is_data_file_name, make_parents, record_tree
+from onnxprune.core.atomic import (
+    atomic_open,
+    is_data_file_name,
+    make_parents,
+    record_tree,
+)
 from onnxprune.core.errors import OutputError, TargetError
 from onnxprune.core.graph import walk_graphs
 from onnxprune.core.model import PROTOBUF_LIMIT, Model

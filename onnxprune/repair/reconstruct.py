@@ -35,7 +35,11 @@ from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.model import Model
 from onnxprune.ops import spec_for
 from onnxprune.pipeline import ANALYSIS_FRESH, Context, Pass, PassResult
-from onnxprune.pipeline.calibration import CALIBRATION_DATA, StagedStats, calibration_state
+from onnxprune.pipeline.calibration import (
+    CALIBRATION_DATA,
+    StagedStats,
+    calibration_state,
+)
 from onnxprune.pipeline.masking import PRUNED_ZERO, apply_mask
 
 REPAIR_METHODS = ("none", "lstsq", "bias", "lstsq+bias")
