@@ -17,6 +17,7 @@ from onnxprune.core.errors import OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, table, write_json
+from onnxprune.core.shapes import parse_shape
 from onnxprune.jobs.gate import run_check
 from onnxprune.jobs.prune_job import prune_model, summarize
 from onnxprune.jobs.recipe import Recipe
@@ -131,8 +132,9 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     to_stderr = is_stdout(report_path)  # stdout carries the JSON report
     if target is not None:  # packing may re-prune: it runs before the save and the check (checked = deployed)
         out_dir = recipe.target.get("out") or str(Path(output).with_suffix("")) + f".{target.name}"
-        fed = (calib or evaluation or _dataset(model, recipe, None)).feed_shapes  # MACs at the shapes fed;
-        shapes = {k: v for k, v in fed.shapes.items() if k not in fed.guessed}  # guesses are re-made, and said
+        fed = calib or evaluation  # MACs at the shapes fed, else at --shape; guesses are made (and said) there
+        shapes = ({k: v for k, v in fed.feed_shapes.shapes.items() if k not in fed.feed_shapes.guessed} if fed
+                  else dict(map(parse_shape, recipe.data.get("shapes", []))))
         make_parent(out_dir)
         _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"), input_shapes=shapes,
                                enforce=recipe.target.get("enforce", True), progress=not quiet)
