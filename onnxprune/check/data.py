@@ -42,13 +42,6 @@ def _specs(model_inputs: onnx.ModelProto | Sequence[InputSpec]) -> tuple[InputSp
     return tuple(input_specs(model_inputs) if isinstance(model_inputs, onnx.ModelProto) else model_inputs)
 
 
-def _spec_model(specs: Sequence[InputSpec]) -> onnx.ModelProto:
-    """A bare model declaring `specs` as inputs, for shape resolution without the real graph."""
-    inputs = [onnx.helper.make_tensor_value_info(s.name, onnx.helper.np_dtype_to_tensor_dtype(s.dtype),
-                                                 None if s.shape is None else list(s.shape)) for s in specs]
-    return onnx.helper.make_model(onnx.helper.make_graph([], "specs", inputs, []))
-
-
 @dataclass(frozen=True)
 class _Block:
     """Arrays of one source file, all as [samples, *feed_shape]."""
@@ -225,14 +218,15 @@ class Dataset:
         return cls(specs, blocks, source=str(source), labels=labels)
 
     @classmethod
-    def synthetic(cls, model_inputs: onnx.ModelProto | Sequence[InputSpec], n: int = DEFAULT_SAMPLES, *,
+    def synthetic(cls, model: onnx.ModelProto, n: int = DEFAULT_SAMPLES, *,
                   shapes: Mapping[str, Sequence[int]] | None = None,
                   int_range: tuple[int, int] = DEFAULT_INT_RANGE,
                   int_ranges: Mapping[str, tuple[int, int]] | None = None, seed: int = 0,
                   base_dir: str | os.PathLike | None = None) -> "Dataset":
         """n random feeds from the input spec: floats ~ N(0, 1), integers uniform in LO..HI (inclusive),
-        bools fair coin; feed shapes from `shapes` (whole feed shapes by input) or onnxprune.core.shapes."""
-        specs = _specs(model_inputs)
+        bools fair coin; feed shapes from `shapes` (whole feed shapes by input) or onnxprune.core.shapes, which
+        reads the model's hints and tries guessed sizes in it."""
+        specs = input_specs(model)
         names = [s.name for s in specs]
         int_ranges = dict(int_ranges or {})
         for key in int_ranges:
@@ -242,10 +236,7 @@ class Dataset:
         if n < 1:
             raise OptionError(f"synthetic data needs at least 1 sample, got {n}")
         ranges = {s.name: int_ranges.get(s.name, int_range) for s in specs}
-        if isinstance(model_inputs, onnx.ModelProto):
-            feed_shapes = resolve_feed_shapes(model_inputs, shapes, base_dir=base_dir, int_ranges=ranges)
-        else:
-            feed_shapes = resolve_feed_shapes(_spec_model(specs), shapes, probe=False)
+        feed_shapes = resolve_feed_shapes(model, shapes, base_dir=base_dir, int_ranges=ranges)
         arrays = random_feeds(specs, feed_shapes.shapes, n, seed, ranges)
         return cls(specs, [_Block(arrays, n, False)], source="synthetic", synthetic=True, seed=seed,
                    feed_shapes=feed_shapes)
@@ -311,7 +302,7 @@ class Dataset:
         }
 
 
-def load_dataset(model_inputs: onnx.ModelProto | Sequence[InputSpec], data: str | os.PathLike | None = None, *,
+def load_dataset(model: onnx.ModelProto, data: str | os.PathLike | None = None, *,
                  labels: str | os.PathLike | None = None, samples: int | None = None,
                  shapes: Mapping[str, Sequence[int]] | None = None, int_range: tuple[int, int] = DEFAULT_INT_RANGE,
                  int_ranges: Mapping[str, tuple[int, int]] | None = None, seed: int = 0,
@@ -322,9 +313,9 @@ def load_dataset(model_inputs: onnx.ModelProto | Sequence[InputSpec], data: str 
         if labels is not None:
             raise OptionError("labels need real inputs: give ", Opt("data.calibration", "FILE"), " with ",
                               Opt("data.labels", "FILE"))
-        return Dataset.synthetic(model_inputs, samples or DEFAULT_SAMPLES, shapes=shapes, int_range=int_range,
+        return Dataset.synthetic(model, samples or DEFAULT_SAMPLES, shapes=shapes, int_range=int_range,
                                  int_ranges=int_ranges, seed=seed, base_dir=base_dir)
-    ds = Dataset.from_source(data, model_inputs, labels=labels)
+    ds = Dataset.from_source(data, model, labels=labels)
     return ds.subset(samples) if samples else ds
 
 
