@@ -63,6 +63,7 @@ class Model:
         self._sources: set[Path] = {self.path} if self.path else set()  # files never to overwrite
         self.notes: list[str] = []  # what loading found legal but worth saying (see `validate`)
         self.edits = 0  # values written (write, set_entries): the pass contract checks `modified` with it
+        self.edited_at: dict[str, int] = {}  # key -> the `edits` count of its last write (what a pass touched)
         self.rewrites = 0  # protos swapped in (replace_proto): the graph, and so its analysis, changed
 
     @property
@@ -200,6 +201,7 @@ class Model:
         values.flags.writeable = False
         self._written[key] = values
         self.edits += 1
+        self.edited_at[key] = self.edits
 
     def set_entries(self, key: str, flat_index: np.ndarray, value: np.ndarray | float) -> None:
         """Set the entries at `flat_index` (row-major) to `value`, in place when the tensor's
@@ -209,6 +211,7 @@ class Model:
             self.write(key, self.read(key))
             values = self._written[key]
         self.edits += 1
+        self.edited_at[key] = self.edits
         values.flags.writeable = True
         try:
             values.reshape(-1)[flat_index] = value

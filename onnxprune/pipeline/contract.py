@@ -59,6 +59,7 @@ class Context:
     skipped: dict[str, str] = field(default_factory=dict)  # weights the pruning passes left dense -> why (latest)
     epoch: int = 0  # passes that modified the model so far: caches keyed on it expire when it moves
     at: str | None = None  # the weight or node the running pass works on, named in its errors
+    edits_before: int = 0  # model.edits when the running pass started: its ensures check what it wrote
     _analysis: Analysis | None = None
     _analysed_at: int = -1  # model.rewrites when the analysis was built
 
@@ -118,7 +119,7 @@ class Pass(ABC):
         self._check(ctx, "requires", self.requires)
         model = ctx.model
         edits, rewrites = model.edits, model.rewrites
-        ctx.at = None
+        ctx.at, ctx.edits_before = None, edits
         start = time.perf_counter()
         try:
             result = self.call(ctx)
