@@ -45,6 +45,7 @@ from onnxprune.analyze.weights import Weight
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.graph import node_subgraphs, subgraph_outer_refs, unique_path
 from onnxprune.core.model import Model
+from onnxprune.core.progress import progress
 from onnxprune.core.runtime import session
 from onnxprune.ops import spec_for
 
@@ -403,7 +404,9 @@ def capture(model: Model, data, weights: Sequence[Weight], *, gram: bool = True,
             consts = {name: model.read(model.key_for(name)) for name in fetch if model.key_for(name) is not None}
             run_names = [f for f in fetch if f not in feeds and f not in consts]
             sess = capture_session(capture_proto(model, run_names, renames), model, threads) if run_names else None
-            for batch in data.iter_batches(batch_size):
+            batches = -(-len(data) // max(batch_size, 1))
+            for batch in progress(data.iter_batches(batch_size), f"capture ({len(accs)} inputs)", total=batches,
+                                  unit="batch", name=lambda b: f"{b.size} samples"):
                 outs = dict(zip(run_names, sess.run(run_names, batch.feed))) if sess else {}
                 outs.update({k: v for k, v in batch.feed.items() if k in fetch})
                 outs.update(consts)

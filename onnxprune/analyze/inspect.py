@@ -9,7 +9,7 @@ import numpy as np
 from onnxprune.analyze.weights import Analysis, Weight, find_weights
 from onnxprune.core.graph import walk_graphs
 from onnxprune.core.model import Model
-from onnxprune.core.report import table
+from onnxprune.core.report import fill, table
 
 
 def zero_fraction(model: Model, key: str, weight: Weight | None = None) -> float:
@@ -61,6 +61,17 @@ def inspect_model(model: Model, analysis: Analysis | None = None) -> dict:
     }
 
 
+LEGEND = {
+    "op": "the op that reads the weight and its input slot (+N: N more uses)",
+    "matrix": "the weight as the 2-D matrix pruning ranks: outputs x reduction length (N:M groups run "
+              "along the reduction)",
+    "red.axes": "axes of the stored tensor the op sums over (the reduction)",
+    "chain": "ops between the stored tensor and the op (Transpose, Cast, DequantizeLinear, ...), undone when "
+             "pruning",
+    "zeros": "share of stored values that are already zero (the zero point for quantized weights)",
+}
+
+
 def render(report: dict) -> str:
     rows = [
         (w["name"], w["ops"][0] + (f" +{len(w['ops']) - 1}" if len(w["ops"]) > 1 else ""), w["dtype"],
@@ -69,17 +80,17 @@ def render(report: dict) -> str:
          "->".join(w["chain"]) or "-", f"{w['zero_fraction']:.1%}")
         for w in report["weights"]
     ]
-    out = [table(["weight", "op", "dtype", "shape", "params", "matrix", "red.axes", "chain", "zeros"], rows)]
+    out = [table(["weight", "op", "dtype", "shape", "params", "matrix", "red.axes", "chain", "zeros"], rows,
+                 legend=LEGEND)]
     if report["not_prunable"]:
         out.append("\nnot prunable:")
         out.append(table(["tensor", "node", "op", "reason"],
                          [(u["name"], u["node"], f"{u['op']}:{u['role']}", u["reason"]) for u in report["not_prunable"]]))
     t = report["totals"]
-    out.append(
-        f"\nparams {t['params']:,}  prunable {t['prunable_params']:,} ({t['prunable_share']:.1%}) in "
-        f"{t['prunable_weights']} weights  zeros in prunable {t['prunable_zero_fraction']:.1%}"
-    )
-    out.append("opsets " + ", ".join(f"{k} {v}" for k, v in report["opsets"].items())
-               + "  ops " + ", ".join(f"{k} {v}" for k, v in report["ops"].items()))
-    out += [f"note: {n}" for n in report.get("notes", [])]
+    out.append("\n" + fill(
+        f"params {t['params']:,}  prunable {t['prunable_params']:,} ({t['prunable_share']:.1%}) in "
+        f"{t['prunable_weights']} weights  zeros in prunable {t['prunable_zero_fraction']:.1%}"))
+    out.append(fill("opsets " + ", ".join(f"{k} {v}" for k, v in report["opsets"].items())))
+    out.append(fill("ops " + ", ".join(f"{k} {v}" for k, v in report["ops"].items())))
+    out += [fill(f"note: {n}") for n in report.get("notes", [])]
     return "\n".join(out)

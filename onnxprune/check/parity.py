@@ -43,6 +43,7 @@ import onnxruntime as ort
 from onnxprune.check.data import Dataset
 from onnxprune.core.errors import DataError, ModelLoadError, Opt, OptionError
 from onnxprune.core.model import PROTOBUF_LIMIT, Model
+from onnxprune.core.progress import progress as track
 from onnxprune.core.report import table, to_json, write_json
 from onnxprune.core.runtime import first_line, output_array, session
 
@@ -504,7 +505,8 @@ def compare(original: ModelSource, candidate: ModelSource, dataset: Dataset, thr
         raise DataError(f"{dataset.source}: no samples to compare on")
     stats = [_OutputStats(n, thresholds.for_output(n)) for n in names]
     batches = 0
-    for batch in dataset.iter_batches(batch_size):
+    for batch in track(dataset.iter_batches(batch_size), "parity", total=-(-len(dataset) // max(batch_size, 1)),
+                       unit="batch", name=lambda b: f"{b.size} samples"):
         refs = _run(ref_sess, names, batch.feed, o_label)
         cands = _run(cand_sess, names, batch.feed, c_label)
         for s, r, c in zip(stats, refs, cands):

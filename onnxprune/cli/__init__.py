@@ -16,6 +16,7 @@ import click
 from onnxprune import __version__
 from onnxprune.core.atomic import undo_on_error
 from onnxprune.core.errors import OnnxPruneError, Opt, OptionError, recipe_key
+from onnxprune.core.progress import configure
 
 # what --version prints: the tool and the two libraries whose versions decide its results
 VERSION_MESSAGE = (f"%(prog)s %(version)s (onnx {importlib.metadata.version('onnx')}, "
@@ -47,8 +48,40 @@ def cli_flag(opt: Opt) -> str:
     return " ".join(f"{flag} {v}" for v in (opt.value if isinstance(opt.value, list) else [opt.value]))
 
 
+_VERBOSITY = "onnxprune.verbosity"  # ctx.meta key: -1 quiet, 0 default, 1 verbose
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value) -> None:
+    if value:  # given here: it overrides the group's (`onnxprune -q prune ...`)
+        ctx.meta[_VERBOSITY] = -1 if param.name == "quiet" else int(value)
+        configure(ctx.meta[_VERBOSITY])
+
+
+def verbosity_options(f):
+    """-q/--quiet and -v/--verbose, the same on the group and on every command."""
+    f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity,
+                     help="More: one log line per layer, batch and sweep point (-vv the same).")(f)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity,
+                        help="Only errors, warnings and the one-line result: no tables, stage lines or bars.")(f)
+
+
+def is_quiet() -> bool:
+    """Was -q given (to the group or the running command)?"""
+    return click.get_current_context().meta.get(_VERBOSITY, 0) < 0
+
+
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print the JSON report on stdout (as --report -); tables go to stderr.")
+
+
+def print_job(result, report_path: str | None) -> None:
+    """Print a job's tables and summary line (stderr when the JSON report goes to stdout) and exit
+    with its code (1: parity failed)."""
+    text = result.render(quiet=is_quiet())
+    if text:
+        click.echo(text, err=report_path == "-")
+    if result.exit_code:
+        click.get_current_context().exit(result.exit_code)
 
 
 def report_target(report_path: str | None, as_json: bool) -> str | None:
@@ -87,5 +120,11 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxprune", message=VERSION_MESSAGE)
-def main() -> None:
-    """Prune, repair, pack and check ONNX models for edge deployment."""
+@verbosity_options
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Prune, repair, pack and check ONNX models for edge deployment.
+
+    Progress goes to stderr: a bar per long stage on a terminal, one line per stage otherwise
+    (-q: none, -v: one per layer). Shell completion: see the README (_ONNXPRUNE_COMPLETE)."""
+    configure(ctx.meta.get(_VERBOSITY, 0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from onnxprune.check.data import DEFAULT_INT_RANGE
-from onnxprune.cli import json_option, report_target
+from onnxprune.cli import is_quiet, json_option, report_target, verbosity_options
 from onnxprune.jobs.gate import run_check
 
 
@@ -72,10 +72,11 @@ run_options = _stack(
 @run_options
 @json_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here ('-': stdout).")
-@click.option("--quiet", is_flag=True, help="Print only the verdict line.")
-def command(original: str, candidate: str, report_path: str | None, as_json: bool, quiet: bool, **opts) -> None:
+@verbosity_options
+def command(original: str, candidate: str, report_path: str | None, as_json: bool, **opts) -> None:
     """Compare CANDIDATE with ORIGINAL in onnxruntime on the same inputs; exit 1 if a threshold fails."""
     report_path = report_target(report_path, as_json)
-    report = run_check(original, candidate, opts, report_path=report_path, quiet=quiet)
+    report = run_check(original, candidate, opts, report_path=report_path)
+    click.echo(report.verdict() if is_quiet() else report.render(), err=report_path == "-")
     if not report.passed:
         click.get_current_context().exit(1)

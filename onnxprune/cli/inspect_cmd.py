@@ -3,12 +3,14 @@
 import click
 
 from onnxprune.analyze.inspect import inspect_model, render
+from onnxprune.cli import verbosity_options
 from onnxprune.core.model import Model
 from onnxprune.core.report import to_json
 from onnxprune.prune.fold import fold_constants
 
 
 @click.command("inspect")
+@verbosity_options
 @click.argument("model_path", metavar="MODEL", type=click.Path())  # Model.load reports a bad path in one line
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema onnxprune.inspect v1).")
 @click.option("--fold-constants", "fold", is_flag=True, help="Fold constant subexpressions first, so weights built from constants become prunable.")

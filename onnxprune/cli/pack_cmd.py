@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
 from onnxprune.analyze.weights import find_weights
-from onnxprune.cli import json_option, report_target
+from onnxprune.cli import is_quiet, json_option, report_target, verbosity_options
 from onnxprune.core.errors import NothingToPackError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, write_json
 from onnxprune.core.shapes import parse_shape
+from onnxprune.jobs.footprint import footprint, summary_line
 from onnxprune.pack.passes import DEFAULT_MAX_INCREASE, pack_model, render_report
 from onnxprune.pack.targets import EMIT_MODES, load_target
 
@@ -36,14 +38,15 @@ from onnxprune.pack.targets import EMIT_MODES, load_target
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report (schema onnxprune.pack) here ('-': stdout).")
 @click.option("--no-gzip", is_flag=True, help="Skip measuring gzip of the dense model (slow on large models).")
 @click.option("--all-rows", is_flag=True, help="Print every layer (default: the first 60).")
-@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+@verbosity_options
 def command(model_path, target_name, output, emit, block, enforce, max_increase, masks_in, input_shapes, report_path,
-            as_json, no_gzip, all_rows, quiet):
+            as_json, no_gzip, all_rows):
     """Pack a pruned MODEL for an accelerator target into OUT_DIR: model.onnx, weights.bin, manifest.json.
 
     Prints, per layer, whether it will run sparse on the target and if not why, the share of weights and
     MACs that run sparse, and the sizes against the information bound. The input file is never written."""
     report_path = report_target(report_path, as_json)
+    quiet = is_quiet()
     target = load_target(target_name, block=block)
     shapes = dict(parse_shape(s) for s in input_shapes)
     model = Model.load(model_path)
@@ -51,6 +54,7 @@ def command(model_path, target_name, output, emit, block, enforce, max_increase,
     if masks_in:
 
         masks = MaskSet.load(masks_in, {w.key: w.shape for w in find_weights(model).weights})
+    before = None if quiet else footprint(model, model_path, shapes)
     make_parent(output)
     try:
         _, report = pack_model(model, target, output, emit=emit, enforce=enforce, masks=masks,
@@ -65,4 +69,9 @@ def command(model_path, target_name, output, emit, block, enforce, max_increase,
         make_parent(report_path)
         write_json(report_path, report, "pack")
     if not quiet:
-        click.echo(render_report(report, None if all_rows else 60), err=is_stdout(report_path))
+        artifact = Path(output) / "model.onnx"
+        after = footprint(Model.load(artifact), artifact, shapes)
+        folder = sum(f.stat().st_size for f in Path(output).iterdir() if f.is_file())
+        after = dataclasses.replace(after, disk_bytes=folder)  # the whole artifact: model, weights.bin, manifest
+        click.echo(render_report(report, None if all_rows else 60) + "\n"
+                   + summary_line(before, after, f"{output}/ (all files)"), err=is_stdout(report_path))

@@ -6,7 +6,13 @@ import dataclasses
 
 import click
 
-from onnxprune.cli import json_option, report_target
+from onnxprune.cli import (
+    is_quiet,
+    json_option,
+    print_job,
+    report_target,
+    verbosity_options,
+)
 from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
 from onnxprune.core.atomic import atomic_write_text
 from onnxprune.core.report import make_parent
@@ -62,13 +68,13 @@ def prune_options(exclude: tuple[str, ...] = ()):
 @json_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here ('-': stdout).")
 @click.option("--external-data", is_flag=True, help="Store weights in OUT.<hash>.data beside the model, named by its content (automatic above 2 GiB).")
-@click.option("--quiet", is_flag=True, help="No table, no progress bar.")
+@verbosity_options
 @click.option("--target", "target_name", metavar="NAME", help="Prune in this target's pattern (only the layers it can use), then pack for it (see onnxprune targets).")
 @click.option("--emit", type=click.Choice(["dense", "sparse-initializer", "portable"]), help="With --target: the artifact's ONNX form (default: the target's).")
 @click.option("--block", metavar="RxC", help="With a block target: the block shape.")
 @click.option("--target-out", type=click.Path(file_okay=False), help="With --target: the artifact folder (default: OUT without .onnx + .TARGET).")
 @click.option("--dump-recipe", type=click.Path(dir_okay=False), help="Write the recipe equivalent to these flags (then run it).")
-def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report_path, as_json, external_data, quiet,
+def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report_path, as_json, external_data,
             target_name, emit, block, target_out, dump_recipe, **rest):
     """Prune MODEL's weights and write the result to OUT (the input file is never written)."""
     report_path = report_target(report_path, as_json)
@@ -91,6 +97,4 @@ def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report
     if dump_recipe:
         make_parent(dump_recipe)
         atomic_write_text(dump_recipe, recipe.dumps())
-    result = run_recipe(recipe, quiet=quiet)
-    if result.exit_code:
-        click.get_current_context().exit(result.exit_code)
+    print_job(run_recipe(recipe, progress=not is_quiet(), measure=not is_quiet()), report_path)

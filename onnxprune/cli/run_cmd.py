@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from onnxprune.cli import is_quiet, print_job, verbosity_options
 from onnxprune.jobs.recipe import load_recipe, shipped_recipes
 from onnxprune.jobs.run import run_recipe
 
@@ -13,8 +14,8 @@ from onnxprune.jobs.run import run_recipe
 @click.argument("model_path", metavar="[MODEL]", required=False, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output model (overrides output.model).")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe key (TOML value), e.g. prune.sparsity=0.6. Repeatable.")
-@click.option("--quiet", is_flag=True, help="No table, no progress bar.")
-def command(recipe_name: str, model_path: str | None, output: str | None, sets: tuple[str, ...], quiet: bool) -> None:
+@verbosity_options
+def command(recipe_name: str, model_path: str | None, output: str | None, sets: tuple[str, ...]) -> None:
     """Run the job a recipe file (or a shipped recipe by name) declares.
 
     \b
@@ -24,9 +25,8 @@ def command(recipe_name: str, model_path: str | None, output: str | None, sets: 
         sets.append(f"input.model={_quote(model_path)}")
     if output:
         sets.append(f"output.model={_quote(output)}")
-    result = run_recipe(load_recipe(recipe_name, sets), quiet=quiet)
-    if result.exit_code:
-        click.get_current_context().exit(result.exit_code)
+    recipe = load_recipe(recipe_name, sets)
+    print_job(run_recipe(recipe, progress=not is_quiet(), measure=not is_quiet()), recipe.output.get("report"))
 
 
 def _quote(text: str) -> str:

@@ -8,7 +8,7 @@ import click
 
 from onnxprune.check.data import dataset_from_options
 from onnxprune.check.parity import refuse_guessed_shapes, thresholds_from_options
-from onnxprune.cli import cli_flag, json_option, report_target
+from onnxprune.cli import cli_flag, json_option, report_target, verbosity_options
 from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
 from onnxprune.cli.prune_cmd import prune_options
 from onnxprune.core.atomic import check_writable, keep_on_error
@@ -42,6 +42,7 @@ def _refuse_nm(pattern: str) -> None:
 
 
 @click.command("sweep")
+@verbosity_options
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("--sparsities", default="0.3,0.5,0.7,0.9", show_default=True, help="Comma-separated sparsity levels.")
 @click.option("--find-max", "bisect", is_flag=True, help="Bisect for the highest sparsity that passes the thresholds.")
@@ -83,7 +84,6 @@ def command(model_path, sparsities, bisect, report_path, as_json, plot_path, **r
 
     def on_point(p: dict) -> None:
         measured.append(p)
-        click.echo(f"  sparsity {p['sparsity']:.3f}: {'PASS' if p['passed'] else 'FAIL'}", err=True)
 
     def write_report(points: list[dict], best: float | None, error: str | None) -> None:
         if report_path:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -61,7 +65,11 @@ def make_parent(path: str | os.PathLike | None) -> None:
 
 
 def _cell(v: Any) -> str:
-    if isinstance(v, float):
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v)
+    if isinstance(v, (int, np.integer)):
+        return f"{v:,}"
+    if isinstance(v, (float, np.floating)):
         if not math.isfinite(v):
             return str(v)  # nan, inf, -inf
         if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e6):
@@ -70,17 +78,134 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right_align: bool = True) -> str:
-    """A plain monospace table; numbers right-aligned."""
+_NUMBER = re.compile(r"^[-+<>=~ ]*[\d,]*\.?\d+(e[-+]?\d+)?\s*(%|x|s|[kMG]B?)?$")
+ELLIPSIS = "…"
+
+
+def _numeric(cells: list[str]) -> bool:
+    filled = [c for c in cells if c not in ("", "-", "?")]
+    return bool(filled) and all(_NUMBER.match(c) for c in filled)
+
+
+def terminal_width() -> int | None:
+    """Columns to fit tables in: $COLUMNS, else the terminal's width when stdout or stderr is one, else
+    None (a pipe or a log file gets every character)."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream.isatty():
+                return shutil.get_terminal_size().columns
+        except (AttributeError, ValueError):
+            continue
+    return None
+
+
+def clip(text: str, width: int) -> str:
+    """`text` in at most `width` characters: whole if it fits, else its start and end around an ellipsis."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return ELLIPSIS[:width]
+    head = width // 2
+    return text[:head] + ELLIPSIS + text[len(text) - (width - 1 - head):]
+
+
+def _fold(text: str, width: int) -> list[str]:
+    """`text` in lines of at most `width`: prose wrapped at spaces, names (no spaces) broken after
+    '/', '.' or '_'; only a single piece longer than a line is clipped, with an ellipsis."""
+    if len(text) <= width:
+        return [text]
+    if " " in text.strip():
+        pieces = [w + " " for w in text.split()]
+    else:
+        pieces = re.findall(r"[^/._]*[/._]|[^/._]+$", text)
+    lines, line = [], ""
+    for piece in pieces:
+        if line and len(line + piece.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += piece
+    lines.append(line.rstrip())
+    return [clip(x, width) for x in lines if x]
+
+
+def fill(text: str, indent: str = "  ") -> str:
+    """A long line of prose wrapped to `terminal_width()` (continuation lines indented); whole in a pipe."""
+    width = terminal_width()
+    return "\n".join(textwrap.wrap(text, width, subsequent_indent=indent, break_long_words=False,
+                                   break_on_hyphens=False)) if width and len(text) > width else text
+
+
+def _fit(widths: list[int], natural: list[int], right: list[bool], headers: Sequence[str], width: int) -> list[int]:
+    """Narrow the text columns (widest first, never below their header or 10 characters) until the row fits."""
+    widths = list(widths)
+    floor = [len(h) if right[i] else max(len(h), min(natural[i], 10)) for i, h in enumerate(headers)]
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        shrinkable = [i for i in range(len(widths)) if not right[i] and widths[i] > floor[i]]
+        if not shrinkable:
+            break
+        widths[max(shrinkable, key=lambda i: widths[i])] -= 1
+    return widths
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right_align: bool | None = None,
+          width: int | None = None, legend: dict[str, str] | None = None, below: str | None = None) -> str:
+    """The one table renderer: text columns left-aligned, numbers right-aligned (with thousands
+    separators), fitted to `width` (default `terminal_width()`): free text wraps at spaces, names at
+    '/', '.' or '_' (a piece that still does not fit is clipped with an ellipsis). Where the first
+    column would get fewer than 24 characters, it goes on a line of its own above the other columns
+    of its row; the column named `below` (free text such as a description) goes under its row instead,
+    when the table does not fit. `legend` explains columns under the table; `right_align=False` aligns
+    every column left."""
     cells = [[_cell(c) for c in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    def fmt(row):
-        out = []
-        for i, (c, w) in enumerate(zip(row, widths)):
-            out.append(c.ljust(w) if i == 0 or not right_align else c.rjust(w))
-        return "  ".join(out).rstrip()
-    lines = [fmt(list(headers)), "  ".join("-" * w for w in widths)]
-    lines += [fmt(r) for r in cells]
-    return "\n".join(lines)
+    width = terminal_width() if width is None else width
+    under = None
+    if below is not None and width:
+        natural = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+        if sum(natural) + 2 * (len(natural) - 1) > width:
+            under = list(headers).index(below)
+    keep = [i for i in range(len(headers)) if i != under]
+    head, blocks = _layout([headers[i] for i in keep], [[r[i] for i in keep] for r in cells], right_align, width)
+    lines = list(head)
+    for row, block in zip(cells, blocks):
+        lines += block
+        if under is not None:
+            lines += textwrap.wrap(row[under], width, initial_indent="    ", subsequent_indent="    ",
+                                   break_on_hyphens=False)
+    return "\n".join(lines + _legend(legend, width))
+
+
+def _layout(headers: Sequence[str], cells: list[list[str]], right_align: bool | None,
+            width: int | None) -> tuple[list[str], list[list[str]]]:
+    """(header lines, the lines of each row) of a table fitted to `width` (see `table`)."""
+    cols = list(zip(*cells)) if cells else [()] * len(headers)
+    right = [right_align is not False and _numeric(list(c)) for c in cols]
+    natural = [max([len(h)] + [len(x) for x in c]) for h, c in zip(headers, cols)]
+    widths, stacked = list(natural), False
+    if width and sum(natural) + 2 * (len(natural) - 1) > width:
+        widths = _fit(natural, natural, right, headers, width)
+        if len(headers) > 2 and widths[0] < min(natural[0], 24):  # the first column on its own line
+            stacked = True
+            widths = [width] + _fit(natural[1:], natural[1:], right[1:], headers[1:], width - 2)
+
+    def join(row: Sequence[str], ws: list[int], rs: list[bool]) -> list[str]:
+        parts = [_fold(c, w) for c, w in zip(row, ws)]
+        return ["  ".join((p[k] if k < len(p) else "").rjust(w) if r else (p[k] if k < len(p) else "").ljust(w)
+                          for p, w, r in zip(parts, ws, rs)).rstrip()
+                for k in range(max(len(p) for p in parts))]
+
+    def lines_of(row: Sequence[str]) -> list[str]:
+        if stacked:
+            return _fold(row[0], width) + ["  " + line for line in join(row[1:], widths[1:], right[1:])]
+        return join(row, widths, right)
+
+    rule = "  ".join("-" * w for w in (widths[1:] if stacked else widths))
+    return lines_of(list(headers)) + [("  " + rule) if stacked else rule], [lines_of(r) for r in cells]
+
+
+def _legend(legend: dict[str, str] | None, width: int | None) -> list[str]:
+    lines = [""] if legend else []
+    for name, text in (legend or {}).items():
+        lines += textwrap.wrap(f"{name}: {text}", width or 10**6, subsequent_indent="  ")
+    return lines

@@ -1,16 +1,13 @@
 """The parity gate as a job: option values (CLI flags or a recipe's [data]/[check]) in, a verdict out.
 
-`run_check` builds the data and thresholds, compares in onnxruntime, prints the table and writes the
-JSON report; the caller turns `not report.passed` into exit code 1."""
+`run_check` builds the data and thresholds, compares in onnxruntime and writes the JSON
+report; the caller prints `report.render()` and turns `not report.passed` into exit code 1."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 from typing import Mapping
 
-import click
 import onnx
 
 from onnxprune.check.data import Dataset, dataset_from_options
@@ -21,7 +18,8 @@ from onnxprune.check.parity import (
     thresholds_from_options,
 )
 from onnxprune.core.model import Model
-from onnxprune.core.report import is_stdout, make_parent
+from onnxprune.core.progress import Timer, stage_line
+from onnxprune.core.report import make_parent
 
 THRESHOLD_KEYS = ("min_cosine", "max_rel_l2", "min_top1_agreement", "max_accuracy_drop", "atol", "rtol",
                    "min_snr_db", "max_abs", "min_exact_match", "output_thresholds")
@@ -34,25 +32,20 @@ def _model(model: ModelSource) -> Model:
 
 
 def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, dataset: Dataset | None = None,
-              report_path: str | os.PathLike | None = None, quiet: bool = False,
-              to_stderr: bool = False) -> ParityReport:
-    """The gate from option values: data (unless `dataset` is given) and thresholds, compare, print the
-    table (with `quiet`, the verdict only; on stderr with `to_stderr` or a report to stdout), write the JSON
-    report. The caller exits 1 when `not report.passed`."""
+              report_path: str | os.PathLike | None = None) -> ParityReport:
+    """The gate from option values: data (unless `dataset` is given) and thresholds, compare (a stage
+    line to the `onnxprune` logger), write the JSON report. Prints nothing: the caller prints
+    `report.render()` (or `report.verdict()`) and exits 1 when `not report.passed`."""
     spec_model = _model(original)
     _model(candidate)  # a missing or unreadable candidate fails here with a one-line error
     dataset = dataset_from_options(spec_model.proto, opts, spec_model.base_dir) if dataset is None else dataset
     thresholds = thresholds_from_options(**{k: opts.get(k) for k in THRESHOLD_KEYS if opts.get(k) is not None})
-    show = not quiet and sys.stderr.isatty()
-    bar = (click.progressbar(length=len(dataset), label="checking", file=sys.stderr) if show
-           else contextlib.nullcontext())
-    with bar as b:
+    with Timer() as timer:
         report = compare(original, candidate, dataset, thresholds, batch_size=opts.get("batch_size", 1),
                          providers=[opts.get("provider") or "CPUExecutionProvider"], threads=opts.get("threads", 1),
-                         progress=None if b is None else b.update,
                          allow_guessed_shapes=bool(opts.get("allow_guessed_shapes")))
+    stage_line(f"parity: {'PASS' if report.passed else 'FAIL'} on {len(dataset)} samples", timer.seconds)
     if report_path:
         make_parent(report_path)
         report.write(report_path)
-    click.echo(report.verdict() if quiet else report.render(), err=to_stderr or is_stdout(report_path))
     return report

@@ -7,17 +7,16 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
 from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import Dataset, dataset_from_options
-from onnxprune.check.parity import refuse_guessed_shapes
+from onnxprune.check.parity import ParityReport, refuse_guessed_shapes
 from onnxprune.core.atomic import check_writable, data_files_beside, is_data_file_name
 from onnxprune.core.errors import OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, table, write_json
 from onnxprune.core.shapes import parse_shape
+from onnxprune.jobs.footprint import Footprint, footprint, summary_line
 from onnxprune.jobs.gate import run_check
 from onnxprune.jobs.prune_job import prune_model, summarize
 from onnxprune.jobs.recipe import Recipe
@@ -31,12 +30,37 @@ from onnxprune.prune.structured import render
 
 @dataclass
 class JobResult:
+    """What a job did: its JSON report, the parity verdict (None when not checked), the parity report
+    and the before/after footprints (None unless measured); `render()` is what the CLI prints."""
+
     report: dict
     passed: bool | None  # None when no parity check ran
+    parity: ParityReport | None = None
+    before: Footprint | None = None
+    after: Footprint | None = None
 
     @property
     def exit_code(self) -> int:
         return 1 if self.passed is False else 0
+
+    def render(self, quiet: bool = False) -> str:
+        """The tables (pack eligibility, pruning summary, parity), then the one-line summary of the write;
+        `quiet`: the parity verdict only."""
+        out = []
+        if not quiet:
+            if "target" in self.report:
+                out.append(render_pack_report(self.report["target"]))
+            out.append(render_summary(self.report))
+            if self.parity is not None:
+                out.append(self.parity.render())
+        elif self.parity is not None:
+            out.append(self.parity.verdict())
+        if self.before is not None and self.after is not None:
+            out.append(summary_line(self.before, self.after, self.report["output"]))
+        if self.passed is False:
+            out.append(f"the model failed the parity gate and was kept at {self.report['output']} "
+                       "for inspection (exit 1)")
+        return "\n".join(out)
 
 
 def render_summary(report: dict) -> str:
@@ -89,8 +113,17 @@ def _dataset(model: Model, recipe: Recipe, path: str | None) -> Dataset:
                                               "int_ranges": d.get("int_ranges", [])}, model.base_dir)
 
 
-def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
-    """Execute the job the recipe describes; returns the report and the parity verdict."""
+def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> JobResult:
+    """Execute the job the recipe describes; returns the report and the parity verdict. Prints nothing
+    (stage lines go to the `onnxprune` logger; `progress=False` logs them at DEBUG); `measure`: also
+    the footprints before and after, for `JobResult.render`'s summary line (reads every weight twice).
+
+    Example::
+
+        result = run_recipe(load_recipe("passes/unstructured-gate.toml", ['input.model="m.onnx"',
+                                                                         'output.model="out/m.onnx"']))
+        print(result.render()); raise SystemExit(result.exit_code)
+    """
     model_path = recipe.input.get("model")
     output = recipe.output.get("model")
     if not model_path:
@@ -124,25 +157,24 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
         target = load_target(recipe.target["name"], block=recipe.target.get("block"))
         exclude = {k: f"not eligible for target {target.name}: {reasons[0].text}"
                    for k, reasons in static_check(target, model).items() if reasons}
-    ctx, report = prune_model(model, recipe.prune, calib, masks, progress=not quiet, exclude=exclude)
+    shapes = dict(map(parse_shape, recipe.data.get("shapes", [])))
+    before = footprint(model, model_path, shapes) if measure else None
+    ctx, report = prune_model(model, recipe.prune, calib, masks, progress=progress, exclude=exclude)
     part = recipe.model_part()
     stamp(model, recipe.prune.to_dict(), {"onnxprune.recipe": part,
                                           "onnxprune.recipe_sha256": hashlib.sha256(part.encode()).hexdigest()})
     report_path = recipe.output.get("report")
-    to_stderr = is_stdout(report_path)  # stdout carries the JSON report
     if target is not None:  # packing may re-prune: it runs before the save and the check (checked = deployed)
         out_dir = recipe.target.get("out") or str(Path(output).with_suffix("")) + f".{target.name}"
         fed = calib or evaluation  # MACs at the shapes fed, else at --shape; guesses are made (and said) there
         shapes = ({k: v for k, v in fed.feed_shapes.shapes.items() if k not in fed.feed_shapes.guessed} if fed
-                  else dict(map(parse_shape, recipe.data.get("shapes", []))))
+                  else shapes)
         make_parent(out_dir)
         _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"), input_shapes=shapes,
-                               enforce=recipe.target.get("enforce", True), progress=not quiet)
+                               enforce=recipe.target.get("enforce", True), progress=progress)
         if packed["enforce"] and packed["enforce"]["modified"]:
             report = summarize(ctx, recipe.prune)
         report["target"] = packed
-        if not quiet:
-            click.echo(render_pack_report(packed), err=to_stderr)
     make_parent(output)
     model.save(output, external_data=True if recipe.output.get("external_data") else None)
     if recipe.output.get("masks"):
@@ -150,15 +182,13 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
         ctx.masks.save(recipe.output["masks"])
     report.update(input=str(Path(model_path).resolve()), output=str(Path(output).resolve()),
                   recipe=recipe.to_dict(), recipe_sha256=recipe.sha256())
-    if not quiet:
-        click.echo(render_summary(report), err=to_stderr)
-    passed = None
+    after = footprint(model, output, shapes) if measure else None
+    passed = parity = None
     if gate:
-        parity = run_check(Model.load(model_path), output, recipe.check, dataset=evaluation, quiet=quiet,
-                           to_stderr=to_stderr)
+        parity = run_check(Model.load(model_path), output, recipe.check, dataset=evaluation)
         report["parity"] = parity.to_dict()
         passed = parity.passed
     if report_path:
         make_parent(report_path)
         write_json(report_path, report, "prune")
-    return JobResult(report, passed)
+    return JobResult(report, passed, parity, before, after)

@@ -10,6 +10,7 @@ from onnxprune.check.parity import ParityReport, Thresholds, compare
 from onnxprune.core.atomic import atomic_open
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.model import Model
+from onnxprune.core.progress import Timer, stage_line
 from onnxprune.jobs.prune_job import PruneOptions, prune_model
 
 HEADLINE = ("top1_agreement", "cosine_mean", "rel_l2", "snr_db", "accuracy_drop")
@@ -24,11 +25,20 @@ def _point(sparsity: float, report: ParityReport, achieved: float) -> dict:
 
 def prune_and_check(model_path: str | Path, opts: PruneOptions, sparsity: float, dataset, thresholds: Thresholds,
                     calibration=None, **compare_kw) -> dict:
-    original = Model.load(model_path)
-    candidate = Model.load(model_path)
-    _, summary = prune_model(candidate, dataclasses.replace(opts, sparsity=sparsity), calibration, progress=False)
-    report = compare(original, candidate, dataset, thresholds, **compare_kw)
-    return _point(sparsity, report, achieved_sparsity(summary))
+    with Timer() as timer:
+        original = Model.load(model_path)
+        candidate = Model.load(model_path)
+        _, summary = prune_model(candidate, dataclasses.replace(opts, sparsity=sparsity), calibration, progress=False)
+        report = compare(original, candidate, dataset, thresholds, **compare_kw)
+    point = _point(sparsity, report, achieved_sparsity(summary))
+    shown = ", ".join(f"{k} {_metric(point[k])}" for k in HEADLINE if point.get(k) is not None)
+    stage_line(f"sweep sparsity {sparsity:.3f}: {'PASS' if report.passed else 'FAIL'}"
+               + (f" ({shown})" if shown else ""), timer.seconds)
+    return point
+
+
+def _metric(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def achieved_sparsity(summary: dict) -> float:

@@ -209,3 +209,6 @@ class CalibrationPass(Pass):
             cap = state.capture(ctx.analysis.weights, gram=False)
             result.notes.append(f"dense activation means captured in {cap.seconds:.2f} s")
         return result
+
+    def stage(self, result: PassResult) -> str:
+        return f"{result.notes[0]}, {result.seconds:.1f} s"

@@ -12,6 +12,7 @@ the Python API and recipe files all build `Pipeline` objects from the same passe
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ from onnxprune.analyze.weights import Analysis, find_weights
 from onnxprune.core.errors import OnnxPruneError, Opt
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
+from onnxprune.core.progress import stage_line
 
 
 class PassError(OnnxPruneError):
@@ -145,13 +147,39 @@ class Pass(ABC):
             self._check(ctx, "ensures", self.ensures)  # a pass that changed nothing leaves the model as it found it
         ctx.at = None
         ctx.results.append(result)
+        stage_line(self.stage(result), detail=not ctx.progress)
         return result
+
+    def stage(self, result: PassResult) -> str:
+        """The pass's one log line once it ran: what it did, in a few words, and its seconds."""
+        changed = sum(1 for w in result.weights.values() if not w.get("skipped"))
+        done = f"{changed} weights" if changed else "modified" if result.modified else "no change"
+        return f"{self.name}: {done}, {result.seconds:.1f} s"
+
+    def __repr__(self) -> str:
+        """`PrunePass(sparsity=0.5, pattern='2:4')`: the constructor settings that differ from their defaults."""
+        parts = []
+        for p in list(inspect.signature(type(self).__init__).parameters.values())[1:]:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or not hasattr(self, p.name):
+                continue
+            value = getattr(self, p.name)
+            default = p.default
+            if default is p.empty or _differs(value, default):
+                parts.append(f"{p.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     def _check(self, ctx: Context, kind: str, conditions: tuple[Condition, ...]) -> None:
         for c in conditions:
             parts = c.violation(ctx)
             if parts is not None:
                 raise PassError(f"pass {self.name!r} {kind} {c.name}: ", *parts)
+
+
+def _differs(value: Any, default: Any) -> bool:
+    try:
+        return bool(value != default) and not (isinstance(default, (tuple, list)) and list(value) == list(default))
+    except Exception:  # arrays and other values without a plain truth value
+        return True
 
 
 def _stable(value: Any) -> str:
@@ -166,8 +194,17 @@ def options_hash(settings: Any) -> str:
 
 
 class Pipeline:
+    """Passes run in order on one context; prints as the list of its passes.
+
+    >>> from onnxprune import Pipeline, Context, PrunePass, load_model
+    >>> Pipeline([PrunePass(0.5)]).run(Context(load_model("samples/digits_mlp.onnx")))
+    """
+
     def __init__(self, passes: list[Pass]):
         self.passes = list(passes)
+
+    def __repr__(self) -> str:
+        return "Pipeline([\n" + "".join(f"    {p!r},\n" for p in self.passes) + "])"
 
     def run(self, ctx: Context, on_step=None) -> Context:
         """Run every pass in order on `ctx.model`; `on_step(ctx, result)` is called after each one."""

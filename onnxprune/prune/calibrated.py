@@ -29,6 +29,7 @@ import numpy as np
 from onnxprune.analyze.activations import LayerStats
 from onnxprune.analyze.weights import Weight
 from onnxprune.core.errors import OptionError
+from onnxprune.core.progress import progress
 from onnxprune.pipeline import ANALYSIS_FRESH, Context, PassResult
 from onnxprune.pipeline.calibration import (
     CALIBRATION_DATA,
@@ -221,7 +222,8 @@ class CalibratedPrunePass(PrunePass):
         order = [w for w in weights if w.key in alloc.targets or w.key in global_prune]
         gram = self.criterion == "sparsegpt"
         staged = StagedStats(state, order, gram, self.sequential)
-        for w in order:
+        for w in progress(order, f"{self.criterion} step {self.step}", unit="weight", name=lambda w: w.key,
+                          enabled=ctx.progress):
             key = ctx.at = w.key
             stored = ctx.model.read(key)
             keep = ctx.masks.get(key) if key in ctx.masks else np.ones(w.shape, dtype=bool)

@@ -49,6 +49,11 @@ class PrunePass(Pass):
         self.nm_remainder = nm_remainder
         self.step = int(step)
 
+    def stage(self, result: PassResult) -> str:
+        pruned = sum(1 for w in result.weights.values() if "sparsity" in w)
+        return (f"prune step {self.step}: sparsity {self.sparsity:.2f} ({self.criterion}, {self.pattern}), "
+                f"{pruned} weights, {result.seconds:.1f} s")
+
     def _plan(self, ctx: Context):
         """(pattern, score function, allocation, result listing the skipped weights) for this step."""
         pattern = Pattern.parse(self.pattern)

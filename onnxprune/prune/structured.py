@@ -62,6 +62,7 @@ from onnxprune.analyze.groups import (
 from onnxprune.core.errors import DataError, OnnxPruneError, Opt, OptionError
 from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model, check_structure
+from onnxprune.core.progress import progress
 from onnxprune.core.quant import dequantized
 from onnxprune.core.report import table
 from onnxprune.core.runtime import failing_node
@@ -137,7 +138,8 @@ def activation_importance(model: Model, analysis: GroupAnalysis, data, samples: 
         feeds = {s.name for s in ds.specs}
         run = [x for x in names if x not in feeds]
         sess = capture_session(capture_proto(model, run), model, None) if run else None
-        for feed in ds.batches(batch_size):
+        batches = -(-len(ds) // batch_size)
+        for feed in progress(ds.batches(batch_size), "channel importance", total=batches, unit="batch"):
             outs = dict(zip(run, sess.run(run, feed))) if sess else {}
             outs.update({k: v for k, v in feed.items() if k in names})
             for lst in wanted.values():
@@ -754,3 +756,6 @@ class ChannelPrunePass(Pass):
                   for f in res.report["frozen_groups"]]
         notes += res.report["notes"]
         return PassResult(self.name, modified, changed, notes)
+
+    def stage(self, result: PassResult) -> str:
+        return f"{self.name} {self.sparsity:.2f} ({self.criterion}): {result.notes[0]}, {result.seconds:.1f} s"

@@ -76,7 +76,14 @@ def load_hook(spec: str | Callable) -> Callable:
 
 
 class HookPass(Pass):
-    """Run fine-tuning hooks after a pruning step and write back what they return, masked."""
+    """Run fine-tuning hooks after a pruning step and write back what they return, masked.
+
+    Example (a hook that scales every weight; the masks are re-applied to what it returns)::
+
+        def shrink(hctx):
+            return {name: w * 0.9 for name, w in hctx.weights.items()}
+        Pipeline([PrunePass(0.5), HookPass([shrink])]).run(Context(load_model("m.onnx")))
+    """
 
     name = "hooks"
     ensures = (ANALYSIS_FRESH, PRUNED_ZERO)
@@ -127,3 +134,8 @@ class HookPass(Pass):
             return False
         model.write(key, values)
         return True
+
+    def stage(self, result: PassResult) -> str:
+        names = ", ".join(h.rpartition(":")[2] or h for h in self.hooks)
+        return (f"step {self.step}/{self.steps}: sparsity {self.sparsity:.2f}, hook {names} {result.seconds:.1f} s, "
+                + (f"{len(result.weights)} tensors updated, masks re-applied" if result.modified else "no change"))

@@ -33,6 +33,7 @@ from onnxprune.analyze.activations import LayerStats
 from onnxprune.analyze.weights import Weight, dequant_params
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.model import Model
+from onnxprune.core.progress import progress
 from onnxprune.ops import spec_for
 from onnxprune.pipeline import ANALYSIS_FRESH, Context, Pass, PassResult
 from onnxprune.pipeline.calibration import (
@@ -186,7 +187,7 @@ def repair(ctx: Context, method: str = "lstsq", *, sequential: bool = False, dam
     updates: dict[str, np.ndarray] = {}
     report: dict[str, dict] = {}
     original = _original_model(ctx) if not state.dense else None
-    for w in weights:
+    for w in progress(weights, f"repair {method}", unit="weight", name=lambda w: w.key, enabled=ctx.progress):
         entry: dict = {}
         report[w.key] = entry
         st = staged.get(w)
@@ -310,6 +311,10 @@ class RepairPass(Pass):
                 result.weights[key] = {"updated_by": "bias"}
         result.notes.extend(notes)
         return result
+
+    def stage(self, result: PassResult) -> str:
+        refit = sum(1 for w in result.weights.values() if "lstsq" in w or "bias" in w)
+        return f"repair {self.method}: {refit} weights refitted, {result.seconds:.1f} s"
 
 
 # ------------------------------------------------------------------------------------------ hooks

@@ -42,6 +42,7 @@ from onnxprune.analyze.groups import (
 )
 from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model
+from onnxprune.core.progress import progress
 from onnxprune.core.quant import dequantized, dq_params
 from onnxprune.core.runtime import output_array
 from onnxprune.ops import OpSpec, spec_for
@@ -349,7 +350,8 @@ def lstsq_repair(model: Model, proto: onnx.ModelProto, plan, data, *, samples: i
         if cur:
             chunks.append(cur)
     report["passes"] = len(chunks)
-    for chunk in chunks:
+    for chunk in progress(chunks, "channel repair", unit="stage",
+                          name=lambda chunk: ", ".join(c.node.name or c.op for c in chunk)):
         names = sorted({c.node.input[0] for c in chunk} - feeds)
         pruned.replace_proto(proto)
         s_o = capture_session(capture_proto(model, names), model, None) if names else None
