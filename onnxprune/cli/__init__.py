@@ -60,7 +60,7 @@ def _set_verbosity(ctx: click.Context, param: click.Parameter, value) -> None:
 def verbosity_options(f):
     """-q/--quiet and -v/--verbose, the same on the group and on every command."""
     f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity,
-                     help="More: one log line per layer, batch and sweep point (-vv the same).")(f)
+                     help="More detail: a log line per layer, batch and sweep point.")(f)
     return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity,
                         help="Only errors, warnings and the one-line result: no tables, stage lines or bars.")(f)
 
@@ -91,8 +91,46 @@ def report_target(report_path: str | None, as_json: bool) -> str | None:
     return "-" if as_json else report_path
 
 
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options in named sections (`sections`: title -> parameter names;
+    the rest under "Other options") and ends with `epilog` examples kept as written."""
+
+    def __init__(self, *args, sections: dict[str, tuple[str, ...]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sections = sections or {}
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        help_option = self.get_help_option(ctx)
+        records = {"help" if p is help_option else p.name: p.get_help_record(ctx)
+                   for p in self.get_params(ctx) if isinstance(p, click.Option)}
+        records = {k: v for k, v in records.items() if v is not None}
+        shown: set[str] = set()
+        for title, names in [*self.sections.items(), ("Other options", tuple(records))]:
+            rows = [records[n] for n in names if n in records and n not in shown]
+            shown |= set(names)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if self.epilog:
+            formatter.write_paragraph()
+            formatter.write_text("Examples:")
+            for line in self.epilog.strip("\n").splitlines():
+                formatter.write(f"  {line}\n")
+
+
 class _Group(click.Group):
-    """Loads commands lazily and turns OnnxPruneError into one stderr line + its exit code."""
+    """Loads commands lazily, lists each with its full summary, and turns OnnxPruneError into one stderr
+    line + its exit code."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            help_text = self.get_command(ctx, name).help or ""
+            rows.append((name, " ".join(help_text.split("\n\n")[0].split())))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def list_commands(self, ctx):
         return sorted(COMMANDS)

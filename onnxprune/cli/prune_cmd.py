@@ -7,6 +7,7 @@ import dataclasses
 import click
 
 from onnxprune.cli import (
+    SectionedCommand,
     is_quiet,
     json_option,
     print_job,
@@ -54,7 +55,39 @@ def prune_options(exclude: tuple[str, ...] = ()):
     return decorate
 
 
-@click.command("prune")
+SECTIONS = {
+    "Pattern": ("sparsity", "pattern", "criterion", "nm_remainder", "round_to", "reinit"),
+    "Scope (which weights, how much each)": ("scope", "overrides", "skip", "min_params", "fold_constants"),
+    "Calibration data and repair": ("data", "labels", "samples", "seed", "shapes", "int_ranges", "calib_samples",
+                                    "sequential", "repair"),
+    "Schedule (gradual pruning, fine-tuning hooks)": ("steps", "initial_sparsity", "t0", "dt", "hooks", "masks_in"),
+    "Target (prune for an accelerator, then pack)": ("target_name", "emit", "block", "target_out"),
+    "Check (parity gate on the result)": ("run_gate", "eval_data", "min_cosine", "max_rel_l2", "min_top1_agreement",
+                                          "max_accuracy_drop", "atol", "rtol", "min_snr_db", "max_abs",
+                                          "min_exact_match", "allow_guessed_shapes", "output_thresholds",
+                                          "batch_size", "provider", "threads"),
+    "Output": ("output", "masks_out", "report_path", "as_json", "external_data", "dump_recipe", "quiet", "verbose",
+               "help"),
+}
+
+EXAMPLES = """
+# 50% unstructured magnitude pruning, per layer
+onnxprune prune m.onnx -o out/m.onnx --sparsity 0.5
+# 2:4 for NVIDIA sparse tensor cores, SparseGPT from calibration data, gated
+onnxprune prune m.onnx -o out/m.onnx --pattern 2:4 --criterion sparsegpt \\
+    --data calib.npz --check
+# gradual: 80% in 4 steps, your fine-tuning hook after each
+onnxprune prune m.onnx -o out/m.onnx --sparsity 0.8 --steps 4 \\
+    --hook tune.py:finetune --data calib.npz
+# a quarter of the channels removed (faster on any CPU), refitted
+onnxprune prune m.onnx -o out/m.onnx --pattern channel --sparsity 0.25 \\
+    --repair lstsq --data calib.npz
+# the job as a recipe, to rerun with `onnxprune run job.toml`
+onnxprune prune m.onnx -o out/m.onnx --sparsity 0.6 --dump-recipe job.toml
+"""
+
+
+@click.command("prune", cls=SectionedCommand, sections=SECTIONS, epilog=EXAMPLES)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output model path (a missing folder is created).")
 @prune_options()
