@@ -69,3 +69,30 @@ def test_every_shipped_recipe_runs_on_magika(tmp_path, name):
                                   "--set", "check.batch_size=16", "--quiet"])
     assert r.exit_code in (0, 1), r.output  # 1 = the gate said no: still a complete run
     assert out.exists()
+
+
+def test_dumped_recipe_paths_are_relative_to_it_and_run_from_any_folder(tmp_path, monkeypatch):
+    import shutil
+
+    import onnx
+
+    from onnxprune.jobs.recipe import tomllib
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(MLP, tmp_path / "in" / "mlp.onnx")
+    shutil.copy(EVAL, tmp_path / "in" / "eval.npz")
+    monkeypatch.chdir(tmp_path)
+    r = run("prune", "in/mlp.onnx", "-o", "job/out/a.onnx", "--sparsity", "0.6", "--check", "--data", "in/eval.npz",
+            "--max-accuracy-drop", "0.05", "--dump-recipe", "job/job.toml", "--quiet")
+    assert r.exit_code == 0, r.output
+    dumped = tomllib.loads((tmp_path / "job" / "job.toml").read_text())
+    assert dumped["input"]["model"] == "../in/mlp.onnx" and dumped["data"]["calibration"] == "../in/eval.npz"
+    assert dumped["output"]["model"] == "out/a.onnx"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    r = run("run", "../job/job.toml", "-o", "b.onnx", "--quiet")  # -o on the command line: from this folder
+    assert r.exit_code == 0, r.output
+
+    def weights(path):
+        return {t.name: t.raw_data for t in onnx.load(str(path)).graph.initializer}
+    assert weights(tmp_path / "elsewhere" / "b.onnx") == weights(tmp_path / "job" / "out" / "a.onnx")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import click
 
@@ -129,5 +130,5 @@ def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report
     )
     if dump_recipe:
         make_parent(dump_recipe)
-        atomic_write_text(dump_recipe, recipe.dumps())
+        atomic_write_text(dump_recipe, recipe.dumps(relative_to=Path(dump_recipe).parent))
     print_job(run_recipe(recipe, progress=not is_quiet(), measure=not is_quiet()), report_path)

@@ -3,7 +3,8 @@
 The `prune` flags and a recipe file both become a `Recipe`; `jobs.run.run_recipe` runs it. So flags and
 recipes cannot drift: `prune ... --dump-recipe F` followed by `run F` gives the same bytes.
 
-Sections and keys (relative paths are taken from the current directory, like CLI flags):
+Sections and keys. Relative paths in a recipe file are taken from the recipe's folder (so a job runs
+from any folder); values given with --set or on the command line, from the current folder:
 
   [job]     name, description
   [input]   model
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -59,6 +61,38 @@ SCHEMA: dict[str, dict[str, Any]] = {
 }
 
 
+# keys whose values are file or folder paths (prune.hooks: the FILE of FILE.py:FN; target.name: a .toml file)
+PATH_KEYS = {("input", "model"), ("data", "calibration"), ("data", "evaluation"), ("data", "labels"),
+             ("target", "out"), ("target", "name"), ("output", "model"), ("output", "report"), ("output", "masks"),
+             ("output", "masks_in"), ("prune", "hooks")}
+
+
+def _is_path(section: str, key: str, value: str) -> bool:
+    if (section, key) == ("target", "name"):
+        return value.endswith(".toml")
+    if (section, key) == ("prune", "hooks"):
+        return value.rpartition(":")[0].endswith(".py")
+    return value != "-"  # "-": stdout
+
+
+def rebase_paths(data: dict, move) -> dict:
+    """`data` (section -> key -> value) with every relative path p among PATH_KEYS replaced by `move(p)`
+    (a hook FILE.py:FN moves its FILE); absolute paths and other values stay as they are."""
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for section, key in PATH_KEYS:
+        values = out.get(section)
+        if not isinstance(values, dict) or key not in values:
+            continue
+
+        def one(v):
+            if not isinstance(v, str) or not _is_path(section, key, v):
+                return v
+            file, sep, fn = v.rpartition(":") if section == "prune" else (v, "", "")
+            return v if os.path.isabs(file) else move(file) + sep + fn
+        values[key] = [one(v) for v in values[key]] if isinstance(values[key], list) else one(values[key])
+    return out
+
+
 @dataclass
 class Recipe:
     prune: PruneOptions = field(default_factory=PruneOptions)
@@ -80,8 +114,14 @@ class Recipe:
                 out[section] = kept
         return out
 
-    def dumps(self) -> str:
-        return tomli_w.dumps(self.to_dict())
+    def dumps(self, relative_to: str | os.PathLike | None = None) -> str:
+        """The recipe as TOML; with `relative_to` (the folder the file goes in), relative paths are
+        rewritten relative to that folder, as `load_recipe` reads them."""
+        data = self.to_dict()
+        if relative_to is not None:
+            base = os.path.abspath(relative_to)
+            data = rebase_paths(data, lambda p: Path(os.path.relpath(os.path.abspath(p), base)).as_posix())
+        return tomli_w.dumps(data)
 
     def sha256(self) -> str:
         return hashlib.sha256(self.dumps().encode("utf-8", "surrogateescape")).hexdigest()  # paths need not be UTF-8
@@ -198,6 +238,8 @@ def load_recipe(name_or_path: str, sets: list[str] = ()) -> Recipe:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise OptionError(f"{path}: not valid TOML ({e})") from e
+    folder = path.parent  # the file's relative paths: from its folder, expressed from the current one
+    data = rebase_paths(data, lambda p: os.path.relpath(os.path.join(folder, p)))
     for item in sets:
         dotted, sep, value = item.partition("=")
         section, dot, key = dotted.strip().partition(".")
