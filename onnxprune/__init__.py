@@ -11,6 +11,12 @@ The public Python API (the CLI is a thin layer over the same objects)::
     ctx, packed = op.pack_model(model, "nvidia-2to4", "out/artifact", ctx=ctx)
     result = op.run_recipe(op.load_recipe("passes/nvidia-2to4.toml", ["input.model=\\"m.onnx\\"", "data.calibration=\\"calib.npz\\""]))
 
+A pipeline from public names (Wanda, then least-squares repair)::
+
+    ctx = op.Context(model, data=op.Dataset.from_arrays({"input": x}, model.proto))
+    op.Pipeline([op.CalibrationPass(), op.CalibratedPrunePass(0.5, criterion="wanda"), op.RepairPass("lstsq")]).run(ctx)
+
+Progress and stage lines go to the `onnxprune` logger (`logging.basicConfig(level=logging.INFO)`).
 Names load lazily, so `import onnxprune` stays fast for the CLI.
 """
 
@@ -32,6 +38,12 @@ _EXPORTS = {
     "build_pipeline": "onnxprune.jobs.prune_job",
     "prune_model": "onnxprune.jobs.prune_job",
     "PrunePass": "onnxprune.prune.prune_pass",
+    "CalibratedPrunePass": "onnxprune.prune.calibrated",
+    "CalibrationPass": "onnxprune.pipeline.calibration",
+    "RepairPass": "onnxprune.repair.reconstruct",
+    "lstsq_repair": "onnxprune.repair.reconstruct",
+    "bias_correction": "onnxprune.repair.reconstruct",
+    "FoldConstantsPass": "onnxprune.prune.fold",
     "MaskSet": "onnxprune.core.masks",
     "schedule": "onnxprune.prune.schedule",
     "HookPass": "onnxprune.repair.hooks",
@@ -46,6 +58,11 @@ _EXPORTS = {
     "find_max": "onnxprune.jobs.sweep",
     "load_target": "onnxprune.pack.targets",
     "pack_model": "onnxprune.pack.passes",
+    "TargetPipeline": "onnxprune.pack.passes",
+    "EnforcePattern": "onnxprune.pack.passes",
+    "AssessEligibility": "onnxprune.pack.passes",
+    "PackWeights": "onnxprune.pack.passes",
+    "EmitArtifact": "onnxprune.pack.passes",
     "Recipe": "onnxprune.jobs.recipe",
     "load_recipe": "onnxprune.jobs.recipe",
     "run_recipe": "onnxprune.jobs.run",

@@ -1186,7 +1186,14 @@ def analyze_groups(proto: onnx.ModelProto, feed: dict[str, np.ndarray] | None = 
     """Channel groups of the main graph. `feed` (one batch of real or synthetic inputs) gives the
     shapes of every tensor through one onnxruntime run, unless `shapes`/`values` are given.
     `prefer`: when a Reshape splits a channel axis into several (heads x head_dim), which factor
-    carries the channels: "inner" (head_dim) or "outer" (heads)."""
+    carries the channels: "inner" (head_dim) or "outer" (heads).
+
+    Example::
+
+        model = load_model("m.onnx")
+        for g in analyze_groups(model.proto, shapes={"x": (1, 3, 224, 224)}).groups:
+            print(g.name, g.prunable)
+    """
     if shapes is None:
         if feed is None:
             raise ValueError("analyze_groups needs a feed (one batch of inputs) or precomputed shapes")

@@ -378,7 +378,13 @@ class _Tracer:
 
 
 def find_weights(model: Model) -> Analysis:
-    """All prunable weights of `model` (one entry per stored tensor) and the unprunable ones."""
+    """All prunable weights of `model` (one entry per stored tensor) and the unprunable ones.
+
+    Example::
+
+        for w in find_weights(load_model("samples/digits_mlp.onnx")).weights:
+            print(w.key, w.op, w.shape, w.reduction_axes)
+    """
     graph = model.graph()
     tracer = _Tracer(model, graph)
     weights: dict[str, Weight] = {}

@@ -173,7 +173,14 @@ class Batch(NamedTuple):
 
 
 class Dataset:
-    """Samples to feed a model, with optional labels; `split`/`subset` share the arrays."""
+    """Samples to feed a model, with optional labels; `split`/`subset` share the arrays.
+
+    Example::
+
+        ds = Dataset.from_source("calib.npz", model.proto)          # or a folder of .npz/.npy
+        ds = Dataset.from_arrays({"input": x}, model.proto)
+        ds = Dataset.synthetic(model.proto, 16, shapes={"x": (1, 3, 224, 224)})
+    """
 
     def __init__(self, specs: Sequence[InputSpec], blocks: Sequence[_Block], *, source: str,
                  labels: np.ndarray | None = None, synthetic: bool = False, seed: int | None = None,
@@ -216,6 +223,24 @@ class Dataset:
                                 "give labels in every file or none")
             labels = _check_labels(str(source), np.concatenate(key_labels), n)
         return cls(specs, blocks, source=str(source), labels=labels)
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], model_inputs: onnx.ModelProto | Sequence[InputSpec],
+                    source: str = "arrays") -> "Dataset":
+        """Data from numpy arrays keyed by input name (axis 0 = samples; a `labels` array: the labels).
+
+        Example::
+
+            ds = Dataset.from_arrays({"input": x, "labels": y}, load_model("m.onnx").proto)
+        """
+        specs = _specs(model_inputs)
+        arrays = dict(arrays)
+        labels = None
+        if LABELS_KEY in arrays and LABELS_KEY not in {s.name for s in specs}:
+            labels = np.asarray(arrays.pop(LABELS_KEY))
+        block = _block(source, arrays, specs)
+        return cls(specs, [block], source=source,
+                   labels=None if labels is None else _check_labels(source, labels, block.n))
 
     @classmethod
     def synthetic(cls, model: onnx.ModelProto, n: int = DEFAULT_SAMPLES, *,

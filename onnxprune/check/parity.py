@@ -55,7 +55,12 @@ ModelSource = str | os.PathLike | onnx.ModelProto | Model
 class Thresholds:
     """Gate limits; None = not checked. `per_output` maps an output name to overrides whose set
     fields replace these for that output. atol/rtol: pass iff |cand - ref| <= atol + rtol*|ref|
-    for every element (numpy.allclose); giving one of them checks it with the other at 0."""
+    for every element (numpy.allclose); giving one of them checks it with the other at 0.
+
+    Example::
+
+        th = Thresholds(min_cosine=0.995, max_accuracy_drop=0.01)
+    """
 
     min_cosine: float | None = None
     max_rel_l2: float | None = None
@@ -477,6 +482,12 @@ def compare(original: ModelSource, candidate: ModelSource, dataset: Dataset, thr
     Models are paths, ModelProtos or onnxprune Models (in-memory ones must be under 2 GB).
     `progress(n)` is called with the number of samples done after each batch. A synthetic dataset
     whose shapes were guessed (`dataset.shapes_guessed`) is refused unless `allow_guessed_shapes`.
+
+    Example::
+
+        report = compare("model.onnx", "out/model.onnx", Dataset.from_source("eval.npz", model.proto),
+                         Thresholds(min_cosine=0.99))
+        print(report.render()); assert report.passed
     """
     if not allow_guessed_shapes:
         refuse_guessed_shapes(dataset)

@@ -31,6 +31,15 @@ class _Entry:
 
 @dataclass
 class MaskSet:
+    """The masks of a pruning run: one boolean array per weight key (True = kept, stored layout), with
+    the pattern and step that set each; saved as .npz + a .json manifest (the contract with trainers).
+
+    Example::
+
+        masks = MaskSet.load("masks.npz", {w.key: w.shape for w in find_weights(model).weights})
+        ctx, report = prune_model(model, PruneOptions(sparsity=0.7), masks=masks)
+        ctx.masks.save("out/masks.npz")   # + masks.npz.json manifest
+    """
     entries: dict[str, _Entry] = field(default_factory=dict)
 
     def __contains__(self, key: str) -> bool:

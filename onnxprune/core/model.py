@@ -51,7 +51,14 @@ def np_dtype(elem_type: int) -> np.dtype:
 
 
 class Model:
-    """An ONNX model and its weights. Never writes to the file it was loaded from."""
+    """An ONNX model and its weights. Never writes to the file it was loaded from.
+
+    Example::
+
+        model = Model.load("samples/digits_mlp.onnx")   # lazy external data
+        w = model.read(model.key_for("fc1.weight"))
+        model.save("out/copy.onnx")
+    """
 
     def __init__(self, proto: onnx.ModelProto, path: str | os.PathLike | None = None):
         self._proto = proto
@@ -884,4 +891,10 @@ def check_structure(proto: onnx.ModelProto, where: str | None = None) -> None:
 
 
 def load_model(path: str | os.PathLike) -> Model:
+    """Load and validate an ONNX model (`Model.load`): external weights are read lazily, when needed.
+
+    Example::
+
+        model = load_model("samples/digits_mlp.onnx")
+    """
     return Model.load(path)

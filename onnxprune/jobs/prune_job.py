@@ -10,13 +10,13 @@ import math
 import os
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
 from onnxprune.analyze.cleanup import check_params_not_increased
 from onnxprune.analyze.weights import zero_value
-from onnxprune.check.data import load_dataset
+from onnxprune.check.data import Dataset, load_dataset
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
@@ -52,22 +52,29 @@ def _option(default: Any = None, *, help: str, factory: Callable | None = None, 
 @dataclass
 class PruneOptions:
     """Every pruning option, declared once: the recipe's [prune] keys and the `prune` / `sweep` flags
-    are generated from these fields (`option_fields`)."""
+    are generated from these fields (`option_fields`); choices are Literals. Invalid values raise
+    OptionError at construction, naming the parameter.
+
+    Example::
+
+        opts = PruneOptions(sparsity=0.5, pattern="2:4", criterion="sparsegpt", repair="lstsq")
+        opts = PruneOptions(sparsity=0.8, steps=4, hooks=["samples/finetune_hook.py:finetune"])
+    """
 
     sparsity: float | None = _option(help="Final sparsity (default: 1-N/M for N:M, else 0.5).")
     pattern: str = _option("unstructured", cli_default=None, help=(
         "unstructured (default), N:M (e.g. 2:4), RxC blocks (e.g. 4x4), or channel (remove whole channels: "
         "smaller, faster); with --target, the target's pattern."))
-    scope: str = _option("layer", choices=("layer", "global"), help=(
+    scope: Literal["layer", "global"] = _option("layer", choices=("layer", "global"), help=(
         "layer: every weight reaches the sparsity; global: one ranking over all selected weights."))
-    criterion: str = _option("magnitude", choices=tuple(CRITERIA), help=(
+    criterion: Literal["magnitude", "wanda", "sparsegpt"] = _option("magnitude", choices=tuple(CRITERIA), help=(
         "Weight importance: magnitude, or calibration-aware wanda / sparsegpt (need --data)."))
     overrides: list[str] = _option(factory=list, flag="--override", metavar="GLOB=S",
                                    help="Per-name sparsity, e.g. 'conv1*=0.3'. Repeatable.")
     skip: list[str] = _option(factory=list, metavar="GLOB",
                               help="Leave weights (or their nodes) matching GLOB dense. Repeatable.")
     min_params: int = _option(DEFAULT_MIN_PARAMS, help="Weights smaller than this stay dense.")
-    nm_remainder: str = _option("skip", choices=("skip", "pad"), help=(
+    nm_remainder: Literal["skip", "pad"] = _option("skip", choices=("skip", "pad"), help=(
         "N:M on a reduction length that is not a multiple of M: leave dense, or pad the last group."))
     steps: int = _option(1, help="Gradual pruning steps (1 = one-shot).")
     initial_sparsity: float = _option(0.0, help="s_i of the cubic schedule.")
@@ -80,7 +87,7 @@ class PruneOptions:
     calib_samples: int | None = _option(min=1, help="Calibration samples to use from --data (default: all).")
     sequential: bool = _option(False, help=(
         "Recapture calibration statistics layer by layer from the partly pruned model."))
-    repair: str = _option("none", choices=REPAIR_METHODS, help=(
+    repair: Literal["none", "lstsq", "bias", "lstsq+bias"] = _option("none", choices=REPAIR_METHODS, help=(
         "Built-in repair after each pruning step from calibration data: masked least squares and/or bias "
         "correction."))
     round_to: int = _option(DEFAULT_ROUND_TO, min=1, help=(
@@ -96,9 +103,11 @@ class PruneOptions:
         """Check every option (raises OptionError) without touching a model or importing hooks, so
         a bad option fails before a large model is loaded."""
         if self.scope not in ("layer", "global"):
-            raise OptionError(f"scope {self.scope!r}: use layer or global")
+            raise OptionError(Opt("prune.scope"), f" {self.scope!r}: use layer or global")
+        if self.criterion not in CRITERIA:
+            raise OptionError(Opt("prune.criterion"), f" {self.criterion!r}: use one of {', '.join(CRITERIA)}")
         if self.nm_remainder not in ("skip", "pad"):
-            raise OptionError(f"nm remainder {self.nm_remainder!r}: use skip or pad")
+            raise OptionError(Opt("prune.nm_remainder"), f" {self.nm_remainder!r}: use skip or pad")
         if self.repair not in REPAIR_METHODS:
             raise OptionError(Opt("prune.repair"), f" {self.repair!r}: use one of {', '.join(REPAIR_METHODS)}")
         if self.pattern == "channel":
@@ -191,11 +200,25 @@ def option_fields() -> dict[str, type]:
     for f in fields(PruneOptions):
         hint = hints[f.name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        out[f.name] = list if typing.get_origin(hint) is list else (args[0] if args else hint)
+        if typing.get_origin(hint) is Literal:
+            out[f.name] = type(args[0])  # the choices' type (str)
+        else:
+            out[f.name] = list if typing.get_origin(hint) is list else (args[0] if args else hint)
     return out
 
 
 def build_pipeline(opts: PruneOptions) -> Pipeline:
+    """The passes of a pruning job, in order (what `prune_model` runs); print it to see them.
+
+    Example::
+
+        >>> build_pipeline(PruneOptions(sparsity=0.5, criterion="wanda", repair="lstsq"))
+        Pipeline([
+            CalibrationPass(),
+            CalibratedPrunePass(sparsity=0.5, min_params=1024),
+            RepairPass(),
+        ])
+    """
     passes: list[Pass] = [FoldConstantsPass()] if opts.fold_constants else []
     if opts.pattern == "channel":  # structured: one rewrite of the graph
         return Pipeline(passes + [opts.channel_pass()])
@@ -246,16 +269,29 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
     """Run the pruning job on `model` in place; returns the context and the report.
 
     `model`: a Model, or the path of one (loaded; the file is never written: save `ctx.model`).
-    `data`: calibration inputs, a Dataset or the path of an .npz or folder.
+    `data`: calibration inputs: a Dataset, a dict of numpy arrays keyed by input name (axis 0 =
+    samples), or the path of an .npz or folder.
+    `progress`: bars and stage lines through the `onnxprune` logger (False: stage lines at DEBUG).
     `on_step(ctx, result)` is called after each pass (e.g. to evaluate accuracy per step).
-    `exclude`: weight key -> why the job leaves it dense (reported as its skip reason)."""
+    `exclude`: weight key -> why the job leaves it dense (reported as its skip reason).
+
+    Example::
+
+        ctx, report = prune_model("samples/digits_mlp.onnx", PruneOptions(sparsity=0.5, criterion="wanda"),
+                                  data={"input": x})          # or data="calib.npz"
+        ctx.model.save("out/mlp_50.onnx")
+    """
     if isinstance(model, (str, os.PathLike)):
         model = Model.load(model)
     elif not isinstance(model, Model):
         raise OptionError(f"model: give a Model or the path of an .onnx file, not a {type(model).__name__}")
     if isinstance(data, (str, os.PathLike)):
-
         data = load_dataset(model.proto, data)
+    elif isinstance(data, Mapping):
+        data = Dataset.from_arrays(data, model.proto, source="data (arrays)")
+    elif data is not None and not isinstance(data, Dataset):
+        raise OptionError(f"data: give a Dataset, a dict of numpy arrays keyed by input name or the path of an "
+                          f".npz or folder, not a {type(data).__name__}")
     if data is None and opts.needs_data():
         raise opts.no_data_error()
     ctx = Context(model, masks or MaskSet(), data, progress=progress, exclude=dict(exclude or {}))

@@ -95,6 +95,14 @@ def rebase_paths(data: dict, move) -> dict:
 
 @dataclass
 class Recipe:
+    """A whole job as data: the pruning options and the [input], [data], [check], [target] and [output]
+    sections of a recipe file (`load_recipe`), run by `run_recipe`.
+
+    Example::
+
+        recipe = Recipe(prune=PruneOptions(sparsity=0.5), input={"model": "m.onnx"}, output={"model": "out/m.onnx"})
+        Path("job.toml").write_text(recipe.dumps(relative_to="."))
+    """
     prune: PruneOptions = field(default_factory=PruneOptions)
     job: dict = field(default_factory=dict)
     input: dict = field(default_factory=dict)
@@ -231,7 +239,13 @@ def shipped_recipes() -> dict[str, Path]:
 
 
 def load_recipe(name_or_path: str, sets: list[str] = ()) -> Recipe:
-    """Read and validate a recipe; `sets` are `section.key=value` overrides (TOML values)."""
+    """Read and validate a recipe; `sets` are `section.key=value` overrides (TOML values).
+
+    Example::
+
+        recipe = load_recipe("passes/unstructured-gate.toml", ['input.model="m.onnx"', 'output.model="out/m.onnx"'])
+        result = run_recipe(recipe)
+    """
     path = find_recipe(name_or_path)
     text = path.read_text()
     try:

@@ -53,6 +53,13 @@ def achieved_sparsity(summary: dict) -> float:
 
 def sweep(model_path, opts: PruneOptions, sparsities: list[float], dataset, thresholds: Thresholds,
           calibration=None, on_point: Callable[[dict], None] | None = None, **compare_kw) -> list[dict]:
+    """Prune a fresh copy of the model at each sparsity and run the parity gate; one point per level
+    (sparsity, achieved sparsity, headline metrics, verdict), logged as a stage line each.
+
+    Example::
+
+        points = sweep("model.onnx", PruneOptions(), [0.3, 0.5, 0.7], dataset, Thresholds(min_cosine=0.99))
+    """
     points = []
     for s in sparsities:
         points.append(prune_and_check(model_path, opts, s, dataset, thresholds, calibration, **compare_kw))
@@ -63,7 +70,12 @@ def sweep(model_path, opts: PruneOptions, sparsities: list[float], dataset, thre
 
 def find_max(model_path, opts: PruneOptions, dataset, thresholds: Thresholds, calibration=None, lo: float = 0.0,
              hi: float = 0.99, resolution: float = 0.01, on_point=None, **compare_kw) -> tuple[float | None, list[dict]]:
-    """Bisect for the highest sparsity that passes (assumes quality falls as sparsity rises)."""
+    """Bisect for the highest sparsity that passes (assumes quality falls as sparsity rises).
+
+    Example::
+
+        best, points = find_max("model.onnx", PruneOptions(), dataset, Thresholds(min_top1_agreement=0.95))
+    """
     points: list[dict] = []
     best = None
 

@@ -89,7 +89,12 @@ def bound_bytes(matrix: np.ndarray, pattern: Pattern) -> float:
 # ------------------------------------------------------------------------------------------ passes
 
 class EnforcePattern(Pass):
-    """Re-prune weights that violate the target's pattern (magnitude within the pattern, masks monotone)."""
+    """Re-prune weights that violate the target's pattern (magnitude within the pattern, masks monotone).
+
+    Example::
+
+        Pipeline([EnforcePattern(load_target("nvidia-2to4"))]).run(ctx)   # usually via TargetPipeline
+    """
 
     name = "enforce-pattern"
     ensures = (ANALYSIS_FRESH, PRUNED_ZERO)
@@ -159,7 +164,12 @@ class EnforcePattern(Pass):
 
 
 class AssessEligibility(Pass):
-    """Per-layer eligibility for the target (never modifies the model)."""
+    """Per-layer eligibility for the target (never modifies the model).
+
+    Example::
+
+        Pipeline([AssessEligibility(load_target("nvidia-2to4"))]).run(ctx)   # usually via TargetPipeline
+    """
 
     name = "eligibility"
 
@@ -180,7 +190,12 @@ class AssessEligibility(Pass):
 
 
 class PackWeights(Pass):
-    """Pack every eligible weight (matrix view) in the target's format; decode must give W bit for bit."""
+    """Pack every eligible weight (matrix view) in the target's format; decode must give W bit for bit.
+
+    Example::
+
+        Pipeline([..., PackWeights(load_target("npu-bitmask"))]).run(ctx)   # usually via TargetPipeline
+    """
 
     name = "pack"
 
@@ -228,7 +243,12 @@ class PackWeights(Pass):
 
 
 class EmitArtifact(Pass):
-    """Write the artifact folder: model.onnx in the emit mode, weights.bin and manifest.json."""
+    """Write the artifact folder: model.onnx in the emit mode, weights.bin and manifest.json.
+
+    Example::
+
+        Pipeline([..., EmitArtifact(load_target("npu-bitmask"), "out/artifact")]).run(ctx)   # via TargetPipeline
+    """
 
     name = "emit"
 
@@ -255,7 +275,12 @@ class EmitArtifact(Pass):
 
 
 class TargetPipeline(Pipeline):
-    """Enforce -> eligibility -> pack [-> emit] for one target, on an already-pruned model."""
+    """Enforce -> eligibility -> pack [-> emit] for one target, on an already-pruned model.
+
+    Example::
+
+        TargetPipeline(load_target("npu-bitmask"), "out/artifact").run(Context(model))
+    """
 
     def __init__(self, target: Target | str, out_dir: str | None = None, emit: str | None = None, enforce: bool = True,
                  max_increase: float = DEFAULT_MAX_INCREASE, input_shapes: dict | None = None,
@@ -276,7 +301,12 @@ def pack_model(model: Model, target: Target | str, out_dir: str | None = None, *
     """Shape, pack and (with `out_dir`) emit `model` for `target`; returns the context and the report.
 
     The model is changed in memory only where EnforcePattern re-prunes; the input file is never written.
-    Pass the pruning context (`ctx`) or its `masks` so pattern checks use the exact masks."""
+    Pass the pruning context (`ctx`) or its `masks` so pattern checks use the exact masks.
+
+    Example::
+
+        ctx, report = pack_model(load_model("out/m24.onnx"), "nvidia-2to4", "out/artifact")
+    """
     t = _target(target)
     if block is not None:
         t = t.with_block(block)

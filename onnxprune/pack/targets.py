@@ -487,7 +487,13 @@ def load_target(name_or_path: str | Path, block: str | None = None, options: dic
     """A bundled target by name (`onnxprune targets` lists them) or a target file by path, validated.
 
     `block` ("8x1") or `options` ({"block": "8x1"}, the recipe form) choose the block of targets
-    whose [block] section allows it."""
+    whose [block] section allows it.
+
+    Example::
+
+        target = load_target("nvidia-2to4")
+        print(target.pattern, target.format)
+    """
     text = str(name_or_path)
     if isinstance(name_or_path, Path) or text.endswith(".toml") or "/" in text or "\\" in text:
         target = read_target_file(text)

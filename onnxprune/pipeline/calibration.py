@@ -178,7 +178,12 @@ def calibration_state(ctx: Context, create: bool = True, **settings) -> Calibrat
 
 class CalibrationPass(Pass):
     """Set up calibration before pruning: settings, a copy of the dense weights (the reference for
-    repair) and, with `means`, E[X] of every op input on the dense model (for bias correction)."""
+    repair) and, with `means`, E[X] of every op input on the dense model (for bias correction).
+
+    Example::
+
+        Pipeline([CalibrationPass(samples=128), CalibratedPrunePass(0.5), RepairPass("lstsq")]).run(ctx)
+    """
 
     name = "calibrate"
     requires = (ANALYSIS_FRESH, CALIBRATION_DATA)

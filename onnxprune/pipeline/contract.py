@@ -34,6 +34,13 @@ class PassError(OnnxPruneError):
 
 @dataclass
 class PassResult:
+    """What one pass did: `modified` (exactly whether it wrote the model), per-weight changes, notes and
+    its run time.
+
+    Example::
+
+        return PassResult("my-pass", modified=True, weights={"fc1.weight": {"values_changed": 12}})
+    """
     pass_name: str
     modified: bool
     weights: dict[str, dict] = field(default_factory=dict)  # per weight: what changed
@@ -47,7 +54,14 @@ class PassResult:
 
 @dataclass
 class Context:
-    """What passes share: the model and its analysis, the masks, calibration data, results so far."""
+    """What passes share: the model and its analysis, the masks, calibration data, results so far.
+
+    Example::
+
+        ctx = Context(load_model("samples/digits_mlp.onnx"), data=Dataset.from_arrays({"input": x}, model.proto))
+        Pipeline([PrunePass(0.5)]).run(ctx)
+        ctx.masks.save("out/masks.npz")
+    """
 
     model: Model
     masks: MaskSet = field(default_factory=MaskSet)
@@ -106,7 +120,21 @@ NO_UNUSED = Condition("no unused constants", _unused)
 
 
 class Pass(ABC):
-    """One step of a pipeline. Subclasses set `name`, declare conditions and implement `call`."""
+    """One step of a pipeline. Subclasses set `name`, declare conditions and implement `call`.
+
+    Example::
+
+        class ScaleWeights(Pass):
+            name = "scale"
+
+            def __init__(self, factor: float = 0.5):
+                self.factor = factor
+
+            def call(self, ctx):
+                for w in ctx.analysis.weights:
+                    ctx.model.write(w.key, ctx.model.read(w.key) * self.factor)
+                return PassResult(self.name, modified=bool(ctx.analysis.weights))
+    """
 
     name: str = "pass"
     structural: bool = False  # True if the pass may rewrite the graph (leftovers swept, analysis rebuilt)
@@ -165,7 +193,8 @@ class Pass(ABC):
             value = getattr(self, p.name)
             default = p.default
             if default is p.empty or _differs(value, default):
-                parts.append(f"{p.name}={value!r}")
+                shown = f"{value:.6g}" if isinstance(value, float) else repr(value)  # 0.7, not 0.7000000000000001
+                parts.append(f"{p.name}={shown}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     def _check(self, ctx: Context, kind: str, conditions: tuple[Condition, ...]) -> None:
@@ -196,8 +225,11 @@ def options_hash(settings: Any) -> str:
 class Pipeline:
     """Passes run in order on one context; prints as the list of its passes.
 
-    >>> from onnxprune import Pipeline, Context, PrunePass, load_model
-    >>> Pipeline([PrunePass(0.5)]).run(Context(load_model("samples/digits_mlp.onnx")))
+    Example::
+
+        ctx = Pipeline([PrunePass(0.5), HookPass(["samples/finetune_hook.py:finetune"])]).run(
+            Context(load_model("samples/digits_mlp.onnx"), data=Dataset.from_source("samples/digits_calib.npz", ...)))
+        print(Pipeline([PrunePass(0.5)]))   # Pipeline([PrunePass(sparsity=0.5)])
     """
 
     def __init__(self, passes: list[Pass]):

@@ -181,7 +181,13 @@ def sparsegpt(w: np.ndarray, h: np.ndarray, keep: np.ndarray, sparsity: float, p
 # ---------------------------------------------------------------------------------------- pass
 
 class CalibratedPrunePass(PrunePass):
-    """`PrunePass` with calibration statistics: Wanda (per-row) or SparseGPT (with weight updates)."""
+    """`PrunePass` with calibration statistics: Wanda (per-row) or SparseGPT (with weight updates).
+
+    Example::
+
+        ctx = Context(model, data=Dataset.from_arrays({"input": x}, model.proto))
+        Pipeline([CalibrationPass(), CalibratedPrunePass(0.5, criterion="sparsegpt")]).run(ctx)
+    """
 
     name = "prune"
     requires = (ANALYSIS_FRESH, CALIBRATION_DATA)

@@ -18,7 +18,13 @@ from onnxprune.pipeline import ANALYSIS_FRESH, NO_UNUSED, Context, Pass, PassRes
 
 
 def fold_constants(model: Model) -> bool:
-    """Fold in place; returns True when the model changed."""
+    """Fold in place; returns True when the model changed.
+
+    Example::
+
+        model = load_model("silero_vad.onnx")
+        fold_constants(model)   # LSTM weights built from constants become prunable
+    """
     before = model.proto.SerializeToString()
     logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
     gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
@@ -93,7 +99,12 @@ def _load_folded_external(graph: gs.Graph, base_dir: str) -> None:
 
 
 class FoldConstantsPass(Pass):
-    """Fold constant subexpressions so weights assembled from constants become prunable."""
+    """Fold constant subexpressions so weights assembled from constants become prunable.
+
+    Example::
+
+        Pipeline([FoldConstantsPass(), PrunePass(0.5)]).run(Context(load_model("silero_vad.onnx")))
+    """
 
     name = "fold-constants"
     structural = True

@@ -23,7 +23,12 @@ class PrunePass(Pass):
     """Prune every selected weight to `sparsity` in `pattern`, ranking by `criterion`.
 
     scope "layer": each weight reaches the sparsity; "global": one ranking over all selected
-    weights (except N:M, which is per group by definition). Existing masks only shrink."""
+    weights (except N:M, which is per group by definition). Existing masks only shrink.
+
+    Example::
+
+        Pipeline([PrunePass(0.5, pattern="2:4")]).run(Context(load_model("samples/digits_mlp.onnx")))
+    """
 
     name = "prune"
     ensures = (ANALYSIS_FRESH, PRUNED_ZERO)

@@ -27,7 +27,13 @@ def cubic_sparsity(t: float, s_i: float, s_f: float, n: int, t0: float = 0, dt: 
 
 def schedule(final: float, steps: int = 1, initial: float = 0.0, t0: int = 0, dt: int = 1) -> list[ScheduleStep]:
     """One-shot when steps == 1; else the cubic schedule's pruning events with sparsity > 0
-    (the event at t0 prunes to s_i, so it is dropped when s_i == 0)."""
+    (the event at t0 prunes to s_i, so it is dropped when s_i == 0).
+
+    Example::
+
+        for st in schedule(0.8, steps=4):
+            print(st.index, st.t, round(st.sparsity, 3))
+    """
     if not 0 <= final < 1:
         raise OptionError(f"sparsity {final}: must be in [0, 1)")
     if not 0 <= initial <= final:

@@ -576,7 +576,13 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
                    criterion: str = "l2", data=None, repair: str = "none", reinit: bool = False, seed: int = 0,
                    skip: list[str] | tuple = (), calib_samples: int | None = 32, prefer: str = "inner",
                    feed: dict | None = None, max_retries: int = 4, refit: Callable | None = None) -> StructuredResult:
-    """Plan and apply channel pruning to `model` (not modified: the result holds the new proto)."""
+    """Plan and apply channel pruning to `model` (not modified: the result holds the new proto).
+
+    Example::
+
+        result = prune_channels(load_model("m.onnx"), 0.25, round_to=16)
+        print(result.report["macs_ratio"])
+    """
     if criterion not in CRITERIA:
         raise OptionError(f"criterion {criterion!r} for channel pruning: use one of {', '.join(CRITERIA)}")
     if repair not in ("none", "lstsq"):
@@ -700,7 +706,12 @@ class ChannelPrunePass(Pass):
     """Structured pruning as a structural pass: remove `sparsity` of the prunable channels.
 
     Reads calibration data from ctx.data (the first batch also gives the shapes; without data a
-    synthetic feed is used). The full report is in ctx.channel_report."""
+    synthetic feed is used). The full report is in ctx.channel_report.
+
+    Example::
+
+        Pipeline([ChannelPrunePass(0.25, round_to=16)]).run(Context(load_model("m.onnx")))
+    """
 
     name = "channel-prune"
     structural = True

@@ -27,7 +27,14 @@ from onnxprune.pipeline.masking import PRUNED_ZERO, apply_mask
 
 @dataclass
 class HookContext:
-    """What a hook sees. `t` is in the hook's own units (training steps): t0 + k * dt."""
+    """What a hook sees. `t` is in the hook's own units (training steps): t0 + k * dt.
+
+    Example::
+
+        def finetune(hctx: HookContext):
+            print(hctx.step, hctx.steps, hctx.sparsity)
+            return {k: w * 1.01 for k, w in hctx.weights.items()}   # masks are re-applied
+    """
 
     step: int
     steps: int

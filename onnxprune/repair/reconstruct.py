@@ -280,7 +280,12 @@ def _dense(state, original, w: Weight, model) -> np.ndarray:
 
 
 class RepairPass(Pass):
-    """Built-in repair after a pruning step: lstsq, bias, or lstsq+bias (see module doc)."""
+    """Built-in repair after a pruning step: lstsq, bias, or lstsq+bias (see module doc).
+
+    Example::
+
+        Pipeline([CalibrationPass(), PrunePass(0.5), RepairPass("lstsq+bias")]).run(ctx)
+    """
 
     name = "repair"
     ensures = (ANALYSIS_FRESH, PRUNED_ZERO)
@@ -330,10 +335,20 @@ def _hook(hctx, method: str) -> dict[str, np.ndarray]:
 
 
 def lstsq_repair(hctx) -> dict[str, np.ndarray]:
-    """HookPass hook: masked least-squares reconstruction of the kept weights."""
+    """HookPass hook: masked least-squares reconstruction of the kept weights.
+
+    Example::
+
+        PruneOptions(sparsity=0.8, steps=4, hooks=["onnxprune.repair.reconstruct:lstsq_repair"])
+    """
     return _hook(hctx, "lstsq")
 
 
 def bias_correction(hctx) -> dict[str, np.ndarray]:
-    """HookPass hook: shift biases by the change of the output means."""
+    """HookPass hook: shift biases by the change of the output means.
+
+    Example::
+
+        PruneOptions(sparsity=0.5, hooks=["onnxprune.repair.reconstruct:bias_correction"])
+    """
     return _hook(hctx, "bias")
