@@ -391,14 +391,38 @@ class ParityReport:
             applied = [c for c in o.checks if c.passed is not None]
             rows += [[o.name, c.metric, _limit_text(c), c.value, "PASS" if c.passed else "FAIL"] for c in applied]
             shown = {c.metric for c in applied} | {"k"}
+            if not _class_scores(o, applied):  # e.g. a hidden state: agreement of argmaxes means little
+                shown |= {"top1_agreement", "topk_agreement"}
             rows += [[o.name, f"top{o.metrics['k']}_agreement" if k == "topk_agreement" else k, "", v, ""]
                      for k, v in o.metrics.items() if k not in shown]
-        lines = [table(["output", "metric", "threshold", "value", "result"], rows, right_align=False), ""]
+        named = {r[1] for r in rows}
+        legend = {k: v for k, v in METRIC_LEGEND.items() if k in named}
+        lines = [table(["output", "metric", "threshold", "value", "result"], rows, legend=legend), ""]
         unused = sorted({c.threshold for o in self.outputs for c in o.checks}
                         - {c.threshold for o in self.outputs for c in o.checks if c.passed is not None})
         if unused:
             lines.append(f"not applicable to any output (not checked): {', '.join(unused)}")
         return "\n".join(lines + [self.inputs_line(), self.verdict()])
+
+
+METRIC_LEGEND = {
+    "cosine_mean": "cosine similarity of candidate and original per sample (each entry along axis 0, "
+                   "flattened), averaged over the samples; cosine_min: the lowest",
+    "rel_l2": "||candidate - original|| / ||original|| over all values",
+    "snr_db": "10 log10 of the original's energy over the energy of the difference",
+    "top1_agreement": "share of rows whose argmax (last axis) is the same in both models; top5: the "
+                      "original's argmax is among the candidate's 5 largest",
+    "accuracy_drop": "accuracy of the original minus that of the candidate, against the labels",
+}
+
+
+def _class_scores(o: OutputReport, applied: list[Check]) -> bool:
+    """Show top-k agreement for this output? For class scores ([batch, classes]), or when checked or
+    measured against labels; not for hidden states and other outputs of rank 3 and more."""
+    if o.kind != "classifier":
+        return False
+    asked = any(c.metric in ("top1_agreement", "accuracy_drop") for c in applied) or "accuracy_drop" in o.metrics
+    return asked or len(o.shape) <= 2
 
 
 def _limit_text(c: Check) -> str:
