@@ -96,3 +96,17 @@ def test_dumped_recipe_paths_are_relative_to_it_and_run_from_any_folder(tmp_path
     def weights(path):
         return {t.name: t.raw_data for t in onnx.load(str(path)).graph.initializer}
     assert weights(tmp_path / "elsewhere" / "b.onnx") == weights(tmp_path / "job" / "out" / "a.onnx")
+
+
+def test_readme_lists_every_recipe_key_whose_flag_is_spelled_differently():
+    import re
+
+    from onnxprune.cli import cli_flag
+    from onnxprune.core.errors import Opt
+    from onnxprune.jobs.recipe import SCHEMA
+
+    readme = (ROOT / "README.md").read_text()
+    listed = dict(re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| `([^`]+)`", readme, flags=re.M))
+    differ = {f"{s}.{k}": cli_flag(Opt(f"{s}.{k}")) for s, keys in SCHEMA.items() for k in keys
+              if cli_flag(Opt(f"{s}.{k}")) != "--" + k.replace("_", "-")}
+    assert {k: v for k, v in listed.items() if k in differ} == differ
