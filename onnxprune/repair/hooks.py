@@ -85,9 +85,9 @@ def load_hook(spec: str | Callable) -> Callable:
 class HookPass(Pass):
     """Run fine-tuning hooks after a pruning step and write back what they return, masked.
 
-    Example (a hook that scales every weight; the masks are re-applied to what it returns)::
+    Example::
 
-        def shrink(hctx):
+        def shrink(hctx):  # scales every weight; the masks are re-applied to what it returns
             return {name: w * 0.9 for name, w in hctx.weights.items()}
         Pipeline([PrunePass(0.5), HookPass([shrink])]).run(Context(load_model("m.onnx")))
     """
