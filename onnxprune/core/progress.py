@@ -21,6 +21,7 @@ from tqdm import tqdm
 log = logging.getLogger("onnxprune")
 
 T = TypeVar("T")
+HEARTBEAT_S = 30.0  # in a log (no bar), a long loop says how far it got this often
 
 
 def bars_enabled() -> bool:
@@ -37,15 +38,20 @@ def progress(items: Iterable[T], desc: str, *, total: int | None = None, unit: s
     """
     items = list(items) if total is None and not hasattr(items, "__len__") else items
     n = total if total is not None else len(items)  # type: ignore[arg-type]
-    bar = tqdm(total=n, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True,
-               disable=not (enabled and n > 1 and bars_enabled()))
+    drawn = enabled and n > 1 and bars_enabled()
+    bar = tqdm(total=n, desc=desc, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True, disable=not drawn)
     debug = log.isEnabledFor(logging.DEBUG)
+    heartbeat = enabled and not drawn and not debug and log.isEnabledFor(logging.INFO)  # a log: a line now and then
+    start = last = time.perf_counter()
     try:
         for i, item in enumerate(items, 1):
             if debug:
                 log.debug("%s: %d/%d %s", desc, i, n, (name or str)(item))
             yield item
             bar.update(1)
+            if heartbeat and i < n and time.perf_counter() - last >= HEARTBEAT_S:
+                last = time.perf_counter()
+                log.info("%s: %d/%d %s done, %.0f s so far", desc, i, n, unit + "s" * (i > 1), last - start)
     finally:
         bar.close()
 
