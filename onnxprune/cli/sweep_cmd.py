@@ -8,7 +8,13 @@ import click
 
 from onnxprune.check.data import dataset_from_options
 from onnxprune.check.parity import refuse_guessed_shapes, thresholds_from_options
-from onnxprune.cli import cli_flag, json_option, report_target, verbosity_options
+from onnxprune.cli import (
+    cli_flag,
+    is_quiet,
+    json_option,
+    report_target,
+    verbosity_options,
+)
 from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
 from onnxprune.cli.prune_cmd import prune_options
 from onnxprune.core.atomic import check_writable, keep_on_error
@@ -104,9 +110,10 @@ def command(model_path, sparsities, bisect, report_path, as_json, plot_path, **r
             keep_on_error(report_path)
         raise
     cols = [k for k in HEADLINE if any(p.get(k) is not None for p in points)]
-    click.echo(table(["sparsity", "achieved", *cols, "verdict"],
-                     [(p["sparsity"], p["achieved_sparsity"], *(p.get(k) for k in cols), "PASS" if p["passed"] else "FAIL")
-                      for p in points]), err=is_stdout(report_path))
+    if not is_quiet():
+        click.echo(table(["sparsity", "achieved", *cols, "verdict"],
+                         [(p["sparsity"], p["achieved_sparsity"], *(p.get(k) for k in cols),
+                           "PASS" if p["passed"] else "FAIL") for p in points]), err=is_stdout(report_path))
     if bisect:
         click.echo(f"highest passing sparsity: {best if best is not None else 'none (even the lowest probed fails)'}",
                    err=is_stdout(report_path))
