@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 from tqdm import tqdm
 
 from onnxprune.analyze.weights import Weight, zero_value
 from onnxprune.core.errors import Opt, OptionError
+from onnxprune.core.progress import bars_enabled
 from onnxprune.core.quant import bit_view
 from onnxprune.pipeline import ANALYSIS_FRESH, Context, Pass, PassResult
 from onnxprune.pipeline.masking import PRUNED_ZERO, write_masked
@@ -80,7 +79,7 @@ class PrunePass(Pass):
         total = sum(by_key[k].params for k in alloc.targets) + sum(w.params for w in glob)
         ranked = sum(w.params for w in glob) if pattern.kind == "unstructured" else 0  # read twice
         bar = tqdm(total=total + ranked, desc=f"prune {self.pattern} step {self.step}", unit="w", unit_scale=True,
-                   disable=not ctx.progress or total < PROGRESS_MIN_PARAMS or not sys.stderr.isatty(), leave=False)
+                   disable=not ctx.progress or total < PROGRESS_MIN_PARAMS or not bars_enabled(), leave=False)
         cut = block_prune = None
         if glob and pattern.kind == "unstructured":
             cut = self._global_cut(ctx, glob, score, bar)
