@@ -25,7 +25,7 @@ from onnx import helper
 from onnxprune.analyze.weights import Analysis, Use, Weight, find_weights
 from onnxprune.core.graph import walk_graphs
 from onnxprune.core.model import Model
-from onnxprune.core.report import table
+from onnxprune.core.report import fill, table
 from onnxprune.core.shapes import resolve_feed_shapes
 from onnxprune.ops import spec_for
 from onnxprune.pack.formats.base import bits_of
@@ -148,12 +148,13 @@ def render_eligibility(report: dict, max_rows: int | None = None) -> str:
         state = "yes" if (r["runs_sparse"] or (r["packed"] and not accelerates)) else "no"
         rows.append((r["node"] or "(unnamed)", r["op"], r["weight"], "x".join(map(str, r["matrix"])), r["dtype"],
                      f"{r['sparsity']:.1%}", state, _macs_text(r["macs"]), why))
-    lines = [table(["layer", "op", "weight", "matrix", "dtype", "sparsity", label, "MACs", "why / note"], rows)]
+    lines = [table(["layer", "op", "weight", "matrix", "dtype", "sparsity", label, "MACs", "why / note"], rows,
+                   below="why / note")]
     if max_rows is not None and len(layers) > max_rows:
         lines.append(f"... {len(layers) - max_rows} more layers (see the JSON report)")
-    lines.append(summary_line(report["totals"], accelerates))
-    lines += [f"note: {dt} weights: {text}" for dt, text in footnotes.items()]
-    lines += report["notes"]
+    lines.append(fill(summary_line(report["totals"], accelerates)))
+    lines += [fill(f"note: {dt} weights: {text}") for dt, text in footnotes.items()]
+    lines += [fill(n) for n in report["notes"]]
     return "\n".join(lines)
 
 

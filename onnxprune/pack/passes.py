@@ -26,6 +26,7 @@ import numpy as np
 from onnxprune.core.errors import NothingToPackError, TargetError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
+from onnxprune.core.report import fill
 from onnxprune.pack import formats
 from onnxprune.pack.eligibility import (
     BLOCK_STRAY_TOLERANCE,
@@ -389,4 +390,4 @@ def render_report(report: dict, max_rows: int | None = None) -> str:
             files += f", gzip -9 of it {_mb(s['gzip_dense_model_bytes'])}"
         lines.append(f"wrote {report['output']}: {files}")
     lines.append(report["speed_note"])
-    return "\n".join(lines)
+    return "\n".join(line if "\n" in line else fill(line) for line in lines)
