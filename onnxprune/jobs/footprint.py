@@ -17,12 +17,14 @@ from onnxprune.pack.eligibility import infer_shapes
 @dataclass(frozen=True)
 class Footprint:
     """What one model costs: `disk_bytes` (model file + its external data files; None in memory),
-    `params` and `nonzeros` over every constant tensor, `macs` of the main graph (None if unknown)."""
+    `params` and `nonzeros` over every constant tensor, `macs` of the main graph's ops whose count is
+    known (None if none is), `macs_partial` when some op's count is unknown (then `macs` is a floor)."""
 
     disk_bytes: int | None
     params: int
     nonzeros: int
     macs: int | None
+    macs_partial: bool = False
 
 
 def footprint(model: Model, path: str | os.PathLike | None = None,
@@ -37,26 +39,28 @@ def footprint(model: Model, path: str | os.PathLike | None = None,
         values = model.read(ref.key)
         params += values.size
         nonzeros += int(np.count_nonzero(values))
-    return Footprint(disk, params, nonzeros, _macs(model, input_shapes))
+    return Footprint(disk, params, nonzeros, *_macs(model, input_shapes))
 
 
-def _macs(model: Model, input_shapes) -> int | None:
-    """Multiply-accumulates of the main graph's ops as their specs count them (None if any is unknown)."""
+def _macs(model: Model, input_shapes) -> tuple[int | None, bool]:
+    """(multiply-accumulates of the main graph's ops as their specs count them, whether some op's count
+    is unknown); (None, True) when shape inference fails."""
     try:
         shapes, _ = infer_shapes(model, input_shapes)
     except Exception:  # noqa: BLE001 - a summary, not a check: unknown MACs print as "?"
-        return None
+        return None, True
     consts = {r.proto.name: tuple(r.proto.dims) for r in model.tensors() if not r.graph}
-    total = 0
+    total, unknown, known = 0, False, False
     for node in model.proto.graph.node:
         spec = spec_for(node.op_type, node.domain)
         if spec is None:
             continue
         count = spec.macs(node, lambda name: consts.get(name) or shapes.get(name))
         if count is None:
-            return None
-        total += count
-    return total
+            unknown = True
+        else:
+            total, known = total + count, True
+    return (total if known else None), unknown
 
 
 def _size(n: int | None) -> str:
@@ -83,4 +87,8 @@ def summary_line(before: Footprint, after: Footprint, where: str | os.PathLike) 
     return (f"wrote {where}: {_size(before.disk_bytes)} -> {_size(after.disk_bytes)} on disk, "
             f"params {_count(before.params)} -> {_count(after.params)}, "
             f"non-zeros {_count(before.nonzeros)} -> {_count(after.nonzeros)} ({zeros:.1%} zeros), "
-            f"MACs {_count(before.macs)} -> {_count(after.macs)}")
+            f"MACs {_macs_text(before)} -> {_macs_text(after)}")
+
+
+def _macs_text(f: Footprint) -> str:
+    return (">=" if f.macs_partial and f.macs is not None else "") + _count(f.macs)

@@ -158,6 +158,9 @@ def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> 
         exclude = {k: f"not eligible for target {target.name}: {reasons[0].text}"
                    for k, reasons in static_check(target, model).items() if reasons}
     shapes = dict(map(parse_shape, recipe.data.get("shapes", [])))
+    fed = calib or evaluation  # MACs at the shapes fed (the data's, else --shape; guesses are made and said there)
+    if fed is not None:
+        shapes = {k: v for k, v in fed.feed_shapes.shapes.items() if k not in fed.feed_shapes.guessed}
     before = footprint(model, model_path, shapes) if measure else None
     ctx, report = prune_model(model, recipe.prune, calib, masks, progress=progress, exclude=exclude)
     part = recipe.model_part()
@@ -166,9 +169,6 @@ def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> 
     report_path = recipe.output.get("report")
     if target is not None:  # packing may re-prune: it runs before the save and the check (checked = deployed)
         out_dir = recipe.target.get("out") or str(Path(output).with_suffix("")) + f".{target.name}"
-        fed = calib or evaluation  # MACs at the shapes fed, else at --shape; guesses are made (and said) there
-        shapes = ({k: v for k, v in fed.feed_shapes.shapes.items() if k not in fed.feed_shapes.guessed} if fed
-                  else shapes)
         make_parent(out_dir)
         _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"), input_shapes=shapes,
                                enforce=recipe.target.get("enforce", True), progress=progress)
