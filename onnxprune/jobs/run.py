@@ -14,7 +14,7 @@ from onnxprune.core.atomic import check_writable, data_files_beside, is_data_fil
 from onnxprune.core.errors import OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
-from onnxprune.core.report import is_stdout, make_parent, table, write_json
+from onnxprune.core.report import fill, is_stdout, make_parent, table, write_json
 from onnxprune.core.shapes import parse_shape
 from onnxprune.jobs.footprint import Footprint, footprint, summary_line
 from onnxprune.jobs.gate import run_check
@@ -66,15 +66,15 @@ class JobResult:
 def render_summary(report: dict) -> str:
     if "structured" in report:
 
-        return render(report["structured"]) + "\n" + report["speed_note"]
+        return render(report["structured"]) + "\n" + fill(report["speed_note"])
     rows = [(r["name"], r["op"], r["params"], f"{r['sparsity']:.1%}", r["skipped"] or "") for r in report["weights"]]
     t = report["totals"]
     return "\n".join([
         table(["weight", "op", "params", "sparsity", "note"], rows),
-        f"\npruned {t['pruned_params']:,} of {t['prunable_params']:,} prunable params "
-        f"({t['sparsity_of_prunable']:.2%}; {t['sparsity_of_selected']:.2%} of the selected weights, "
-        f"requested {t['requested_sparsity']:.2%})",
-        report["speed_note"],
+        "\n" + fill(f"pruned {t['pruned_params']:,} of {t['prunable_params']:,} prunable params "
+                    f"({t['sparsity_of_prunable']:.2%}; {t['sparsity_of_selected']:.2%} of the selected weights, "
+                    f"requested {t['requested_sparsity']:.2%})"),
+        fill(report["speed_note"]),
     ])
 
 
