@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.core.graph import NodeRef, unique_path
+from onnxprune.core.graph import NodeRef, subgraph_name, unique_path
 from onnxprune.core.model import Model, np_dtype
 from onnxprune.core.quant import quant_params
 from onnxprune.ops import spec_for
@@ -247,7 +247,7 @@ class _Tracer:
                 subs = value if isinstance(value, list) else [value]
                 subs = [s for s in subs if isinstance(s, gs.Graph)]
                 for i, sub in enumerate(subs):
-                    name = sub.name or f"{node.name or node.op}.{attr_name}{i if len(subs) > 1 else ''}"
+                    name = subgraph_name(sub.name, node.name, node.op, attr_name, i, len(subs))
                     self._collect(sub, unique_path(f"{path}/{name}" if path else name, self._seen))
 
     def storage_of(self, tensor, graph_path: str) -> str | None:
