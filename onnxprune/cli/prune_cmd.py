@@ -72,8 +72,11 @@ def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report
             target_name, emit, block, target_out, dump_recipe, **rest):
     """Prune MODEL's weights and write the result to OUT (the input file is never written)."""
     report_path = report_target(report_path, as_json)
+    defaults = load_target(target_name, block=block).prune_defaults() if target_name else {"pattern": "unstructured"}
     if rest["pattern"] is None:
-        rest["pattern"] = str(load_target(target_name, block=block).pattern) if target_name else "unstructured"
+        rest["pattern"] = defaults["pattern"]
+        if rest["sparsity"] is None:
+            rest["sparsity"] = defaults.get("sparsity")
     opts = PruneOptions.from_flags(rest)
     g = rest  # the data and gate options
     recipe = Recipe(

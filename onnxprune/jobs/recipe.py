@@ -15,7 +15,8 @@ Sections and keys (relative paths are taken from the current directory, like CLI
             max_accuracy_drop, atol, rtol, min_snr_db, max_abs, min_exact_match,
             output_thresholds), batch_size, provider, threads, allow_guessed_shapes
   [target]  name (a targets/ file or path), emit, block, enforce, out (artifact folder);
-            without prune.pattern, pruning uses the target's pattern
+            without prune.pattern, pruning uses the target's pattern (and, without prune.sparsity,
+            a sparsity that reaches the target's minimum where that is above 0.5)
   [output]  model, report, masks, masks_in, external_data
 """
 
@@ -156,11 +157,13 @@ def from_dict(data: dict, source: str = "<recipe>", text: str = "") -> Recipe:
             else:
                 getattr(recipe, section)[key] = value
     if recipe.target.get("name") and "pattern" not in prune:
-
         try:
-            prune["pattern"] = str(load_target(recipe.target["name"], block=recipe.target.get("block")).pattern)
+            defaults = load_target(recipe.target["name"], block=recipe.target.get("block")).prune_defaults()
         except OnnxPruneError as e:
             raise _err(source, text, "target", "name", e.render(recipe_key)) from e
+        prune["pattern"] = defaults["pattern"]
+        if "sparsity" not in prune and "sparsity" in defaults:
+            prune["sparsity"] = defaults["sparsity"]
     try:
         recipe.prune = PruneOptions(**prune)
 
