@@ -33,6 +33,16 @@ def _model(model: ModelSource) -> Model:
     return model if isinstance(model, Model) else Model.load(model)
 
 
+def preflight(original: ModelSource, dataset: Dataset, opts: Mapping) -> None:
+    """The gate's checks of data and options that need the model's outputs (labels that fit a
+    classifier output, per-output thresholds that name outputs), on the original and one sample, so a
+    job fails before its work rather than after it."""
+    if dataset.labels is None and not opts.get("output_thresholds"):
+        return
+    thresholds = thresholds_from_options(**{k: opts.get(k) for k in THRESHOLD_KEYS if opts.get(k) is not None})
+    compare(original, original, dataset.subset(1), thresholds, allow_guessed_shapes=True)
+
+
 def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, dataset: Dataset | None = None,
               report_path: str | os.PathLike | None = None, quiet: bool = False,
               to_stderr: bool = False) -> ParityReport:

@@ -18,7 +18,7 @@ from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, table, write_json
 from onnxprune.core.shapes import parse_shape
-from onnxprune.jobs.gate import run_check
+from onnxprune.jobs.gate import preflight, run_check
 from onnxprune.jobs.prune_job import prune_model, summarize
 from onnxprune.jobs.recipe import Recipe
 from onnxprune.pack.eligibility import static_check
@@ -116,6 +116,7 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
             evaluation = calib if calib is not None else _dataset(model, recipe, None)
         if not recipe.check.get("allow_guessed_shapes"):
             refuse_guessed_shapes(evaluation)  # before the work, not after it
+        preflight(model, evaluation, recipe.check)
     masks = None
     if recipe.output.get("masks_in"):
         masks = MaskSet.load(recipe.output["masks_in"], {w.key: w.shape for w in find_weights(model).weights})
