@@ -72,10 +72,13 @@ run_options = _stack(
 @run_options
 @json_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here ('-': stdout).")
+@click.option("--html", "html_path", metavar="REPORT.html", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report (metrics per output, thresholds, verdict, sizes; needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="Print only the verdict line.")
-def command(original: str, candidate: str, report_path: str | None, as_json: bool, quiet: bool, **opts) -> None:
+def command(original: str, candidate: str, report_path: str | None, as_json: bool, html_path: str | None, quiet: bool,
+            **opts) -> None:
     """Compare CANDIDATE with ORIGINAL in onnxruntime on the same inputs; exit 1 if a threshold fails."""
     report_path = report_target(report_path, as_json)
-    report = run_check(original, candidate, opts, report_path=report_path, quiet=quiet)
+    report = run_check(original, candidate, opts, report_path=report_path, quiet=quiet, html_path=html_path)
     if not report.passed:
         click.get_current_context().exit(1)

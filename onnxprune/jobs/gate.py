@@ -20,8 +20,11 @@ from onnxprune.check.parity import (
     compare,
     thresholds_from_options,
 )
+from onnxprune.core.atomic import check_writable
 from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent
+from onnxprune.jobs.html_report import require_plotting, write_html
+from onnxprune.jobs.report_details import stage_sizes
 
 THRESHOLD_KEYS = ("min_cosine", "max_rel_l2", "min_top1_agreement", "max_accuracy_drop", "atol", "rtol",
                    "min_snr_db", "max_abs", "min_exact_match", "output_thresholds")
@@ -45,10 +48,14 @@ def preflight(original: ModelSource, dataset: Dataset, opts: Mapping) -> None:
 
 def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, dataset: Dataset | None = None,
               report_path: str | os.PathLike | None = None, quiet: bool = False,
-              to_stderr: bool = False) -> ParityReport:
+              to_stderr: bool = False, html_path: str | os.PathLike | None = None) -> ParityReport:
     """The gate from option values: data (unless `dataset` is given) and thresholds, compare, print the
     table (with `quiet`, the verdict only; on stderr with `to_stderr` or a report to stdout), write the JSON
-    report. The caller exits 1 when `not report.passed`."""
+    report and the HTML page (`html_path`: the report with the sizes of both models). The caller exits 1
+    when `not report.passed`."""
+    if html_path:
+        require_plotting()  # before any work
+        check_writable(html_path, "HTML report")
     spec_model = _model(original)
     _model(candidate)  # a missing or unreadable candidate fails here with a one-line error
     dataset = dataset_from_options(spec_model.proto, opts, spec_model.base_dir) if dataset is None else dataset
@@ -64,5 +71,10 @@ def run_check(original: ModelSource, candidate: ModelSource, opts: Mapping, *, d
     if report_path:
         make_parent(report_path)
         report.write(report_path)
+    if html_path:
+        models = [(stage, m) for stage, m in (("original", original), ("candidate", candidate))
+                  if isinstance(m, (str, os.PathLike))]
+        make_parent(html_path)
+        write_html({"schema": "onnxprune.parity", **report.to_dict(), "sizes": stage_sizes(models)}, html_path)
     click.echo(report.verdict() if quiet else report.render(), err=to_stderr or is_stdout(report_path))
     return report

@@ -17,7 +17,7 @@ Sections and keys (relative paths are taken from the current directory, like CLI
   [target]  name (a targets/ file or path), emit, block, enforce, out (artifact folder);
             without prune.pattern, pruning uses the target's pattern (and, without prune.sparsity,
             a sparsity that reaches the target's minimum where that is above 0.5)
-  [output]  model, report, masks, masks_in, external_data
+  [output]  model, report, html (a self-contained HTML report), masks, masks_in, external_data
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
               "min_exact_match": _FLOAT, "output_thresholds": _STRS, "batch_size": _INT, "provider": _STR,
               "threads": _INT, "allow_guessed_shapes": _BOOL},
     "target": {"name": _STR, "emit": _STR, "block": _STR, "enforce": _BOOL, "out": _STR},
-    "output": {"model": _STR, "report": _STR, "masks": _STR, "masks_in": _STR, "external_data": _BOOL},
+    "output": {"model": _STR, "report": _STR, "html": _STR, "masks": _STR, "masks_in": _STR, "external_data": _BOOL},
 }
 
 

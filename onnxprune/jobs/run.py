@@ -19,8 +19,10 @@ from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, table, write_json
 from onnxprune.core.shapes import parse_shape
 from onnxprune.jobs.gate import preflight, run_check
+from onnxprune.jobs.html_report import require_plotting, write_html
 from onnxprune.jobs.prune_job import prune_model, summarize
 from onnxprune.jobs.recipe import Recipe
+from onnxprune.jobs.report_details import layer_details, stage_sizes
 from onnxprune.pack.eligibility import static_check
 from onnxprune.pack.passes import pack_model
 from onnxprune.pack.passes import render_report as render_pack_report
@@ -60,7 +62,7 @@ def _check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
     output may be named like one (the save replaces and removes those), and the save itself refuses
     to replace a data file the input reads."""
     written = {"output model": output}
-    for key, label in (("report", "report"), ("masks", "masks")):
+    for key, label in (("report", "report"), ("html", "HTML report"), ("masks", "masks")):
         if recipe.output.get(key) and not is_stdout(recipe.output[key]):
             written[label] = recipe.output[key]
     if recipe.output.get("masks"):
@@ -97,6 +99,9 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
         raise OptionError(f"{recipe.source}: no input model; give MODEL on the command line or input.model")
     if not output:
         raise OptionError(f"{recipe.source}: no output path; give -o/--output or output.model")
+    html_path = recipe.output.get("html")
+    if html_path:
+        require_plotting()  # before any work
     _check_output_paths(recipe, model_path, output)
     calibration_path, evaluation_path = recipe.data.get("calibration"), recipe.data.get("evaluation")
     if recipe.prune.needs_data() and not calibration_path:  # not synthetic inputs: fail before any work
@@ -133,11 +138,9 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     to_stderr = is_stdout(report_path)  # stdout carries the JSON report
     if target is not None:  # packing may re-prune: it runs before the save and the check (checked = deployed)
         out_dir = recipe.target.get("out") or str(Path(output).with_suffix("")) + f".{target.name}"
-        fed = calib or evaluation  # MACs at the shapes fed, else at --shape; guesses are made (and said) there
-        shapes = ({k: v for k, v in fed.feed_shapes.shapes.items() if k not in fed.feed_shapes.guessed} if fed
-                  else dict(map(parse_shape, recipe.data.get("shapes", []))))
         make_parent(out_dir)
-        _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"), input_shapes=shapes,
+        _, packed = pack_model(model, target, out_dir, ctx=ctx, emit=recipe.target.get("emit"),
+                               input_shapes=_mac_shapes(recipe, calib or evaluation),
                                enforce=recipe.target.get("enforce", True), progress=not quiet)
         if packed["enforce"] and packed["enforce"]["modified"]:
             report = summarize(ctx, recipe.prune)
@@ -159,7 +162,23 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
                            to_stderr=to_stderr)
         report["parity"] = parity.to_dict()
         passed = parity.passed
+    if html_path:  # the JSON report then carries what the page shows
+        report["layers"], report["eligibility_by_target"] = layer_details(
+            model, report, None if recipe.prune.pattern == "channel" else ctx.masks,
+            _mac_shapes(recipe, calib or evaluation))
+        report["sizes"] = stage_sizes([("input", model_path), ("output", output)])
     if report_path:
         make_parent(report_path)
         write_json(report_path, report, "prune")
+    if html_path:
+        make_parent(html_path)
+        write_html({"schema": "onnxprune.prune", **report}, html_path)
     return JobResult(report, passed)
+
+
+def _mac_shapes(recipe: Recipe, fed: Dataset | None) -> dict[str, tuple[int, ...]]:
+    """Input shapes for MAC counts: the shapes fed (not guessed ones), else --shape; guesses are made
+    (and said) where the MACs are counted."""
+    if fed is not None:
+        return {k: v for k, v in fed.feed_shapes.shapes.items() if k not in fed.feed_shapes.guessed}
+    return dict(map(parse_shape, recipe.data.get("shapes", [])))

@@ -435,10 +435,13 @@ def _format_blocked(target: Target, w: Weight) -> bool:
 
 
 def assess(model: Model, target: Target, analysis: Analysis | None = None, masks=None,
-           input_shapes: dict[str, tuple[int, ...]] | None = None) -> EligibilityReport:
-    """Eligibility of every layer with a prunable weight for `target` (see the module docstring)."""
+           input_shapes: dict[str, tuple[int, ...]] | None = None,
+           inferred: tuple[dict, list[str]] | None = None) -> EligibilityReport:
+    """Eligibility of every layer with a prunable weight for `target` (see the module docstring).
+    `inferred`: what `mac_shapes(model, input_shapes)` returned, when assessing several targets."""
     analysis = analysis or find_weights(model)
-    shapes, notes = mac_shapes(model, input_shapes)
+    shapes, notes = inferred if inferred is not None else mac_shapes(model, input_shapes)
+    notes = list(notes)
     statics: dict[str, list[tuple[Use, onnx.NodeProto | None, list[Reason], list[str]]]] = {}
     for w in analysis.weights:
         per_use = []
