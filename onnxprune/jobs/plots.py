@@ -156,4 +156,5 @@ def curve_figure(x: Sequence[float], series: dict[str, Sequence], xlabel: str, t
 
 def _short(text: str, width: int = 48) -> str:
     """A long node name shortened in the middle, with an ellipsis (a plot label, not the table)."""
-    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width // 2):]
+    text = text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width // 2):]
+    return text.replace("$", r"\$")  # not mathtext
