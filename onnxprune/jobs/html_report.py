@@ -290,9 +290,13 @@ def _layers(report: dict) -> str:
                       "runs dense; otherwise the rules it fails (hover for the reason): op, dtype, quantization, conv, "
                       "alignment, size, pattern, sparsity, not-worth-it.")
         body += _eligibility_totals(report.get("eligibility_by_target") or {})
+    if "structured" in report:  # dense layers: the channel section charts what was removed
+        return _section("Per-layer table", body, "layers")
     requested = (report.get("options") or {}).get("sparsity") or (report.get("totals") or {}).get("requested_sparsity")
     values = [float(r.get("sparsity") or 0.0) for r in rows]
-    fig = plots.bar_figure([r["weight"] for r in rows], values, "sparsity (share of weights that are zero)",
+    labels = [r["weight"] + (f" ({r['nodes'][0]}, {r.get('op')})" if r.get("nodes") and r["nodes"][0] != r["weight"]
+                             else f" ({r.get('op')})") for r in rows]
+    fig = plots.bar_figure(labels, values, "sparsity (share of weights that are zero)",
                            "Sparsity per layer (grey: left dense)", [bool(r.get("skipped")) for r in rows],
                            requested if _is_num(requested) else None)
     body += _img(plots.png(fig), "sparsity per layer")
@@ -331,7 +335,7 @@ def _structured(report: dict) -> str:
     fig = plots.bar_figure([", ".join(g.get("producers") or []) or g.get("name", "") for g in groups],
                            [1 - g["channels_after"] / g["channels_before"] if g.get("channels_before") else 0.0
                             for g in groups], "share of channels removed", "Channels removed per group (grey: frozen)",
-                           [bool(g.get("frozen")) for g in groups], s.get("sparsity"))
+                           [bool(g.get("frozen")) for g in groups], s.get("sparsity"), "frozen")
     body += _img(plots.png(fig), "channels removed per group")
     for n in s.get("notes") or []:
         body += _note(n)
@@ -349,18 +353,25 @@ def _target(packed: Any) -> str:
                    ("share of params / MACs sparse", f"{_pct(t.get('share_params_sparse'))} / "
                                                      f"{_pct(t.get('share_macs_sparse'))}"),
                    ("packed weights", f"{sizes.get('dense_bytes', 0):,} B dense -> {sizes.get('packed_bytes', 0):,} B "
-                                      f"({_pct(sizes.get('ratio_to_dense'))}; {_fmt(sizes.get('ratio_to_bound'))}x the "
+                                      f"({_pct(sizes.get('ratio_to_dense'))}; {sizes.get('ratio_to_bound', 0):.3f}x the "
                                       "information bound)" if sizes.get("dense_bytes") else None),
                    ("artifact files", f"model.onnx {sizes.get('model_bytes', 0):,} B, weights.bin "
                                       f"{sizes.get('weights_bin_bytes', 0):,} B" if "model_bytes" in sizes else None)])
+    layers = elig.get("layers") or []
+    counts: dict[str, int] = {}
+    for r in layers:
+        for n in r.get("notes") or []:
+            counts[n] = counts.get(n, 0) + 1
+    common = [n for n, c in counts.items() if c > 1 and c * 2 >= len(layers)]  # said once, below the table
     rows = [(Cell(r.get("node", ""), "name"), Cell(r.get("weight", ""), "name"), r.get("op"), r.get("params"),
              Cell(_pct(r.get("sparsity")), "n"), Cell(_fmt(r.get("macs")), "n", r.get("macs_note") or ""),
              Cell("yes", "ok") if r.get("runs_sparse") else Cell("no", "no"),
-             "; ".join(x.get("text", "") for x in r.get("reasons") or []) or "; ".join(r.get("notes") or []))
-            for r in elig.get("layers") or []]
+             "; ".join(x.get("text", "") for x in r.get("reasons") or [])
+             or "; ".join(n for n in r.get("notes") or [] if n not in common))
+            for r in layers]
     body += _table(["node", "weight", "op", "params", "sparsity", "MACs", "runs sparse", "why / note"], rows,
                    name_cols=(0, 1, 7))
-    for n in elig.get("notes") or []:
+    for n in common + list(elig.get("notes") or []):
         body += _note(n)
     if packed.get("speed_note"):
         body += _note(packed["speed_note"])

@@ -81,14 +81,17 @@ def sweep_figure(points: list[dict], thresholds: dict, chosen: float | None, tit
 
 
 def bar_figure(labels: Sequence[str], values: Sequence[float], xlabel: str, title: str, marks: Sequence[bool] = (),
-               limit: float | None = None):
+               limit: float | None = None, marked: str = "dense"):
     """Horizontal bars, one per label (in the given order, top to bottom); `marks` greys bars out
-    (e.g. layers left dense); `limit` draws a reference line (the requested sparsity)."""
+    (e.g. layers left dense, labelled `marked` when zero); `limit` draws a reference line (the requested sparsity)."""
     plt = pyplot()
     n = len(labels)
     fig, ax = plt.subplots(figsize=(7.5, min(0.22 * n + 1.2, 40)))
     colors = ["#b0b0b0" if (marks and marks[i]) else "#2e86c1" for i in range(n)]
     ax.barh(range(n), values, color=colors)
+    for i, v in enumerate(values):
+        ax.text(v + 0.01, i, marked if marks and marks[i] and not v else f"{v:.1%}", va="center", fontsize=6,
+                color="#566573")
     ax.set_yticks(range(n))
     ax.set_yticklabels([_short(s) for s in labels] if n <= 150 else [""] * n, fontsize=7)
     ax.invert_yaxis()
