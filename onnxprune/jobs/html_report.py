@@ -17,6 +17,7 @@ import html
 import json
 import math
 import os
+import re
 from typing import Any, Iterable, Sequence
 
 import tomli_w
@@ -35,7 +36,7 @@ _X_NAMES = ("sparsity", "level", "step", "iteration", "trial", "round", "index")
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1c2833;background:#f4f6f7}
-main{max-width:1200px;margin:0 auto;padding:16px 24px 48px}
+nav a{margin-right:4px}main{max-width:1200px;margin:0 auto;padding:16px 24px 48px}
 h1{font-size:22px;margin:8px 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d5d8dc;padding-bottom:4px}
 h3{font-size:15px;margin:16px 0 6px}
 section{background:#fff;border:1px solid #e5e8e8;border-radius:6px;padding:4px 16px 14px;margin:14px 0}
@@ -98,6 +99,9 @@ def render_html(report: dict, title: str | None = None) -> str:
                           _parity(report), _sweep(report)) if s]
     parts += [_generic(k, v) for k, v in report.items() if k not in _KNOWN and v not in (None, [], {})]
     parts += [s for s in (_passes(report.get("passes")), _recipe(report), _options(report)) if s]
+    links = re.findall(r"<section id='([^']*)'><h2>([^<]*)</h2>", "\n".join(parts))
+    if links:
+        parts.insert(1, "<nav class=\"note\">" + " · ".join(f"<a href=\"#{a}\">{t}</a>" for a, t in links) + "</nav>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"generator\" content=\"onnxprune {_e(__version__)}\"><title>{_e(title)}</title>"
             f"<style>{_CSS}</style></head><body><main>\n" + "\n".join(parts) +
