@@ -114,15 +114,19 @@ def test_sweep_and_check_html(tmp_path):
 
 
 def test_unknown_sections_render_generically(tmp_path):
-    report = {"schema": "onnxprune.sensitivity", "model": "m.onnx",
-              "sensitivity": {"layers": ["a<b", "c"], "levels": [0.3, 0.6], "cosine": [[0.99, 0.9], [1.0, 0.97]]},
-              "auto": {"chosen": 0.5, "trace": [{"trial": 1, "sparsity": 0.3, "cosine": 0.99, "passed": True},
-                                                {"trial": 2, "sparsity": 0.5, "cosine": 0.98, "passed": True},
-                                                {"trial": 3, "sparsity": 0.7, "cosine": 0.9, "passed": False}]},
-              "note": "<b>"}
+    """A sensitivity matrix (layers x levels) becomes a heatmap, with its other grids as tables; a search trace
+    (records with a level) a table and curves with the threshold; a verdict at the top level a banner."""
+    report = {"schema": "onnxprune.auto", "model": "m.onnx", "passed": True, "thresholds": {"min_cosine": 0.95},
+              "sensitivity": {"metric": "cosine_mean", "layers": ["a<b", "c"], "levels": [0.3, 0.6],
+                              "matrix": [[0.99, 0.9], [1.0, 0.97]], "saved": {"params": [[10, 20], [30, 60]]}},
+              "trace": [{"level": 0.3, "macs": 0.7, "passed": True, "parity": {"y": {"cosine_mean": 0.99}}},
+                        {"level": 0.5, "macs": 0.5, "passed": True, "parity": {"y": {"cosine_mean": 0.96}}},
+                        {"level": 0.7, "macs": 0.3, "passed": False, "parity": {"y": {"cosine_mean": 0.9}}}],
+              "chosen": {"level": 0.5, "layers": [{"name": "fc", "sparsity": 0.5}]}, "notes": ["<b>"]}
     write_html(report, tmp_path / "x.html")
     page = (tmp_path / "x.html").read_text()
     assert_self_contained(page)
-    assert 'alt="sensitivity heatmap"' in page and 'alt="trace curve"' in page
-    assert "a&lt;b" in page and "&lt;b&gt;" in page and "<b>" not in page
+    assert 'alt="sensitivity heatmap"' in page and 'alt="trace curve"' in page and ">PASS</div>" in page
+    assert "parity.y.cosine_mean" in page and "<h3>params</h3>" in page and "<td class=\"n\">60</td>" in page
+    assert "a&lt;b" in page and "<li>&lt;b&gt;</li>" in page and "<b>" not in page
     assert page == render_html(json.loads(json.dumps(report)))  # deterministic, plots included

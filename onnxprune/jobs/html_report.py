@@ -32,7 +32,7 @@ _KNOWN = {"schema", "version", "options", "options_sha256", "weights", "totals",
           "input", "output", "recipe", "recipe_sha256", "parity", "structured", "layers", "sizes", "points",
           "max_passing", "error", "model", "inputs", "thresholds", "passed", "original", "candidate", "run",
           "outputs", "failures", "eligibility_by_target"}
-_X_NAMES = ("sparsity", "level", "step", "iteration", "trial", "round", "index")  # a trace's x column, by preference
+_X_NAMES = ("level", "sparsity", "step", "iteration", "trial", "round", "index")  # a trace's x column, by preference
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1c2833;background:#f4f6f7}
@@ -97,7 +97,7 @@ def render_html(report: dict, title: str | None = None) -> str:
     parts = [_header(report, kind, title)]
     parts += [s for s in (_sizes(report), _layers(report), _structured(report), _target(report.get("target")),
                           _parity(report), _sweep(report)) if s]
-    parts += [_generic(k, v) for k, v in report.items() if k not in _KNOWN and v not in (None, [], {})]
+    parts += [_generic(k, v, report) for k, v in report.items() if k not in _KNOWN and v not in (None, [], {})]
     parts += [s for s in (_passes(report.get("passes")), _recipe(report), _options(report)) if s]
     links = re.findall(r"<section id='([^']*)'><h2>([^<]*)</h2>", "\n".join(parts))
     if links:
@@ -198,6 +198,8 @@ def _verdict(report: dict, kind: str) -> str:
         word = "PASS" if parity["passed"] else "FAIL"
         text = f"{word}: parity gate" + (f" ({len(failures)} check(s) failed)" if failures else "")
         return f"<div class=\"verdict {'pass' if parity['passed'] else 'fail'}\">{_e(text)}</div>"
+    if isinstance(report.get("passed"), bool):  # a kind this module does not know, with a verdict
+        return f"<div class=\"verdict {'pass' if report['passed'] else 'fail'}\">{'PASS' if report['passed'] else 'FAIL'}</div>"
     if kind == "sweep" and "points" in report:
         chosen = plots.chosen_level(report["points"], report.get("max_passing"))
         text = (f"highest passing sparsity: {chosen:g}" if chosen is not None
@@ -490,39 +492,68 @@ def _options(report: dict) -> str:
 
 # ------------------------------------------------------------------------------------ generic sections
 
-def _generic(name: str, value: Any) -> str:
+def _generic(name: str, value: Any, report: dict) -> str:
     """A section this module does not know: a matrix becomes a heatmap, records a table and a curve,
     scalars a list, anything else JSON."""
-    return _section(name.replace("_", " ").capitalize(), _generic_body(name, value, 0), name)
+    context = {"chosen": _chosen(report), "thresholds": report.get("thresholds") or {}}
+    return _section(name.replace("_", " ").capitalize(), _generic_body(name, value, 0, context), name)
 
 
-def _generic_body(name: str, value: Any, depth: int) -> str:
+def _chosen(d: dict) -> float | None:
+    """The level a search or sweep settled on, where the report says: chosen, best, selected or max_passing,
+    a number or a record with a level or sparsity."""
+    for k in ("chosen", "best", "selected", "max_passing"):
+        v = d.get(k)
+        if _is_num(v):
+            return v
+        if isinstance(v, dict):
+            found = next((v[x] for x in ("level", "sparsity") if _is_num(v.get(x))), None)
+            if found is not None:
+                return found
+    return None
+
+
+def _generic_body(name: str, value: Any, depth: int, context: dict, labels: tuple | None = None) -> str:
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return _records(name, value, None)
+        return _records(name, value, context)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return "<ul>" + "".join(f"<li>{_e(v)}</li>" for v in value) + "</ul>"
     if not isinstance(value, dict):
         return f"<pre>{_e(json.dumps(value, indent=2, default=str))}</pre>"
+    context = {**context, "chosen": _chosen(value) if _chosen(value) is not None else context.get("chosen")}
     matrix = _find_matrix(value)
     body = ""
     used: set[str] = set()
     if matrix is not None:
         rows, cols, data, (row_key, col_key, grid_key) = matrix
         used |= {row_key, col_key, grid_key}
-        fig = plots.heatmap_figure(rows, cols, data, col_key, row_key, f"{name}: {grid_key}")
-        body += _img(plots.png(fig), f"{name} heatmap")
-        body += _table(["", *[_fmt(c) for c in cols]], [(Cell(str(r), "name"), *row) for r, row in zip(rows, data)])
-    chosen = next((value[k] for k in ("chosen", "best", "selected", "max_passing") if _is_num(value.get(k))), None)
+        metric = f" ({value['metric']})" if isinstance(value.get("metric"), str) else ""
+        fig = plots.heatmap_figure(rows, cols, data, col_key, row_key, f"{name}: {grid_key}{metric}")
+        body += _img(plots.png(fig), f"{name} heatmap") + _grid_table(rows, cols, data)
+        labels = (rows, cols)
     scalars = [(k, v) for k, v in value.items() if k not in used and not isinstance(v, (dict, list))]
     body = _facts(scalars) + body
     for k, v in value.items():
         if k in used or not isinstance(v, (dict, list)) or v in ([], {}):
             continue
-        if isinstance(v, list) and all(isinstance(x, dict) for x in v):
-            body += f"<h3>{_e(k)}</h3>" + _records(k, v, chosen)
-        elif isinstance(v, dict) and depth < 1:
-            body += f"<h3>{_e(k)}</h3>" + _generic_body(k, v, depth + 1)
+        if labels is not None and _is_grid(v, len(labels[0]), len(labels[1])):
+            body += f"<h3>{_e(k)}</h3>" + _grid_table(labels[0], labels[1], v)
+        elif isinstance(v, dict) and depth < 2:
+            body += f"<h3>{_e(k)}</h3>" + _generic_body(k, v, depth + 1, context, labels)
+        elif isinstance(v, list):
+            body += f"<h3>{_e(k)}</h3>" + _generic_body(k, v, depth + 1, context)
         else:
             body += f"<h3>{_e(k)}</h3><pre>{_e(json.dumps(v, indent=2, default=str))}</pre>"
     return body
+
+
+def _is_grid(v: Any, rows: int, cols: int) -> bool:
+    return (isinstance(v, list) and len(v) == rows and all(isinstance(r, list) and len(r) == cols for r in v)
+            and all(_is_num(x) or x is None for r in v for x in r))
+
+
+def _grid_table(rows: Sequence, cols: Sequence, data: Sequence[Sequence]) -> str:
+    return _table(["", *[_fmt(c) for c in cols]], [(Cell(str(r), "name"), *row) for r, row in zip(rows, data)])
 
 
 def _find_matrix(d: dict) -> tuple[list, list, list, tuple[str, str, str]] | None:
@@ -556,22 +587,38 @@ def _as_level(text: Any) -> Any:
         return text
 
 
-def _records(name: str, records: list[dict], chosen: float | None) -> str:
-    """A list of dicts as a table, and, where one column is a numeric x (sparsity, step, trial, ...),
-    the other numeric columns as curves against it."""
-    cols = list(dict.fromkeys(k for r in records for k in r))
+def _flat(record: dict, prefix: str = "") -> dict:
+    """Nested dicts as dotted keys ({"parity": {"y": {"cosine_mean": 1}}} -> {"parity.y.cosine_mean": 1})."""
+    out: dict = {}
+    for k, v in record.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _records(name: str, records: list[dict], context: dict) -> str:
+    """A list of dicts as a table, and, where one column is a numeric x (sparsity, level, step, trial, ...),
+    the other numeric columns as curves against it: parity metrics first, with their threshold lines."""
+    flat = [_flat(r) for r in records]
+    cols = list(dict.fromkeys(k for r in flat for k in r))
     rows = [[r.get(c) if not isinstance(r.get(c), (dict, list)) else json.dumps(r.get(c), default=str)
-             for c in cols] for r in records]
-    body = _table(cols, rows, name_cols=tuple(i for i, c in enumerate(cols) if all(isinstance(r.get(c), str)
-                                                                                  for r in records)))
-    numeric = [c for c in cols if all(_is_num(r.get(c)) or r.get(c) is None for r in records)
-               and any(_is_num(r.get(c)) for r in records)]
-    x_col = next((c for c in _X_NAMES if c in numeric and all(_is_num(r.get(c)) for r in records)), None)
-    series = {c: [r.get(c) for r in records] for c in numeric if c != x_col}
-    if series and len(records) > 1:
-        x = [r[x_col] for r in records] if x_col else list(range(len(records)))
-        passed = [bool(r.get("passed")) for r in records] if any(isinstance(r.get("passed"), bool) for r in records) \
-            else None
-        fig = plots.curve_figure(x, series, x_col or "entry (in order)", name, passed, chosen)
+             for c in cols] for r in flat]
+    body = _table(cols, rows, name_cols=tuple(i for i, c in enumerate(cols)
+                                              if all(isinstance(r.get(c), str) for r in flat)))
+    numeric = [c for c in cols if all(_is_num(r.get(c)) or r.get(c) is None for r in flat)
+               and any(_is_num(r.get(c)) for r in flat)]
+    x_col = next((c for c in _X_NAMES if c in numeric and all(_is_num(r.get(c)) for r in flat)), None)
+    metric = lambda c: c.rpartition(".")[2] in plots.METRIC_THRESHOLDS  # noqa: E731
+    ys = sorted((c for c in numeric if c != x_col), key=lambda c: not metric(c))
+    if ys and len(records) > 1:
+        thresholds = context.get("thresholds") or {}
+        limits = {c: thresholds.get(plots.METRIC_THRESHOLDS[c.rpartition(".")[2]]) for c in ys if metric(c)}
+        x = [r[x_col] for r in flat] if x_col else list(range(len(flat)))
+        passed = [bool(r.get("passed")) for r in flat] if any(isinstance(r.get("passed"), bool) for r in flat) else None
+        fig = plots.curve_figure(x, {c: [r.get(c) for r in flat] for c in ys}, x_col or "entry (in order)", name,
+                                 passed, context.get("chosen") if x_col else None,
+                                 {k: v for k, v in limits.items() if _is_num(v)})
         body = _img(plots.png(fig), f"{name} curve") + body
     return body

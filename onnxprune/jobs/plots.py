@@ -133,9 +133,9 @@ def heatmap_figure(rows: Sequence[str], cols: Sequence, matrix: Sequence[Sequenc
 
 
 def curve_figure(x: Sequence[float], series: dict[str, Sequence], xlabel: str, title: str,
-                 passed: Sequence | None = None, chosen: float | None = None):
-    """One panel per series against x (up to four), pass/fail markers when `passed` is given and the
-    chosen x as a vertical line."""
+                 passed: Sequence | None = None, chosen: float | None = None, limits: dict | None = None):
+    """One panel per series against x (up to four), pass/fail markers when `passed` is given, a series'
+    threshold from `limits` as a dashed line and the chosen x as a vertical line."""
     plt = pyplot()
     names = list(series)[:4]
     fig, axes = plt.subplots(len(names), 1, figsize=(6.4, 2.1 * len(names) + 0.6), sharex=True, squeeze=False)
@@ -146,10 +146,13 @@ def curve_figure(x: Sequence[float], series: dict[str, Sequence], xlabel: str, t
         if passed:
             for a, b, ok in pts:
                 ax.scatter([a], [b], color=_PASS if ok else _FAIL, s=20, zorder=2)
+        if (limits or {}).get(name) is not None:
+            ax.axhline(limits[name], color=_FAIL, ls="--", lw=1, label=f"threshold {limits[name]:g}")
         if chosen is not None:
             ax.axvline(chosen, color=_MARK, lw=1.2, label=f"chosen {chosen:g}")
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-        ax.set_ylabel(name, fontsize=8)
+        ax.set_ylabel(name if len(name) <= 28 else "…" + name[-27:], fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel(xlabel)
     axes[0, 0].set_title(title, fontsize=10)
