@@ -5,7 +5,9 @@ fails before any work; sections nobody taught the renderer (sensitivity, auto) s
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -101,8 +103,10 @@ def test_recipe_output_html(tmp_path):
 
 
 def test_sweep_and_check_html(tmp_path):
-    r = run("sweep", MLP, "--sparsities", "0.3,0.9", "--data", EVAL, "--samples", "60", "--html", tmp_path / "s.html")
+    r = run("sweep", MLP, "--sparsities", "0.3,0.9", "--data", EVAL, "--samples", "60", "--html", tmp_path / "s.html",
+            "--plot", tmp_path / "s.png")
     assert r.exit_code == 0, r.output
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"  # the same figure: threshold and chosen level
     page = (tmp_path / "s.html").read_text()
     assert_self_contained(page)
     assert "highest passing sparsity: 0.3" in page and "Sweep" in page and "sparsity = 0.3" in page
@@ -130,3 +134,10 @@ def test_unknown_sections_render_generically(tmp_path):
     assert "parity.y.cosine_mean" in page and "<h3>params</h3>" in page and "<td class=\"n\">60</td>" in page
     assert "a&lt;b" in page and "<li>&lt;b&gt;</li>" in page and "<b>" not in page
     assert page == render_html(json.loads(json.dumps(report)))  # deterministic, plots included
+
+
+def test_the_renderer_is_library_code_without_click():
+    code = "import sys, onnxprune.jobs.html_report; assert 'click' not in sys.modules, 'click imported'"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr

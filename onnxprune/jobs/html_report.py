@@ -295,6 +295,11 @@ def _layers(report: dict) -> str:
         body += _note("Target columns: 'sparse' = this layer runs sparse on the target; 'packed' = stored packed, "
                       "runs dense; otherwise the rules it fails (hover for the reason): op, dtype, quantization, conv, "
                       "alignment, size, pattern, sparsity, not-worth-it.")
+        why = [(Cell(r["weight"], "name"), t, "; ".join(x.get("text", "") for x in e["reasons"]))
+               for r in rows for t, e in sorted((r.get("targets") or {}).items()) if e.get("reasons")]
+        if why:
+            body += (f"<details><summary>Why not sparse: {len(why)} layer x target pairs, reason by reason</summary>"
+                     + _table(["weight", "target", "reasons"], why, name_cols=(0, 2)) + "</details>")
         body += _eligibility_totals(report.get("eligibility_by_target") or {})
     if "structured" in report:  # dense layers: the channel section charts what was removed
         return _section("Per-layer table", body, "layers")
