@@ -61,7 +61,7 @@ def write_html(report: dict, path: str | os.PathLike, *, title: str | None = Non
 
     >>> write_html(json.load(open("r.json")), "report.html")  # doctest: +SKIP
     """
-    plots.pyplot(Opt("output.html"))
+    require_plotting()
     atomic_write_text(path, render_html(json.loads(json.dumps(report, default=_plain)), title))
 
 
