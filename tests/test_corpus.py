@@ -870,6 +870,12 @@ output_case("sweep --report under a file", lambda m, o, b: ["sweep", m, "--spars
                                                             "--report", b / "r.json"])
 output_case("sweep --plot under a file", lambda m, o, b: ["sweep", m, "--sparsities", "0.5", "--samples", "2",
                                                           "--report", o / "r.json", "--plot", b / "p.png"])
+output_case("prune --html under a file", lambda m, o, b: ["prune", m, "-o", o / "p.onnx", "--html", b / "r.html",
+                                                          "--quiet"])
+output_case("check --html under a file", lambda m, o, b: ["check", m, m, "--html", b / "r.html", "--quiet",
+                                                          "--samples", "2"])
+output_case("sweep --html under a file", lambda m, o, b: ["sweep", m, "--sparsities", "0.5", "--samples", "2",
+                                                          "--html", b / "r.html"])
 output_case("run -o under a file", lambda m, o, b: ["run", "unstructured-gate", m, "-o", b / "g.onnx", "--quiet"])
 
 

@@ -95,3 +95,28 @@ def test_no_output_may_overwrite_the_input_or_another_output(tmp_path):
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
     assert Path(MLP).read_bytes() == before
     assert not (tmp_path / "p.onnx").exists()
+
+
+@pytest.mark.parametrize("bad", ["labels", "output_threshold"])
+def test_gate_data_that_cannot_be_judged_fails_before_pruning(tmp_path, monkeypatch, bad):
+    """Labels that fit no classifier output, or a per-output threshold naming no output, exit 2 before
+    any pruning (not after minutes of work), and nothing is written."""
+    from onnxprune.jobs import run as run_module
+
+    data = dict(np.load(EVAL))
+    extra = []
+    if bad == "labels":
+        data["labels"] = np.zeros((len(data["labels"]), 3), np.int64)  # 3 per sample: fits no output
+    else:
+        extra = ["--output-threshold", "nope:min_cosine=0.9"]
+    np.savez(tmp_path / "e.npz", **data)
+
+    def no_pruning(*a, **k):
+        raise AssertionError("pruned before the gate's data was checked")
+
+    monkeypatch.setattr(run_module, "prune_model", no_pruning)
+    r = run("prune", MLP, "-o", tmp_path / "p.onnx", "--sparsity", "0.5", "--check", "--eval-data",
+            tmp_path / "e.npz", *extra)
+    assert r.exit_code == 2, r.output
+    assert ("match no classifier output" if bad == "labels" else "'nope'") in r.output
+    assert not (tmp_path / "p.onnx").exists()

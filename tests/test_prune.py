@@ -285,6 +285,31 @@ def test_dequantized_nm(tmp_path):
     assert_nm(m.read("q"), "MatMul", 2, 4, zero=zp.reshape(1, -1))
 
 
+@pytest.mark.parametrize("scale_shape", [(1, 32), (32,), ()])
+def test_cast_mul_int8_weights_pruned_in_quantized_domain(tmp_path, scale_shape):
+    """Weight-only quantization written by hand (Mul(Cast(int8), scale), as in all-MiniLM-L6 int8): the
+    int8 tensor is pruned in place, ranked in real units, and stays int8."""
+    rng = np.random.default_rng(4)
+    q = rng.integers(-128, 128, (64, 32)).astype(np.int8)
+    scale = (10.0 ** rng.uniform(-3, 0, 32)).astype(np.float32).reshape(scale_shape) if scale_shape else np.float32(0.02)
+    model = make_model([helper.make_node("Cast", ["q"], ["qf"], to=TensorProto.FLOAT),
+                        helper.make_node("Mul", ["s", "qf"], ["wf"]),  # scale first: either order
+                        helper.make_node("MatMul", ["x", "wf"], ["y"])],
+                       [vi("x", [1, 64])], [vi("y", [1, 32])],
+                       [numpy_helper.from_array(q, "q"), numpy_helper.from_array(np.asarray(scale), "s")])
+    src = save(model, tmp_path / "q.onnx")
+    r = cli("prune", src, "-o", tmp_path / "out.onnx", "--sparsity", "0.5", "--quiet")
+    assert r.exit_code == 0, r.output
+    got = inits(onnx.load(str(tmp_path / "out.onnx")))["q"]
+    assert got.dtype == np.int8 and int((got == 0).sum()) >= q.size // 2
+    assert np.array_equal(got[got != 0], q[got != 0])
+    real = np.abs(q * np.broadcast_to(np.asarray(scale, np.float64).reshape(-1)[None, :] if scale_shape else scale, q.shape))
+    assert real[got == 0].max() <= real[got != 0].min()  # ranked in real units
+    x = rng.standard_normal((1, 64)).astype(np.float32)
+    want = x @ (got.astype(np.float32) * np.asarray(scale, np.float32))
+    np.testing.assert_allclose(run_ort(tmp_path / "out.onnx", {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------- selection rules
 
 def test_skip_and_override_globs(tmp_path):

@@ -591,7 +591,7 @@ def test_rewrite_that_fails_in_onnxruntime_freezes_the_groups_at_the_named_node(
 
     proto = mlp()
     first_relu = next(n for n in proto.graph.node if n.op_type == "Relu")
-    real, calls = S.tensor_shapes, []
+    real, calls = S.runtime_shapes, []
 
     def fails_once(p, feed, base_dir=None):
         calls.append(1)
@@ -599,7 +599,7 @@ def test_rewrite_that_fails_in_onnxruntime_freezes_the_groups_at_the_named_node(
             raise DataError(f"... running Relu node. Name:'{first_relu.name}' Status Message: invalid shape")
         return real(p, feed, base_dir)
 
-    monkeypatch.setattr(S, "tensor_shapes", fails_once)
+    monkeypatch.setattr(S, "runtime_shapes", fails_once)
     res = prune_channels(Model(proto), 0.5, round_to=8, feed=feed_for(proto))
     rows = {r["channels_before"]: r for r in res.report["groups"]}
     assert rows[32]["frozen"] and "does not run in onnxruntime" in " ".join(rows[32]["reasons"])
@@ -700,7 +700,7 @@ def test_reshape_into_conv_channels_links_the_channel_factor():
 def test_requantized_refit_holds_values_outside_the_old_range(dtype, per_axis, zero):
     """The refit may leave a channel's old range: its scale grows (symmetric) or scale and zero
     point move (asymmetric) so every value comes back within half a step, nothing clipped."""
-    from onnxprune.analyze.groups import constant_array, constant_values
+    from onnxprune.analyze.constants import constant_array, constant_values
     from onnxprune.core.quant import dequantized
     from onnxprune.repair.structured_repair import _set_weight
 
@@ -752,7 +752,7 @@ def test_constant_node_weights_are_refit_in_place_not_copied(tmp_path):
     from click.testing import CliRunner
 
     from onnxprune.analyze.cleanup import unused_constants
-    from onnxprune.analyze.groups import model_params
+    from onnxprune.analyze.constants import model_params
     from onnxprune.cli import main
 
     proto = B.conv_net_constant_nodes()
@@ -775,7 +775,7 @@ def test_constant_node_weights_are_refit_in_place_not_copied(tmp_path):
 def test_repair_of_constant_node_model_refits_layers_and_reinit_reaches_constants(tmp_path):
     import builders as B
 
-    from onnxprune.analyze.groups import model_params
+    from onnxprune.analyze.constants import model_params
 
     proto = B.conv_net_constant_nodes()
     np.savez(tmp_path / "c.npz", X=np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32))

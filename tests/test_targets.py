@@ -146,3 +146,31 @@ def test_cli_targets_list_show_check(tmp_path):
     assert r.exit_code == 2 and "'colour'" in r.output
     r = CliRunner().invoke(main, ["targets", "check", str(REPO_TARGETS / "nvidia-2to4.toml")])
     assert r.exit_code == 0 and "ok" in r.output
+
+
+def test_a_target_with_a_minimum_sparsity_sets_the_default_sparsity(tmp_path):
+    """xnnpack-bsr runs sparse only from 2/3 zeros: without --sparsity (or prune.sparsity) the job prunes
+    to reach it, where the global 0.5 default would hold every layer back; a given sparsity wins."""
+    import json
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxprune.jobs.recipe import load_recipe
+
+    assert T.load_target("xnnpack-bsr").prune_defaults() == {"pattern": "1x1", "sparsity": 0.67}
+    assert T.load_target("nvidia-2to4").prune_defaults() == {"pattern": "2:4"}
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64, 1, 1)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 4, 4])], [w])
+    src = tmp_path / "m.onnx"
+    src.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    for extra, want in (([], 0.67), (["--sparsity", "0.8"], 0.8)):
+        r = CliRunner().invoke(main, ["prune", str(src), "-o", str(tmp_path / "o.onnx"), "--target", "xnnpack-bsr",
+                                      "--report", str(tmp_path / "r.json"), "--quiet", *extra])
+        assert r.exit_code == 0, r.output
+        assert json.loads((tmp_path / "r.json").read_text())["options"]["sparsity"] == want
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[input]\nmodel = "{src}"\n[target]\nname = "xnnpack-bsr"\n')
+    assert load_recipe(recipe).prune.sparsity == 0.67

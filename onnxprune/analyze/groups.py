@@ -8,11 +8,11 @@ per channel, or a block of H*W columns after a Flatten), and so on. This module 
 couplings once and never changes the model.
 
 How (Torch-Pruning's dependency groups, re-done for ONNX graphs):
-- A *dim* is one axis of one tensor: ("v", value name, axis) for activations, ("c", node, input,
-  axis) for one use of a constant (an initializer or Constant node; every use gets its own dim, so
+- A *dim* is one axis of one tensor: `ValueDim(value name, axis)` for activations, `ConstDim(node,
+  input, axis)` for one use of a constant (an initializer or Constant node; every use gets its own dim, so
   two layers that happen to share a deduplicated bias constant are not coupled; the rewrite clones
-  such a constant when its uses end up sliced differently), ("h", node) for the hidden units of an
-  LSTM/GRU/RNN node, ("s", node, side) for the per-group channel slots of a grouped convolution
+  such a constant when its uses end up sliced differently), `HiddenDim(node)` for the hidden units of an
+  LSTM/GRU/RNN node, `SlotDim(node, side)` for the per-group channel slots of a grouped convolution
   (position j of every group is one channel). Axes of size 1 are inert (broadcast) and get no dim.
 - Each op rule links dims of its inputs and outputs with an index map (identity, an offset for
   Concat/Split/Slice, a block expansion for Flatten/Reshape (channel c -> columns c*HW..c*HW+HW-1),
@@ -40,28 +40,26 @@ How (Torch-Pruning's dependency groups, re-done for ONNX graphs):
   that holds the size; sizes computed at run time from Shape ops adapt by themselves and are
   verified after the rewrite).
 
-Shapes come from one onnxruntime run with every tensor exposed (`tensor_shapes`), so Reshape
+Shapes come from `value_shapes` (onnx shape inference completed by one onnxruntime run), so Reshape
 targets computed at run time are known exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable, NamedTuple
 
 import networkx as nx
 import numpy as np
 import onnx
 import onnx.helper
 import onnx.numpy_helper
-import onnxruntime as ort
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from onnxprune.core.errors import DataError, Opt
+from onnxprune.analyze.constants import constant_array, constant_shape, constant_values
+from onnxprune.analyze.value_shapes import value_shapes
 from onnxprune.core.graph import attrs, subgraph_outer_refs
-from onnxprune.core.model import Model
-from onnxprune.core.runtime import session
 from onnxprune.core.shapes import (
     FeedShapes,
     input_specs,
@@ -69,8 +67,72 @@ from onnxprune.core.shapes import (
     resolve_feed_shapes,
 )
 from onnxprune.ops import spec_for
+from onnxprune.ops.quantized import is_quantized_layer
 
-Dim = tuple  # ("v", name, axis) | ("c", node index, input index, axis) | ("h", node index) | ("s", node index, side)
+
+# Dims are tuples whose first field names their kind, so a dim equals (and hashes as) the plain tuple
+# ("v", name, axis) etc.; each kind is built by its own class and read by field name.
+class _ValueDim(NamedTuple):
+    kind: str
+    value: str  # activation (graph value) name
+    axis: int
+
+
+class ValueDim(_ValueDim):
+    """Axis `axis` of the activation `value`."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str, axis: int):
+        return super().__new__(cls, "v", value, axis)
+
+
+class _ConstDim(NamedTuple):
+    kind: str
+    node: int  # index in the main graph's node list
+    input: int
+    axis: int
+
+
+class ConstDim(_ConstDim):
+    """Axis `axis` of the constant read by input `input` of node `node` (one use of a constant)."""
+
+    __slots__ = ()
+
+    def __new__(cls, node: int, input: int, axis: int):
+        return super().__new__(cls, "c", node, input, axis)
+
+
+class _HiddenDim(NamedTuple):
+    kind: str
+    node: int
+
+
+class HiddenDim(_HiddenDim):
+    """The hidden units of the LSTM/GRU/RNN node `node`."""
+
+    __slots__ = ()
+
+    def __new__(cls, node: int):
+        return super().__new__(cls, "h", node)
+
+
+class _SlotDim(NamedTuple):
+    kind: str
+    node: int
+    side: str  # "in" or "out"
+
+
+class SlotDim(_SlotDim):
+    """The per-group channel slots on `side` of the grouped convolution `node`."""
+
+    __slots__ = ()
+
+    def __new__(cls, node: int, side: str):
+        return super().__new__(cls, "s", node, side)
+
+
+Dim = ValueDim | ConstDim | HiddenDim | SlotDim
 
 INT_MAX = 2**62
 
@@ -90,8 +152,6 @@ POOL = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool"
 SINK_REDUCE = {"ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceMax", "ReduceMin", "ReduceLogSumExp",
                "ReduceMean"}
 REDUCE = SINK_REDUCE | {"ReduceProd", "ReduceLogSum"}
-QUANTIZED_LAYER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "QGemm", "DynamicQuantizeLSTM",
-                       "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"}
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -212,84 +272,6 @@ class GroupAnalysis:
 
 
 
-def constant_values(graph: onnx.GraphProto) -> dict[str, tuple[str, Any]]:
-    """name -> ("initializer", TensorProto) | ("constant", (node index, NodeProto)) of the main graph."""
-    consts: dict[str, tuple[str, Any]] = {t.name: ("initializer", t) for t in graph.initializer}
-    for i, n in enumerate(graph.node):
-        if n.op_type == "Constant" and n.output and n.output[0]:
-            consts[n.output[0]] = ("constant", (i, n))
-    return consts
-
-
-def constant_array(entry: tuple[str, Any]) -> np.ndarray:
-    kind, obj = entry
-    if kind == "initializer":
-        return onnx.numpy_helper.to_array(obj)
-    node = obj[1]
-    a = node.attribute[0]
-    if a.name == "value":
-        return onnx.numpy_helper.to_array(a.t)
-    if a.name == "sparse_value":
-        raise ValueError("sparse Constant")
-    v = onnx.helper.get_attribute_value(a)
-    if a.name in ("value_float", "value_int"):
-        return np.array(v, dtype=np.float32 if a.name == "value_float" else np.int64)
-    if a.name in ("value_floats", "value_ints"):
-        return np.array(v, dtype=np.float32 if a.name == "value_floats" else np.int64)
-    raise ValueError(f"Constant attribute {a.name}")
-
-
-def constant_shape(entry: tuple[str, Any]) -> tuple[int, ...]:
-    kind, obj = entry
-    if kind == "initializer":
-        return tuple(obj.dims)
-    a = obj[1].attribute[0]
-    if a.name == "value":
-        return tuple(a.t.dims)
-    if a.name in ("value_floats", "value_ints"):
-        return (len(onnx.helper.get_attribute_value(a)),)
-    return ()
-
-
-def tensor_shapes(proto: onnx.ModelProto, feed: dict[str, np.ndarray], base_dir: str | None = None,
-                  keep_values: int = 64) -> tuple[dict[str, tuple[int, ...]], dict[str, np.ndarray]]:
-    """Run the model once in onnxruntime with every node output exposed: (shapes, small int values)."""
-
-    g = proto.graph
-    consts = constant_values(g)
-    fetch, seen = [], set(feed)
-    for n in g.node:
-        for o in n.output:
-            if o and o not in seen and o not in consts:
-                seen.add(o)
-                fetch.append(o)
-    p = onnx.ModelProto()
-    p.CopyFrom(proto)
-    del p.graph.output[:]
-    for name in fetch:
-        p.graph.output.add().name = name
-    del p.graph.value_info[:]
-    sess = session(p.SerializeToString(), label="model (analysis run)", base_dir=base_dir, optimize=False)
-    names = [o.name for o in sess.get_outputs()]
-    try:
-        outs = sess.run(names, feed)
-    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-            ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        shapes_given = ", ".join(f"{k}={'x'.join(map(str, np.shape(v)))}" for k, v in feed.items())
-        raise DataError(f"channel analysis runs the model once to learn its shapes, and onnxruntime failed on "
-                        f"inputs {shapes_given} ({first[:300]}); give real data (", Opt("data.calibration", "FILE"),
-                        ") or larger shapes (", Opt("data.shapes", ["NAME=DIMS"]), ")") from e
-    shapes: dict[str, tuple[int, ...]] = {k: tuple(np.shape(v)) for k, v in feed.items()}
-    values: dict[str, np.ndarray] = {}
-    for name, arr in zip(names, outs):
-        arr = np.asarray(arr)
-        shapes[name] = tuple(arr.shape)
-        if arr.dtype.kind in "iu" and arr.size <= keep_values:
-            values[name] = arr.copy()
-    return shapes, values
-
-
 # -------------------------------------------------------------------------------------- builder
 
 @dataclass
@@ -365,10 +347,10 @@ class _Builder:
             return None
         node = self.g.node[n]
         if name in self.consts and input_index is not None:
-            d = ("c", n, input_index, axis)
+            d = ConstDim(n, input_index, axis)
             self.meta.setdefault(d, ("const", name, axis, node.name or f"{node.op_type}#{n}", node.op_type))
         else:
-            d = ("v", name, axis)
+            d = ValueDim(name, axis)
             p = self.producer.get(name)
             pn = self.g.node[p] if p is not None else None
             self.meta.setdefault(d, ("value", name, axis, (pn.name or f"{pn.op_type}#{p}") if pn else name,
@@ -491,7 +473,7 @@ class _Builder:
         for vi in self.g.output:
             s = self.shapes.get(vi.name) or self.shape_of(vi.name)
             for a in range(len(s or ())):
-                d = ("v", vi.name, a)
+                d = ValueDim(vi.name, a)
                 if vi.name in self.consts:
                     continue
                 if d in self.sizes:
@@ -981,7 +963,7 @@ class _Builder:
 
     def slot(self, n: int, side: str, size: int) -> Dim:
         """The per-group channel slots of grouped conv node n on `side` ("in" | "out")."""
-        slot: Dim = ("s", n, side)
+        slot: Dim = SlotDim(n, side)
         name = self.g.node[n].name or f"{self.g.node[n].op_type}#{n}"
         self.sizes[slot] = size
         self.meta[slot] = ("slot", name, 0, name, self.g.node[n].op_type)
@@ -991,7 +973,7 @@ class _Builder:
     def hidden(self, n: int, size: int, root: bool) -> Dim:
         """The hidden units of recurrent node n (a root when its weights are constant)."""
         node = self.g.node[n]
-        h: Dim = ("h", n)
+        h: Dim = HiddenDim(n)
         self.sizes[h] = size
         self.meta[h] = ("hidden", node.name or f"{node.op_type}#{n}", 0, node.name or f"{node.op_type}#{n}", node.op_type)
         if root:
@@ -1086,8 +1068,8 @@ class _Builder:
 
     def _followable(self, d: Dim, reshape: int) -> bool:
         """Does every op reading activation dim `d` (other than `reshape`) handle that axis?"""
-        return d[0] == "v" and all((k, d) in self.handled for k, node in enumerate(self.g.node)
-                                   if k != reshape and d[1] in node.input)
+        return d.kind == "v" and all((k, d) in self.handled for k, node in enumerate(self.g.node)
+                                   if k != reshape and d.value in node.input)
 
     def _rooted_dims(self) -> set[Dim]:
         graph = nx.Graph()
@@ -1184,7 +1166,7 @@ def analyze_groups(proto: onnx.ModelProto, feed: dict[str, np.ndarray] | None = 
                    shapes: dict[str, tuple[int, ...]] | None = None, values: dict[str, np.ndarray] | None = None,
                    base_dir: str | None = None, prefer: str = "inner") -> GroupAnalysis:
     """Channel groups of the main graph. `feed` (one batch of real or synthetic inputs) gives the
-    shapes of every tensor through one onnxruntime run, unless `shapes`/`values` are given.
+    shapes of every tensor (`value_shapes`), unless `shapes`/`values` are given.
     `prefer`: when a Reshape splits a channel axis into several (heads x head_dim), which factor
     carries the channels: "inner" (head_dim) or "outer" (heads).
 
@@ -1197,15 +1179,15 @@ def analyze_groups(proto: onnx.ModelProto, feed: dict[str, np.ndarray] | None = 
     if shapes is None:
         if feed is None:
             raise ValueError("analyze_groups needs a feed (one batch of inputs) or precomputed shapes")
-        shapes, values = tensor_shapes(proto, feed, base_dir)
+        shapes, values = value_shapes(proto, feed, base_dir)
     b = _Builder(proto, shapes, values or {}, prefer)
     b.build()
     b.resolve_pending()
     b.finish()
     groups = b.groups()
-    quantized = sorted({n.op_type for n in proto.graph.node if n.op_type in QUANTIZED_LAYER_OPS})
-    if quantized:
-        count = sum(n.op_type in QUANTIZED_LAYER_OPS for n in proto.graph.node)
+    quantized_layers = [n.op_type for n in proto.graph.node if is_quantized_layer(n)]
+    if quantized_layers:
+        quantized, count = sorted(set(quantized_layers)), len(quantized_layers)
         b.notes.append(f"{count} layer(s) are quantized operators ({', '.join(quantized)}), which channel pruning "
                        "does not rewrite: prune the float model, then quantize it")
     for node in proto.graph.node:
@@ -1238,7 +1220,7 @@ def sample_feed(proto: onnx.ModelProto, data=None, base_dir: str | None = None) 
         return next(iter(data.batches(1))), data.feed_shapes
     shapes = resolve_feed_shapes(proto, base_dir=base_dir)
     arrays = random_feeds(input_specs(proto), shapes.shapes, 1, 0, {})
-    return {k: v[0] for k, v in arrays.items()}, shapes
+    return {k: np.asarray(v[0]) for k, v in arrays.items()}, shapes
 
 
 def model_macs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
@@ -1256,23 +1238,3 @@ def model_macs(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> di
         if count is not None:
             macs[n.name or f"{n.op_type}#{i}"] = count
     return macs
-
-
-def model_params(proto: onnx.ModelProto) -> int:
-    """Elements of every constant (initializers and Constant nodes) of the main graph."""
-    return int(sum(int(np.prod(constant_shape(e), dtype=np.int64)) for e in constant_values(proto.graph).values()))
-
-
-def weight_reader(model: Model | None, proto: onnx.ModelProto):
-    """name -> values of a constant: from `model` (lazily, external data too) where it is a main-graph
-    initializer, else from `proto`'s initializers and Constant nodes."""
-    consts = constant_values(proto.graph)
-
-    def read(name: str) -> np.ndarray:
-        if model is not None:
-            key = model.key_for(name)
-            if key is not None and model.ref(key).storage == "initializer" and model.ref(key).graph == "":
-                return np.asarray(model.read(key))
-        return constant_array(consts[name])
-
-    return read

@@ -2,7 +2,8 @@
 
 A prunable weight is a constant tensor feeding a weight input of an op with a spec in onnxprune.ops
 (MatMul, Gemm, Conv, ConvTranspose, LSTM/GRU/RNN and their quantized forms), directly or through
-Transpose, Cast, Reshape, Squeeze, Unsqueeze, Identity and DequantizeLinear; integer weights of
+Transpose, Cast, Reshape, Squeeze, Unsqueeze, Identity and DequantizeLinear, or Mul(Cast(integer
+weight), constant scale) as some exporters write weight-only quantization; integer weights of
 quantized ops carry their zero point. Its *matrix view* is the 2-D matrix (output units x reduction)
 that N:M groups and blocks use, with the axes the op's spec gives; the reduction axis is the one the op
 sums over, with N:M groups running along the input channels for Conv (design notes).
@@ -17,12 +18,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.core.graph import NodeRef, unique_path
+from onnxprune.core.graph import NodeRef, subgraph_name, unique_path
 from onnxprune.core.model import Model, np_dtype
 from onnxprune.core.quant import quant_params
 from onnxprune.ops import spec_for
 
 PASS_THROUGH = {"Transpose", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Identity", "DequantizeLinear"}
+# chain steps that make the stored values quantized: DequantizeLinear; Mul(Cast(integer constant), constant
+# scale), the symmetric weight-only quantization some exporters write by hand; an integer op's zero point
+QUANT_STEPS = ("DequantizeLinear", "ScaleMul", "ZeroPoint")
+_INTEGER_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+                  onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ class Weight:
     @property
     def quant(self) -> Step | None:
         """The step that makes the stored values quantized: DequantizeLinear, or an integer op's zero point."""
-        return next((s for s in self.chain if s.op in ("DequantizeLinear", "ZeroPoint")), None)
+        return next((s for s in self.chain if s.op in QUANT_STEPS), None)
 
     @property
     def reduction_axes(self) -> tuple[int, ...] | None:
@@ -247,7 +253,7 @@ class _Tracer:
                 subs = value if isinstance(value, list) else [value]
                 subs = [s for s in subs if isinstance(s, gs.Graph)]
                 for i, sub in enumerate(subs):
-                    name = sub.name or f"{node.name or node.op}.{attr_name}{i if len(subs) > 1 else ''}"
+                    name = subgraph_name(sub.name, node.name, node.op, attr_name, i, len(subs))
                     self._collect(sub, unique_path(f"{path}/{name}" if path else name, self._seen))
 
     def storage_of(self, tensor, graph_path: str) -> str | None:
@@ -277,6 +283,11 @@ class _Tracer:
                     return None, steps, f"is computed at run time from graph input {tensor.name!r}"
                 return None, steps, "is a graph input"
             node = tensor.inputs[0]
+            scaled = self._scale_mul(node, graph_path)
+            if scaled is not None:
+                steps.append(scaled[0])
+                tensor = scaled[1]
+                continue
             if node.op not in PASS_THROUGH:
                 steps.reverse()
                 return None, steps, f"is computed at run time by {node.op} node {node.name!r}"
@@ -286,6 +297,29 @@ class _Tracer:
                 return None, steps, step
             steps.append(step)
             tensor = node.inputs[0]
+
+    def _scale_mul(self, node: gs.Node, graph_path: str):
+        """(ScaleMul step, the Cast output) when `node` is Mul(Cast(stored integer weight), stored scale)
+        with a scalar or one-axis scale; else None."""
+        if node.op != "Mul" or len(node.inputs) != 2:
+            return None
+        for cast_out, scale in (node.inputs, node.inputs[::-1]):
+            producer = cast_out.inputs[0] if isinstance(cast_out, gs.Variable) and len(cast_out.inputs) == 1 else None
+            if producer is None or producer.op != "Cast":
+                continue
+            q_key = self.storage_of(producer.inputs[0], graph_path)
+            scale_key = self.storage_of(scale, graph_path)
+            if q_key is None or scale_key is None:
+                continue
+            q, sc = self.model.ref(q_key).proto, self.model.ref(scale_key).proto
+            if q.data_type not in _INTEGER_TYPES or sc.data_type in _INTEGER_TYPES or len(sc.dims) > len(q.dims):
+                continue
+            aligned = [1] * (len(q.dims) - len(sc.dims)) + list(sc.dims)
+            axes = [a for a, d in enumerate(aligned) if d != 1]
+            if len(axes) > 1 or any(aligned[a] != q.dims[a] for a in axes):
+                continue
+            return Step("ScaleMul", node.name, scale=scale_key, axis=axes[0] if axes else 0), cast_out
+        return None
 
     def _step(self, node: gs.Node) -> Step | str:
         op = node.op
@@ -317,6 +351,9 @@ class _Tracer:
         key = self.storage_of(tensor, graph_path)
         if key is not None:
             return tuple(self.model.ref(key).proto.dims)
+        scaled = self._scale_mul(tensor.inputs[0], graph_path) if isinstance(tensor, gs.Variable) and tensor.inputs else None
+        if scaled is not None:
+            return self._shape(scaled[1], graph_path)
         if isinstance(tensor, gs.Variable) and tensor.inputs and tensor.inputs[0].op in PASS_THROUGH:
             node = tensor.inputs[0]
             src = self._shape(node.inputs[0], graph_path)

@@ -72,11 +72,14 @@ run_options = _stack(
 @run_options
 @json_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here ('-': stdout).")
+@click.option("--html", "html_path", metavar="REPORT.html", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report (metrics per output, thresholds, verdict, sizes; needs matplotlib).")
 @verbosity_options
-def command(original: str, candidate: str, report_path: str | None, as_json: bool, **opts) -> None:
+def command(original: str, candidate: str, report_path: str | None, as_json: bool, html_path: str | None,
+            **opts) -> None:
     """Compare CANDIDATE with ORIGINAL in onnxruntime on the same inputs; exit 1 if a threshold fails."""
     report_path = report_target(report_path, as_json)
-    report = run_check(original, candidate, opts, report_path=report_path)
+    report = run_check(original, candidate, opts, report_path=report_path, html_path=html_path)
     click.echo(report.verdict() if is_quiet() else report.render(), err=report_path == "-")
     if not report.passed:
         click.get_current_context().exit(1)

@@ -67,7 +67,7 @@ SECTIONS = {
                                           "max_accuracy_drop", "atol", "rtol", "min_snr_db", "max_abs",
                                           "min_exact_match", "allow_guessed_shapes", "output_thresholds",
                                           "batch_size", "provider", "threads"),
-    "Output": ("output", "masks_out", "report_path", "as_json", "external_data", "dump_recipe", "quiet", "verbose",
+    "Output": ("output", "masks_out", "report_path", "as_json", "html_path", "external_data", "dump_recipe", "quiet", "verbose",
                "help"),
 }
 
@@ -101,6 +101,7 @@ onnxprune prune m.onnx -o out/m.onnx --sparsity 0.6 --dump-recipe job.toml
 @click.option("--masks-out", type=click.Path(dir_okay=False), help="Write the final masks (.npz + .json manifest).")
 @json_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here ('-': stdout).")
+@click.option("--html", "html_path", metavar="REPORT.html", type=click.Path(dir_okay=False), help="Write a self-contained HTML report (per-layer table, eligibility per target, parity, sizes, recipe; needs matplotlib).")
 @click.option("--external-data", is_flag=True, help="Store weights in OUT.<hash>.data beside the model, named by its content (automatic above 2 GiB).")
 @verbosity_options
 @click.option("--target", "target_name", metavar="NAME", help="Prune in this target's pattern (only the layers it can use), then pack for it (see onnxprune targets).")
@@ -108,12 +109,15 @@ onnxprune prune m.onnx -o out/m.onnx --sparsity 0.6 --dump-recipe job.toml
 @click.option("--block", metavar="RxC", help="With a block target: the block shape.")
 @click.option("--target-out", type=click.Path(file_okay=False), help="With --target: the artifact folder (default: OUT without .onnx + .TARGET).")
 @click.option("--dump-recipe", type=click.Path(dir_okay=False), help="Write the recipe equivalent to these flags (then run it).")
-def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report_path, as_json, external_data,
+def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report_path, as_json, html_path, external_data,
             target_name, emit, block, target_out, dump_recipe, **rest):
     """Prune MODEL's weights and write the result to OUT (the input file is never written)."""
     report_path = report_target(report_path, as_json)
+    defaults = load_target(target_name, block=block).prune_defaults() if target_name else {"pattern": "unstructured"}
     if rest["pattern"] is None:
-        rest["pattern"] = str(load_target(target_name, block=block).pattern) if target_name else "unstructured"
+        rest["pattern"] = defaults["pattern"]
+        if rest["sparsity"] is None:
+            rest["sparsity"] = defaults.get("sparsity")
     opts = PruneOptions.from_flags(rest)
     g = rest  # the data and gate options
     recipe = Recipe(
@@ -125,7 +129,7 @@ def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report
         check={"enabled": run_gate or None, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}}
         if run_gate else {},
         target={"name": target_name, "emit": emit, "block": block, "out": target_out} if target_name else {},
-        output={"model": output, "report": report_path, "masks": masks_out, "masks_in": masks_in,
+        output={"model": output, "report": report_path, "html": html_path, "masks": masks_out, "masks_in": masks_in,
                 "external_data": external_data or None},
     )
     if dump_recipe:

@@ -22,8 +22,10 @@ from onnxprune.core.errors import OnnxPruneError, OptionError
 from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, table, write_json
 from onnxprune.jobs.gate import THRESHOLD_KEYS
+from onnxprune.jobs.html_report import require_plotting, write_html
+from onnxprune.jobs.plots import pyplot
 from onnxprune.jobs.prune_job import PruneOptions
-from onnxprune.jobs.sweep import HEADLINE, find_max, plot, pyplot, sweep
+from onnxprune.jobs.sweep import HEADLINE, find_max, plot, sweep
 from onnxprune.prune.patterns import Pattern
 
 NOT_SWEPT = ("sparsity", "steps", "initial_sparsity", "t0", "dt", "hooks")  # one-shot, at each level in turn
@@ -59,7 +61,10 @@ def _refuse_nm(pattern: str) -> None:
 @json_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON curve here ('-': stdout).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of the curve (needs matplotlib).")
-def command(model_path, sparsities, bisect, report_path, as_json, plot_path, **rest):
+@click.option("--html", "html_path", metavar="REPORT.html", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report (curves with the threshold and the chosen level, the table, "
+              "the recipe of the chosen level; needs matplotlib).")
+def command(model_path, sparsities, bisect, report_path, as_json, plot_path, html_path, **rest):
     """Prune at each sparsity level and report the parity metric curve (not for N:M, which has one sparsity).
 
     Every level and the plot dependency are checked before the first run; if a level fails while
@@ -73,7 +78,9 @@ def command(model_path, sparsities, bisect, report_path, as_json, plot_path, **r
         dataclasses.replace(opts, sparsity=s)  # validates the level with these options
     if plot_path:
         pyplot()
-    for path, what in ((report_path, "report"), (plot_path, "plot")):
+    if html_path:
+        require_plotting()
+    for path, what in ((report_path, "report"), (plot_path, "plot"), (html_path, "HTML report")):
         if path:
             check_writable(path, what)  # before the sweep, not after it
     model = Model.load(model_path)
@@ -92,11 +99,14 @@ def command(model_path, sparsities, bisect, report_path, as_json, plot_path, **r
         measured.append(p)
 
     def write_report(points: list[dict], best: float | None, error: str | None) -> None:
+        report = {"model": model_path, "options": opts.to_dict(), "inputs": dataset.describe(),
+                  "thresholds": thresholds.to_dict(), "points": points, "max_passing": best, "error": error}
         if report_path:
             make_parent(report_path)
-            write_json(report_path, {"model": model_path, "options": opts.to_dict(), "inputs": dataset.describe(),
-                                     "thresholds": thresholds.to_dict(), "points": points, "max_passing": best,
-                                     "error": error}, "sweep")
+            write_json(report_path, report, "sweep")
+        if html_path:
+            make_parent(html_path)
+            write_html({"schema": "onnxprune.sweep", **report}, html_path)
 
     try:
         if bisect:
@@ -106,8 +116,9 @@ def command(model_path, sparsities, bisect, report_path, as_json, plot_path, **r
                                          on_point=on_point, **kw)
     except OnnxPruneError as e:  # keep what was measured
         write_report(sorted(measured, key=lambda p: p["sparsity"]), None, e.render(cli_flag))
-        if report_path and not is_stdout(report_path):
-            keep_on_error(report_path)
+        for path in (report_path, html_path):
+            if path and not is_stdout(path):
+                keep_on_error(path)
         raise
     cols = [k for k in HEADLINE if any(p.get(k) is not None for p in points)]
     if not is_quiet():
@@ -120,4 +131,4 @@ def command(model_path, sparsities, bisect, report_path, as_json, plot_path, **r
     write_report(points, best, None)
     if plot_path:
         make_parent(plot_path)
-        plot(points, plot_path, f"{model_path} ({pattern})")
+        plot(points, plot_path, f"{model_path} ({pattern})", thresholds.to_dict(), best)

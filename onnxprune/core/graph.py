@@ -21,14 +21,19 @@ def unique_path(path: str, seen: set[str]) -> str:
     return unique
 
 
+def subgraph_name(graph_name: str, node_name: str, op_type: str, attr_name: str, index: int, count: int) -> str:
+    """A subgraph's name in weight keys: the graph's own, else NODE.ATTR (NODE.ATTRi, i = `index`, when the
+    attribute holds `count` > 1 graphs). The one rule every walker (onnx or graphsurgeon) uses."""
+    return graph_name or f"{node_name or op_type}.{attr_name}{index if count > 1 else ''}"
+
+
 def node_subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
-    """A node's subgraphs (If branches, Loop/Scan bodies), each with its name: the graph's own, else
-    NODE.ATTR (NODE.ATTRi for a list of graphs)."""
+    """A node's subgraphs (If branches, Loop/Scan bodies), each with its `subgraph_name`."""
     for attr in node.attribute:
         sub = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else \
             list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
         for i, g in enumerate(sub):
-            yield g.name or f"{node.name or node.op_type}.{attr.name}{i if len(sub) > 1 else ''}", g
+            yield subgraph_name(g.name, node.name, node.op_type, attr.name, i, len(sub)), g
 
 
 def walk_graphs(graph: onnx.GraphProto, path: str = "", seen: set[str] | None = None) -> Iterator[tuple[str, onnx.GraphProto]]:

@@ -16,8 +16,9 @@ from any folder); values given with --set or on the command line, from the curre
             max_accuracy_drop, atol, rtol, min_snr_db, max_abs, min_exact_match,
             output_thresholds), batch_size, provider, threads, allow_guessed_shapes
   [target]  name (a targets/ file or path), emit, block, enforce, out (artifact folder);
-            without prune.pattern, pruning uses the target's pattern
-  [output]  model, report, masks, masks_in, external_data
+            without prune.pattern, pruning uses the target's pattern (and, without prune.sparsity,
+            a sparsity that reaches the target's minimum where that is above 0.5)
+  [output]  model, report, html (a self-contained HTML report), masks, masks_in, external_data
 """
 
 from __future__ import annotations
@@ -57,13 +58,13 @@ SCHEMA: dict[str, dict[str, Any]] = {
               "min_exact_match": _FLOAT, "output_thresholds": _STRS, "batch_size": _INT, "provider": _STR,
               "threads": _INT, "allow_guessed_shapes": _BOOL},
     "target": {"name": _STR, "emit": _STR, "block": _STR, "enforce": _BOOL, "out": _STR},
-    "output": {"model": _STR, "report": _STR, "masks": _STR, "masks_in": _STR, "external_data": _BOOL},
+    "output": {"model": _STR, "report": _STR, "html": _STR, "masks": _STR, "masks_in": _STR, "external_data": _BOOL},
 }
 
 
 # keys whose values are file or folder paths (prune.hooks: the FILE of FILE.py:FN; target.name: a .toml file)
 PATH_KEYS = {("input", "model"), ("data", "calibration"), ("data", "evaluation"), ("data", "labels"),
-             ("target", "out"), ("target", "name"), ("output", "model"), ("output", "report"), ("output", "masks"),
+             ("target", "out"), ("target", "name"), ("output", "model"), ("output", "report"), ("output", "html"), ("output", "masks"),
              ("output", "masks_in"), ("prune", "hooks")}
 
 
@@ -204,11 +205,13 @@ def from_dict(data: dict, source: str = "<recipe>", text: str = "") -> Recipe:
             else:
                 getattr(recipe, section)[key] = value
     if recipe.target.get("name") and "pattern" not in prune:
-
         try:
-            prune["pattern"] = str(load_target(recipe.target["name"], block=recipe.target.get("block")).pattern)
+            defaults = load_target(recipe.target["name"], block=recipe.target.get("block")).prune_defaults()
         except OnnxPruneError as e:
             raise _err(source, text, "target", "name", e.render(recipe_key)) from e
+        prune["pattern"] = defaults["pattern"]
+        if "sparsity" not in prune and "sparsity" in defaults:
+            prune["sparsity"] = defaults["sparsity"]
     try:
         recipe.prune = PruneOptions(**prune)
 

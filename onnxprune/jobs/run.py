@@ -17,9 +17,11 @@ from onnxprune.core.model import Model
 from onnxprune.core.report import fill, is_stdout, make_parent, table, write_json
 from onnxprune.core.shapes import parse_shape
 from onnxprune.jobs.footprint import Footprint, footprint, summary_line
-from onnxprune.jobs.gate import run_check
+from onnxprune.jobs.gate import preflight, run_check
+from onnxprune.jobs.html_report import require_plotting, write_html
 from onnxprune.jobs.prune_job import prune_model, summarize
 from onnxprune.jobs.recipe import Recipe
+from onnxprune.jobs.report_details import layer_details, stage_sizes
 from onnxprune.pack.eligibility import static_check
 from onnxprune.pack.passes import pack_model
 from onnxprune.pack.passes import render_report as render_pack_report
@@ -84,7 +86,7 @@ def _check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
     output may be named like one (the save replaces and removes those), and the save itself refuses
     to replace a data file the input reads."""
     written = {"output model": output}
-    for key, label in (("report", "report"), ("masks", "masks")):
+    for key, label in (("report", "report"), ("html", "HTML report"), ("masks", "masks")):
         if recipe.output.get(key) and not is_stdout(recipe.output[key]):
             written[label] = recipe.output[key]
     if recipe.output.get("masks"):
@@ -130,6 +132,9 @@ def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> 
         raise OptionError(f"{recipe.source}: no input model; give MODEL on the command line or input.model")
     if not output:
         raise OptionError(f"{recipe.source}: no output path; give -o/--output or output.model")
+    html_path = recipe.output.get("html")
+    if html_path:
+        require_plotting()  # before any work
     _check_output_paths(recipe, model_path, output)
     calibration_path, evaluation_path = recipe.data.get("calibration"), recipe.data.get("evaluation")
     if recipe.prune.needs_data() and not calibration_path:  # not synthetic inputs: fail before any work
@@ -149,6 +154,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> 
             evaluation = calib if calib is not None else _dataset(model, recipe, None)
         if not recipe.check.get("allow_guessed_shapes"):
             refuse_guessed_shapes(evaluation)  # before the work, not after it
+        preflight(model, evaluation, recipe.check)
     masks = None
     if recipe.output.get("masks_in"):
         masks = MaskSet.load(recipe.output["masks_in"], {w.key: w.shape for w in find_weights(model).weights})
@@ -157,10 +163,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> 
         target = load_target(recipe.target["name"], block=recipe.target.get("block"))
         exclude = {k: f"not eligible for target {target.name}: {reasons[0].text}"
                    for k, reasons in static_check(target, model).items() if reasons}
-    shapes = dict(map(parse_shape, recipe.data.get("shapes", [])))
-    fed = calib or evaluation  # MACs at the shapes fed (the data's, else --shape; guesses are made and said there)
-    if fed is not None:
-        shapes = {k: v for k, v in fed.feed_shapes.shapes.items() if k not in fed.feed_shapes.guessed}
+    shapes = _mac_shapes(recipe, calib or evaluation)
     before = footprint(model, model_path, shapes) if measure else None
     ctx, report = prune_model(model, recipe.prune, calib, masks, progress=progress, exclude=exclude)
     part = recipe.model_part()
@@ -188,7 +191,23 @@ def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> 
         parity = run_check(Model.load(model_path), output, recipe.check, dataset=evaluation)
         report["parity"] = parity.to_dict()
         passed = parity.passed
+    if html_path:  # the JSON report then carries what the page shows
+        report["layers"], report["eligibility_by_target"] = layer_details(
+            model, report, None if recipe.prune.pattern == "channel" else ctx.masks,
+            shapes)
+        report["sizes"] = stage_sizes([("input", model_path), ("output", output)])
     if report_path:
         make_parent(report_path)
         write_json(report_path, report, "prune")
+    if html_path:
+        make_parent(html_path)
+        write_html({"schema": "onnxprune.prune", **report}, html_path)
     return JobResult(report, passed, parity, before, after)
+
+
+def _mac_shapes(recipe: Recipe, fed: Dataset | None) -> dict[str, tuple[int, ...]]:
+    """Input shapes for MAC counts: the shapes fed (not guessed ones), else --shape; guesses are made
+    (and said) where the MACs are counted."""
+    if fed is not None:
+        return {k: v for k, v in fed.feed_shapes.shapes.items() if k not in fed.feed_shapes.guessed}
+    return dict(map(parse_shape, recipe.data.get("shapes", [])))

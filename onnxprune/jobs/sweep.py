@@ -8,9 +8,9 @@ from typing import Callable
 
 from onnxprune.check.parity import ParityReport, Thresholds, compare
 from onnxprune.core.atomic import atomic_open
-from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.model import Model
 from onnxprune.core.progress import Timer, stage_line
+from onnxprune.jobs.plots import chosen_level, png, sweep_figure
 from onnxprune.jobs.prune_job import PruneOptions, prune_model
 
 HEADLINE = ("top1_agreement", "cosine_mean", "rel_l2", "snr_db", "accuracy_drop")
@@ -97,33 +97,9 @@ def find_max(model_path, opts: PruneOptions, dataset, thresholds: Thresholds, ca
     return best, sorted(points, key=lambda p: p["sparsity"])
 
 
-def pyplot():
-    """matplotlib.pyplot on the Agg backend, or an OptionError saying how to install it (call it before
-    a sweep, so a missing plot dependency fails before the work)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise OptionError(Opt("sweep.plot"), " needs matplotlib: pip install 'onnxprune[plot]'") from e
-    return plt
-
-
-def plot(points: list[dict], path: str | Path, title: str) -> None:
-    """A PNG of the metric curve (needs the optional matplotlib extra)."""
-
-    plt = pyplot()
-    pts = sorted(points, key=lambda p: p["sparsity"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in ("top1_agreement", "cosine_mean"):
-        if any(p.get(key) is not None for p in pts):
-            ax.plot([p["sparsity"] for p in pts], [p.get(key) for p in pts], marker="o", label=key)
-    ax.set_xlabel("sparsity")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+def plot(points: list[dict], path: str | Path, title: str, thresholds: dict | None = None,
+         max_passing: float | None = None) -> None:
+    """A PNG of the metric curves with the threshold and the chosen level (needs the optional matplotlib extra)."""
+    fig = sweep_figure(points, thresholds or {}, chosen_level(points, max_passing), title)
     with atomic_open(path) as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+        f.write(png(fig, dpi=100))

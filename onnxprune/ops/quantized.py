@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import onnx
+
 from onnxprune.ops.registry import register, spec_for
 from onnxprune.ops.spec import Axes, OpSpec
 
@@ -35,3 +37,12 @@ register(QuantizedSpec("MatMulInteger", {0: "A", 1: "B"}, {"A": (2, None), "B": 
 register(QuantizedSpec("QLinearConv", {3: "W"}, {"W": (5, 4)}, "Conv"))
 register(QuantizedSpec("QLinearMatMul", {3: "B"}, {"B": (5, 4)}, "MatMul"))
 register(QuantizedSpec("QGemm", {3: "B"}, {"B": (5, 4)}, "Gemm", domain="com.microsoft"))
+
+# com.microsoft fused ops with integer weights that no spec views (their weights are not prunable)
+_UNVIEWED_QUANTIZED_OPS = {"DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"}
+
+
+def is_quantized_layer(node: onnx.NodeProto) -> bool:
+    """Whether `node` is a layer of quantized-operator format (integer weights inside the op), which
+    structural rewrites leave alone: prune the float model, then quantize it."""
+    return isinstance(spec_for(node.op_type, node.domain), QuantizedSpec) or node.op_type in _UNVIEWED_QUANTIZED_OPS

@@ -6,8 +6,8 @@ the reduction and output lengths, minimum sizes, the sparsity pattern (with an i
 validator, `check_pattern`, not the pruner), the minimum sparsity worth running sparse and whether
 the packed weight is smaller than the dense one. Each failing rule is a `Reason` (a code and one
 line of text); a layer runs sparse when it has none. MACs per node come from the weight shape and the
-node's output shape from ONNX shape inference; where a shape is not static the MACs are unknown and
-the row says so. Totals give the share of prunable weights and of MACs that run sparse.
+node's input and output shapes (`value_shapes`: ONNX shape inference, completed by an onnxruntime
+run); where a shape is still unknown the MACs are unknown and the row says so. Totals give the share of prunable weights and of MACs that run sparse.
 
 This module never changes a model.
 """
@@ -22,11 +22,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxprune.analyze.value_shapes import value_shapes
 from onnxprune.analyze.weights import Analysis, Use, Weight, find_weights
+from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.graph import walk_graphs
 from onnxprune.core.model import Model
 from onnxprune.core.report import fill, table
-from onnxprune.core.shapes import resolve_feed_shapes
+from onnxprune.core.shapes import input_specs, random_feeds, resolve_feed_shapes
 from onnxprune.ops import spec_for
 from onnxprune.pack.formats.base import bits_of
 from onnxprune.pack.formats.nm import _word
@@ -284,60 +286,28 @@ def _attr(node: onnx.NodeProto | None, name: str, default=None):
     return default
 
 
-def infer_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[dict, list[str]]:
-    """{tensor name: dims (None for unknown dims)} from ONNX shape inference, and notes.
+def mac_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[dict, list[str]]:
+    """({tensor name: dims} that MAC counting reads, from `value_shapes`), notes.
 
     Input dims come from onnxprune.core.shapes (`input_shapes` as --shape gives them, batch 1, the model's
-    hints, else a guess that the notes name)."""
+    hints, else a guess that the notes name); a shape inference leaves open comes from one onnxruntime
+    run on synthetic inputs of those dims."""
     notes: list[str] = []
-    feed = resolve_feed_shapes(model.proto, input_shapes, base_dir=model.base_dir)
-    if feed.guessed:
-        notes.append(f"MACs at guessed input shapes ({feed.text()}); give --shape for the sizes the model runs at")
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    for inp in proto.graph.input:
-        if inp.name in feed.shapes:
-            dims = inp.type.tensor_type.shape.dim
-            for d, v in zip(dims, feed.shapes[inp.name]):
-                d.ClearField("dim_param")
-                d.dim_value = int(v)
-    shapes: dict[str, tuple] = {}
+    proto = model.proto
+    feed_shapes = resolve_feed_shapes(proto, input_shapes, base_dir=model.base_dir)
+    if feed_shapes.guessed:
+        notes.append(f"MACs at guessed input shapes ({feed_shapes.text()}); give --shape for the sizes the model runs at")
+    feed = {k: np.asarray(v[0]) for k, v in random_feeds(input_specs(proto), feed_shapes.shapes, 1, 0, {}).items()}
+    main = {o for n in proto.graph.node for o in n.output}
+    needed = [name for _, g in walk_graphs(proto.graph) for n in g.node
+              if (spec := spec_for(n.op_type, n.domain)) is not None for name in spec.macs_reads(n) if name in main]
     try:
-        _collect_shapes(onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True), shapes)
-    except Exception as e:  # noqa: BLE001 - shape inference is best effort
-        notes.append(f"shape inference failed ({str(e).splitlines()[0][:120]})")
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 18 and any(v is None or None in v for v in _needed(proto, shapes)):
-        # ONNX propagates shape *values* (Shape -> Gather -> Concat -> Reshape) better at newer opsets:
-        # infer again on a converted copy (names are kept) and fill what the first pass left open.
-        try:
-            converted = onnx.version_converter.convert_version(proto, 18)
-            more: dict[str, tuple] = {}
-            _collect_shapes(onnx.shape_inference.infer_shapes(converted, strict_mode=False, data_prop=True), more)
-            for name, dims in more.items():
-                old = shapes.get(name)
-                if old is None or (None in old and None not in dims and len(old) == len(dims)):
-                    shapes[name] = dims
-        except Exception:  # noqa: BLE001 - best effort; shapes stay unknown
-            pass
+        shapes, _ = value_shapes(proto, feed, str(model.base_dir), names=needed, keep_values=0)
+    except OnnxPruneError as e:  # the run fails (or cannot load): the shapes inference fixed still count
+        cause = str(e.__cause__ or e).splitlines()[0][:160]
+        notes.append(f"some MACs stay unknown: onnxruntime failed on synthetic inputs {feed_shapes.text()} ({cause})")
+        shapes, _ = value_shapes(proto, feed, str(model.base_dir), names=[], keep_values=0)
     return shapes, notes
-
-
-def _collect_shapes(inferred: onnx.ModelProto, shapes: dict) -> None:
-    for _, g in walk_graphs(inferred.graph):
-        for vi in list(g.value_info) + list(g.output) + list(g.input):
-            if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-                shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
-                                        for d in vi.type.tensor_type.shape.dim)
-
-
-def _needed(proto: onnx.ModelProto, shapes: dict):
-    """Shapes MAC counting reads (each op's spec says which)."""
-    for _, g in walk_graphs(proto.graph):
-        for n in g.node:
-            spec = spec_for(n.op_type, n.domain)
-            if spec is not None:
-                yield from (shapes.get(name) for name in spec.macs_reads(n))
 
 
 def node_macs(w: Weight, use: Use, node: onnx.NodeProto | None, shapes: dict) -> tuple[int | None, str]:
@@ -466,10 +436,13 @@ def _format_blocked(target: Target, w: Weight) -> bool:
 
 
 def assess(model: Model, target: Target, analysis: Analysis | None = None, masks=None,
-           input_shapes: dict[str, tuple[int, ...]] | None = None) -> EligibilityReport:
-    """Eligibility of every layer with a prunable weight for `target` (see the module docstring)."""
+           input_shapes: dict[str, tuple[int, ...]] | None = None,
+           inferred: tuple[dict, list[str]] | None = None) -> EligibilityReport:
+    """Eligibility of every layer with a prunable weight for `target` (see the module docstring).
+    `inferred`: what `mac_shapes(model, input_shapes)` returned, when assessing several targets."""
     analysis = analysis or find_weights(model)
-    shapes, notes = infer_shapes(model, input_shapes)
+    shapes, notes = inferred if inferred is not None else mac_shapes(model, input_shapes)
+    notes = list(notes)
     statics: dict[str, list[tuple[Use, onnx.NodeProto | None, list[Reason], list[str]]]] = {}
     for w in analysis.weights:
         per_use = []

@@ -108,6 +108,15 @@ class Target:
     details: str = ""
     references: tuple[str, ...] = ()
     converts: dict[str, str] = field(default_factory=dict)
+
+    def prune_defaults(self) -> dict:
+        """The [prune] options a job for this target takes where the user gives none: the target's
+        pattern, and a sparsity that reaches its minimum sparsity (the global 0.5 default would leave
+        every layer dense on a target that runs sparse only from 2/3 zeros)."""
+        out: dict = {"pattern": str(self.pattern)}
+        if self.pattern.fixed_sparsity is None and self.eligibility.min_sparsity > 0.5:
+            out["sparsity"] = math.ceil(self.eligibility.min_sparsity * 100) / 100
+        return out
     block_choices: tuple[str, ...] | None = None  # None: --block not accepted; ("any",): any RxC
     source: str = ""
 

@@ -44,21 +44,25 @@ from onnxprune.analyze.cleanup import (
     check_params_not_increased,
     remove_unused,
 )
-from onnxprune.analyze.groups import (
-    ChannelGroup,
-    Dim,
-    ElementSource,
-    GroupAnalysis,
-    analyze_groups,
+from onnxprune.analyze.constants import (
     constant_array,
     constant_shape,
     constant_values,
-    model_macs,
     model_params,
-    sample_feed,
-    tensor_shapes,
     weight_reader,
 )
+from onnxprune.analyze.groups import (
+    ChannelGroup,
+    ConstDim,
+    Dim,
+    ElementSource,
+    GroupAnalysis,
+    ValueDim,
+    analyze_groups,
+    model_macs,
+    sample_feed,
+)
+from onnxprune.analyze.value_shapes import runtime_shapes
 from onnxprune.core.errors import DataError, OnnxPruneError, Opt, OptionError
 from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model, check_structure
@@ -87,8 +91,8 @@ class RewriteError(OnnxPruneError):
 def member_values(m, proto: onnx.ModelProto, read) -> np.ndarray:
     """A constant member's values in real units (float64): a weight stored quantized behind
     DequantizeLinear is dequantized, (q - zero_point) * scale, per axis where the scale is."""
-    node = proto.graph.node[m.dim[1]]
-    if node.op_type == "DequantizeLinear" and m.dim[2] == 0:
+    node = proto.graph.node[m.dim.node]
+    if node.op_type == "DequantizeLinear" and m.dim.input == 0:
         return dequantized(node, read)
     return np.asarray(read(m.tensor), dtype=np.float64)
 
@@ -113,9 +117,9 @@ def _consumer_inputs(proto: onnx.ModelProto, group: ChannelGroup) -> list[tuple[
     for m in group.members:
         if m.kind != "const" or m.role != "in":
             continue
-        node = proto.graph.node[m.dim[1]]
+        node = proto.graph.node[m.dim.node]
         spec = spec_for(node.op_type, node.domain)
-        axis = spec.input_channel_axis(node) if spec is not None and m.dim[2] == 1 else None
+        axis = spec.input_channel_axis(node) if spec is not None and m.dim.input == 1 else None
         if axis is not None:
             out.append((node.input[0], axis, m))
     return out
@@ -290,8 +294,8 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
     an = plan.analysis
     slicing: dict[tuple[int, int], list[tuple[int, np.ndarray]]] = {}
     for d, kept in plan.keep.items():
-        if d[0] == "c":
-            slicing.setdefault((d[1], d[2]), []).append((d[3], kept))
+        if d.kind == "c":
+            slicing.setdefault((d.node, d.input), []).append((d.axis, kept))
     writes: dict[tuple[int, int], dict[int, int]] = {}
 
     def write_elem(elem: ElementSource, value: int, dims):
@@ -438,7 +442,7 @@ def rewrite(model: Model, plan: RewritePlan) -> onnx.ModelProto:
             shared = sorted({src.graph.node[n].input[i] for n, i in plan.renamed})
             raise RewriteError(f"shared constant(s) {', '.join(map(repr, shared[:3]))} would be copied per layer "
                                f"(the layers keep different channels), raising the parameters from {before} to {after}",
-                               [("c", n, i, a) for n, i in plan.renamed for a in range(8)])
+                               [ConstDim(n, i, a) for n, i in plan.renamed for a in range(8)])
     del g.value_info[:]
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
@@ -480,10 +484,10 @@ def _read_params(proto: onnx.ModelProto) -> int:
 def predicted_shapes(plan: RewritePlan) -> dict[str, tuple[int, ...]]:
     shapes = dict(plan.analysis.shapes)
     for d, kept in plan.keep.items():
-        if d[0] == "v" and d[1] in shapes:
-            s = list(shapes[d[1]])
-            s[d[2]] = len(kept)
-            shapes[d[1]] = tuple(s)
+        if d.kind == "v" and d.value in shapes:
+            s = list(shapes[d.value])
+            s[d.axis] = len(kept)
+            shapes[d.value] = tuple(s)
     return shapes
 
 
@@ -491,7 +495,7 @@ def verify(model: Model, proto: onnx.ModelProto, plan: RewritePlan, feed: dict) 
     """Run the rewritten model once; returns (its shapes, [(tensor, expected, got)] mismatches)."""
 
     try:
-        shapes, _ = tensor_shapes(proto, feed, str(model.base_dir))
+        shapes = runtime_shapes(proto, feed, str(model.base_dir))
     except (DataError, ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
             ort.capi.onnxruntime_pybind11_state.RuntimeException, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
         first = str(e.__cause__ or e).splitlines()[0][:300]
@@ -508,8 +512,8 @@ def _node_dims(proto: onnx.ModelProto, name: str | None) -> list[Dim]:
     if not found:
         return []
     n, node = found[0]
-    dims: list[Dim] = [("v", name, a) for name in list(node.input) + list(node.output) if name for a in range(8)]
-    return dims + [("c", n, i, a) for i in range(len(node.input)) for a in range(8)]
+    dims: list[Dim] = [ValueDim(name, a) for name in list(node.input) + list(node.output) if name for a in range(8)]
+    return dims + [ConstDim(n, i, a) for i in range(len(node.input)) for a in range(8)]
 
 
 # --------------------------------------------------------------------------------------- reinit
@@ -622,7 +626,7 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
             new_shapes, bad = verify(model, proto, plan, feed)
             if not bad:
                 break
-            dims = [("v", name, a) for name, want, got in bad for a in range(min(len(want), len(got)))
+            dims = [ValueDim(name, a) for name, want, got in bad for a in range(min(len(want), len(got)))
                     if want[a] != got[a]]
             err = RewriteError(f"tensor {bad[0][0]!r} has shape {bad[0][2]} where {bad[0][1]} was planned", dims)
         except RewriteError as e:

@@ -35,11 +35,8 @@ from onnxprune.analyze.activations import (
     conv_pads,
     im2col,
 )
-from onnxprune.analyze.groups import (
-    constant_array,
-    constant_values,
-    weight_reader,
-)
+from onnxprune.analyze.constants import constant_array, constant_values, weight_reader
+from onnxprune.analyze.groups import ConstDim
 from onnxprune.core.graph import attrs, subgraph_outer_refs
 from onnxprune.core.model import Model
 from onnxprune.core.progress import progress
@@ -167,9 +164,14 @@ def _set_const(proto: onnx.ModelProto, n: int, i: int, array: np.ndarray) -> Non
 
 
 def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_Consumer], list[str]]:
-
+    """The layers to refit (consumers of pruned channels) and why others are not. The plan names nodes
+    by their index in the main graph, valid in both the dense and the rewritten graph since the
+    rewrite slices constants and edits attributes in place; checked here, not assumed."""
     read = weight_reader(model, model.proto)
     old, new = model.proto.graph, proto.graph
+    if [(n.op_type, n.name) for n in old.node] != [(n.op_type, n.name) for n in new.node]:
+        raise RuntimeError("structured repair: the rewritten graph's nodes are not the dense graph's in the same "
+                           "order, so the plan's node indices do not name the same nodes")
     consts_old = constant_values(old)
     out, skipped = [], []
     producer = {o: k for k, nd in enumerate(new.node) for o in nd.output}
@@ -196,7 +198,7 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
         src = (n, 1)  # (node, input) holding the stored weight
         dq = producer.get(node.input[1])
         if dq is not None and new.node[dq].op_type == "DequantizeLinear" and old.node[dq].input[0] in consts_old:
-            if ("c", dq, 0, axis_in) not in plan.keep:
+            if ConstDim(dq, 0, axis_in) not in plan.keep:
                 continue
             shared = not sole(node.input[1]) or not sole(new.node[dq].input[0])
             if spec.refit_quantized or shared:
@@ -204,7 +206,7 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
                 skipped.append(f"{node.name or op}: quantized weight ({why}); left as sliced, not refit")
                 continue
             src = (dq, 0)
-        d_in = ("c", *src, axis_in)
+        d_in = ConstDim(*src, axis_in)
         if d_in not in plan.keep:
             continue
         if src[0] == n and wname not in consts_old:
@@ -216,7 +218,7 @@ def _plan_consumers(model: Model, proto: onnx.ModelProto, plan) -> tuple[list[_C
             continue
         w = (np.asarray(read(wname), dtype=np.float64) if src[0] == n
              else dequantized(old.node[dq], read))  # refit in real units, requantized on writing
-        refit = spec.refit(node, n, w, plan.keep.get(("c", *src, axis_out)), new, constant)
+        refit = spec.refit(node, n, w, plan.keep.get(ConstDim(*src, axis_out)), new, constant)
         if isinstance(refit, str):
             skipped.append(f"{node.name}: {refit}")
             continue
