@@ -11,7 +11,7 @@ import numpy as np
 
 from onnxprune.core.model import Model
 from onnxprune.ops import spec_for
-from onnxprune.pack.eligibility import infer_shapes
+from onnxprune.pack.eligibility import mac_shapes
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def _macs(model: Model, input_shapes) -> tuple[int | None, bool]:
     """(multiply-accumulates of the main graph's ops as their specs count them, whether some op's count
     is unknown); (None, True) when shape inference fails."""
     try:
-        shapes, _ = infer_shapes(model, input_shapes)
+        shapes, _ = mac_shapes(model, input_shapes)
     except Exception:  # noqa: BLE001 - a summary, not a check: unknown MACs print as "?"
         return None, True
     consts = {r.proto.name: tuple(r.proto.dims) for r in model.tensors() if not r.graph}
