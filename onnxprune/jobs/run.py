@@ -11,15 +11,23 @@ import click
 
 from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import Dataset, dataset_from_options
-from onnxprune.check.parity import refuse_guessed_shapes
+from onnxprune.check.parity import refuse_guessed_shapes, thresholds_from_options
 from onnxprune.core.atomic import check_writable, data_files_beside, is_data_file_name
 from onnxprune.core.errors import OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, table, write_json
 from onnxprune.core.shapes import parse_shape
-from onnxprune.jobs.gate import run_check
+from onnxprune.jobs.gate import THRESHOLD_KEYS, run_check
 from onnxprune.jobs.prune_job import prune_model, summarize
+from onnxprune.jobs.quantize_job import (
+    STAGE_METRICS,
+    check_target_mode,
+    output_bytes,
+    quantize_step,
+    render_stages,
+    stage_parity,
+)
 from onnxprune.jobs.recipe import Recipe
 from onnxprune.pack.eligibility import static_check
 from onnxprune.pack.passes import pack_model
@@ -89,6 +97,26 @@ def _dataset(model: Model, recipe: Recipe, path: str | None) -> Dataset:
                                               "int_ranges": d.get("int_ranges", [])}, model.base_dir)
 
 
+def _stages(recipe: Recipe, model_path: str, output: str, quant: dict, pruned: Model, report: dict,
+            evaluation: Dataset | None) -> list[dict]:
+    """Dense fp32 -> pruned -> pruned + quantized: on-disk bytes (packed bytes where a target packs) and,
+    with the gate, parity metrics against the dense model on the evaluation data (the last stage's are
+    the gate's own, measured on the written file)."""
+    sizes = report.get("target", {}).get("sizes", {})
+    stages = [{"stage": "dense fp32", "bytes": output_bytes(model_path), "parity": None},
+              {"stage": f"pruned ({recipe.prune.pattern})", "bytes": quant["bytes_before"], "parity": None},
+              {"stage": f"pruned + {quant['mode']}", "bytes": output_bytes(output), "parity": None,
+               "packed_bytes": sizes.get("packed_bytes"), "artifact_model_bytes": sizes.get("model_bytes")}]
+    if evaluation is not None:
+        limits = thresholds_from_options(**{k: recipe.check.get(k) for k in THRESHOLD_KEYS
+                                            if recipe.check.get(k) is not None})
+        stages[1]["parity"] = stage_parity(Model.load(model_path), pruned, evaluation, limits,
+                                           bool(recipe.check.get("allow_guessed_shapes")))
+        stages[2]["parity"] = {o["name"]: {k: v for k, v in o["metrics"].items() if k in STAGE_METRICS}
+                               for o in report["parity"]["outputs"]}
+    return stages
+
+
 def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     """Execute the job the recipe describes; returns the report and the parity verdict."""
     model_path = recipe.input.get("model")
@@ -122,9 +150,15 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
     target, exclude = None, {}
     if recipe.target.get("name"):  # prune only what the target can use
         target = load_target(recipe.target["name"], block=recipe.target.get("block"))
+        check_target_mode(recipe.prune.quantize, target)
         exclude = {k: f"not eligible for target {target.name}: {reasons[0].text}"
                    for k, reasons in static_check(target, model).items() if reasons}
     ctx, report = prune_model(model, recipe.prune, calib, masks, progress=not quiet, exclude=exclude)
+    quant, pruned = None, None
+    if recipe.prune.quantize:  # after pruning and repair, on the same calibration set; before packing
+        pruned = Model(model.proto, model_path)  # the pruned fp32 stage, for its parity
+        quant = quantize_step(ctx, recipe.prune.quantize, calib, target)
+        report = summarize(ctx, recipe.prune)
     part = recipe.model_part()
     stamp(model, recipe.prune.to_dict(), {"onnxprune.recipe": part,
                                           "onnxprune.recipe_sha256": hashlib.sha256(part.encode()).hexdigest()})
@@ -158,6 +192,11 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
                            to_stderr=to_stderr)
         report["parity"] = parity.to_dict()
         passed = parity.passed
+    if quant is not None:
+        report["quantize"] = quant
+        report["stages"] = _stages(recipe, model_path, output, quant, pruned, report, evaluation if gate else None)
+        if not quiet:
+            click.echo(render_stages(report["stages"]), err=to_stderr)
     if report_path:
         make_parent(report_path)
         write_json(report_path, report, "prune")
