@@ -36,13 +36,13 @@ def _flag(f: dataclasses.Field, kind: type):
     return click.option(meta["flag"] or "--" + f.name.replace("_", "-"), f.name, **kw)
 
 
-def prune_options(exclude: tuple[str, ...] = ()):
-    """The pruning options as flags, one per PruneOptions field (except `exclude`), in field order."""
+def prune_options(exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
+    """The pruning options as flags, one per PruneOptions field (except `exclude`; or `only` these), in field order."""
     kinds = option_fields()
 
     def decorate(f):
         for field in reversed(dataclasses.fields(PruneOptions)):
-            if field.name not in exclude:
+            if field.name not in exclude and (only is None or field.name in only):
                 f = _flag(field, kinds[field.name])(f)
         return f
     return decorate

@@ -69,12 +69,27 @@ def output_bytes(path: str | Path) -> int:
     return file_bytes(Path(path))
 
 
+def packed_sizes(pack_report: dict | None) -> dict:
+    """The artifact's sizes for the stage table: model.onnx, packed bytes, and what the packed weights
+    take dense in float32 (the prunable part of the dense model)."""
+    if not pack_report:
+        return {}
+    s = pack_report["sizes"]
+    fp32 = sum(4 * v["matrix"][0] * v["matrix"][1] for v in pack_report["packed"].values())
+    return {"artifact_model_bytes": s.get("model_bytes"), "packed_bytes": s.get("packed_bytes"),
+            "packed_weights_fp32_bytes": fp32,
+            "packed_to_fp32": s["packed_bytes"] / fp32 if fp32 else None}
+
+
 def render_stages(stages: list[dict]) -> str:
     dense = stages[0]["bytes"]
     rows = []
     for s in stages:
         metrics = "; ".join(f"{out}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
                             for out, m in (s.get("parity") or {}).items())
-        packed = f"{s['packed_bytes']:,}" if s.get("packed_bytes") is not None else ""
-        rows.append((s["stage"], f"{s['bytes']:,}", f"{s['bytes'] / dense:.3f}", packed, metrics or "-"))
-    return table(["stage", "bytes on disk", "x dense", "packed bytes", "parity vs dense fp32"], rows)
+        art = f"{s['artifact_model_bytes']:,}" if s.get("artifact_model_bytes") is not None else ""
+        packed = (f"{s['packed_bytes']:,} ({s['packed_to_fp32']:.3f}x fp32)" if s.get("packed_to_fp32") is not None
+                  else "")
+        rows.append((s["stage"], f"{s['bytes']:,}", f"{s['bytes'] / dense:.3f}", art, packed, metrics or "-"))
+    return table(["stage", "bytes on disk", "x first", "artifact model.onnx", "packed weights", "parity vs dense fp32"],
+                 rows)

@@ -24,6 +24,7 @@ from onnxprune.jobs.quantize_job import (
     STAGE_METRICS,
     check_target_mode,
     output_bytes,
+    packed_sizes,
     quantize_step,
     render_stages,
     stage_parity,
@@ -102,11 +103,10 @@ def _stages(recipe: Recipe, model_path: str, output: str, quant: dict, pruned: M
     """Dense fp32 -> pruned -> pruned + quantized: on-disk bytes (packed bytes where a target packs) and,
     with the gate, parity metrics against the dense model on the evaluation data (the last stage's are
     the gate's own, measured on the written file)."""
-    sizes = report.get("target", {}).get("sizes", {})
     stages = [{"stage": "dense fp32", "bytes": output_bytes(model_path), "parity": None},
               {"stage": f"pruned ({recipe.prune.pattern})", "bytes": quant["bytes_before"], "parity": None},
               {"stage": f"pruned + {quant['mode']}", "bytes": output_bytes(output), "parity": None,
-               "packed_bytes": sizes.get("packed_bytes"), "artifact_model_bytes": sizes.get("model_bytes")}]
+               **packed_sizes(report.get("target"))}]
     if evaluation is not None:
         limits = thresholds_from_options(**{k: recipe.check.get(k) for k in THRESHOLD_KEYS
                                             if recipe.check.get(k) is not None})
