@@ -68,15 +68,20 @@ class _Feeds:
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
-    """onnxruntime.quantization logs advice (pre-processing) on the root logger: keep it off stderr."""
+def _quiet_tool():
+    """onnxruntime.quantization logs advice (pre-processing) on the root logger, and its calibration sessions
+    warn once a run where a model declares a batch-1 output: keep both off stderr (errors still show)."""
+    import onnxruntime as ort
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
+    ort.set_default_logger_severity(3)
     try:
         yield
     finally:
         root.setLevel(level)
+        ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
 
 
 def _settings(mode: str, layout: str) -> dict:
@@ -138,6 +143,31 @@ def _run_tool(src: Path, dst: Path, mode: str, layout: str, feeds, large: bool, 
     return 0
 
 
+PER_CHANNEL_OPSET = 13  # DequantizeLinear's axis (per-channel scales) needs opset 13
+
+
+def _upgrade_opset(path: Path, mode: str, large: bool) -> int | None:
+    """Per-channel QDQ needs opset 13: convert an older model file in place (onnx's version converter);
+    returns the opset it had, or None when nothing changed. The tool itself only warns and writes an
+    invalid model."""
+    if mode != "int8":
+        return None
+    proto = onnx.load(str(path))
+    old = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), PER_CHANNEL_OPSET)
+    if old >= PER_CHANNEL_OPSET:
+        return None
+    from onnx import version_converter
+
+    try:
+        proto = version_converter.convert_version(proto, PER_CHANNEL_OPSET)
+    except Exception as e:  # noqa: BLE001 - the converter raises plain RuntimeErrors
+        raise OnnxPruneError(f"per-channel int8 needs opset {PER_CHANNEL_OPSET}; converting the model from opset "
+                             f"{old} failed ({str(e).strip().splitlines()[0] if str(e).strip() else e!r}); "
+                             "re-export it at opset 13 or later") from e
+    onnx.save(proto, str(path), save_as_external_data=large)
+    return old
+
+
 def file_bytes(path: Path) -> int:
     """On-disk size of a model file and the external data files beside it that it refers to."""
     proto = onnx.load(str(path), load_external_data=False)
@@ -169,8 +199,9 @@ def quantize_model(model: Model, mode: str, calibration_feeds: Iterable[Mapping[
         src, dst = Path(tmp) / "pruned.onnx", Path(tmp) / "quantized.onnx"
         model.save(src, external_data=large)
         input_bytes = file_bytes(src)
+        opset = _upgrade_opset(src, mode, large)
         try:
-            with _quiet_root_logger():
+            with _quiet_tool():
                 samples = _run_tool(src, dst, mode, layout, calibration_feeds, large, nodes)
         except OnnxPruneError:
             raise
@@ -195,6 +226,7 @@ def quantize_model(model: Model, mode: str, calibration_feeds: Iterable[Mapping[
         "nodes_quantized": "every node of the op types" if nodes is None and mode != "fp16" else
                            (len(nodes) if nodes is not None else None),
         "calibration_samples": samples,
+        "opset_upgraded_from": opset,
         "weights": rows,
         "quantized_weights": sum(1 for r in rows if r.get("quantized")),
         "zeros_kept": all(r["ok"] for r in rows),
