@@ -8,8 +8,9 @@
                   DQ -> op -> Q into QLinearConv / QLinearMatMul) or "tensorrt" (int8 symmetric activations,
                   float biases, Q/DQ on each weight and its input only: TensorRT's explicit quantization;
                   leaving the outputs float keeps MiniLM's pooled cosine at 0.989 instead of 0.924)
-    int8-dynamic  `quantize_dynamic`: MatMul -> MatMulInteger with per-channel symmetric int8 weights,
-                  activations quantized at run time (transformers; no calibration; Conv and Gemm stay float)
+    int8-dynamic  `quantize_dynamic`: MatMul (and Gemm, which the tool splits into MatMul + Add) ->
+                  MatMulInteger with per-channel symmetric int8 weights, activations quantized at run time
+                  (transformers; no calibration; Conv stays float)
     fp16          `onnxruntime.transformers.float16` (ships in the onnxruntime wheel): float initializers and
                   activations to float16, graph inputs and outputs kept float32; 0 stays 0 and no non-zero
                   becomes 0 (tiny values are clamped to the smallest float16)
@@ -193,7 +194,7 @@ def quantize_model(model: Model, mode: str, calibration_feeds: Iterable[Mapping[
     if needs_calibration(mode) and calibration_feeds is None:
         raise OptionError("quantize int8 calibrates activation ranges: give ", Opt("data.calibration", "FILE"))
     before = zero_maps(model, dict(patterns or {}))
-    nodes = weight_nodes(model, DYNAMIC_OPS if mode == "int8-dynamic" else STATIC_OPS) if mode != "fp16" else None
+    nodes = weight_nodes(model, STATIC_OPS) if mode == "int8" else None  # dynamic renames Gemm nodes first
     large = model.weight_bytes() > 1_800_000_000
     with tempfile.TemporaryDirectory(prefix="onnxprune-quantize-") as tmp:
         src, dst = Path(tmp) / "pruned.onnx", Path(tmp) / "quantized.onnx"
