@@ -1,8 +1,8 @@
 """Prune + quantize on real models: CPU latency, parity and on-disk size, measured side by side in one run.
 
 Part "cpu" (ddddocr common.onnx, magika): four models of each, built here from the dense fp32 model:
-  dense fp32; channel-pruned fp32 (50% of the prunable channels, multiples of 16, least-squares repair, as the
-  cpu-channels recipe); int8 (the dense model through `quantize_model`, onnxruntime layout); channel-pruned
+  dense fp32; channel-pruned fp32 (--channels, default 50% of the prunable channels, multiples of 16,
+  least-squares repair, as the cpu-channels recipe); int8 (the dense model through `quantize_model`, onnxruntime layout); channel-pruned
   + int8 (one `prune --pattern channel --quantize int8` job). Latency: onnxruntime CPU provider, 1 intra-op
   thread, warm-up, then interleaved repetitions (rotating which model goes first), median of each; ratio =
   dense / model (2.0 = twice as fast). Parity against the dense model on held-out inputs (another seed than
@@ -86,7 +86,7 @@ def parity(dense: Path, cand: Path, evaluation: Dataset) -> dict:
     return {k: o.metrics[k] for k in ("cosine_mean", "rel_l2", "top1_agreement") if k in o.metrics}
 
 
-def cpu_part(key: str, reps: int, tmp: Path) -> dict:
+def cpu_part(key: str, reps: int, tmp: Path, channels: float = 0.5) -> dict:
     dense = realmodels.model_path(key)
     n_cal, n_eval = CPU_DATA[key]
     cal, ev = cpu_data(key, n_cal, 0), cpu_data(key, n_eval, 1)
@@ -104,7 +104,7 @@ def cpu_part(key: str, reps: int, tmp: Path) -> dict:
     t_int8 = time.time() - t0
     for name, quantize in (("channel-pruned fp32", None), ("channel-pruned + int8", "int8")):
         out = tmp / f"{key}_{'chq' if quantize else 'ch'}.onnx"
-        opts = PruneOptions(pattern="channel", sparsity=0.5, round_to=16, repair="lstsq", quantize=quantize)
+        opts = PruneOptions(pattern="channel", sparsity=channels, round_to=16, repair="lstsq", quantize=quantize)
         run_recipe(Recipe(prune=opts, input={"model": str(dense)}, data={"calibration": str(tmp / f"{key}_cal.npz")},
                           output={"model": str(out)}), quiet=True)
         paths[name] = out
@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--parts", default="cpu,nm")
     ap.add_argument("--models", default="")
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--channels", type=float, default=0.5, help="share of the prunable channels removed")
     ap.add_argument("--json")
     args = ap.parse_args()
     parts = args.parts.split(",")
@@ -156,9 +157,9 @@ def main() -> None:
             for key in ("ddddocr_common", "magika"):
                 if only and key not in only:
                     continue
-                res = cpu_part(key, args.reps, tmp)
+                res = cpu_part(key, args.reps, tmp, args.channels)
                 out["cpu"].append(res)
-                print(f"\n== {key}: CPU latency (1 thread, median of {args.reps} interleaved), parity vs dense fp32")
+                print(f"\n== {key}: {args.channels:.0%} of the channels removed; CPU latency (1 thread, median of {args.reps} interleaved), parity vs dense fp32")
                 print(f"{'stage':<24}{'bytes':>12}{'latency ms':>12}{'speed-up':>10}  parity")
                 for name, row in res["rows"].items():
                     par = ", ".join(f"{k} {v:.4f}" for k, v in (row["parity"] or {}).items()) or "-"
