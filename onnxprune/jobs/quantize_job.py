@@ -24,6 +24,7 @@ from onnxprune.quantize.quantizer import (
     renamed,
 )
 
+QUANTIZED_DTYPE = {"int8": "int8", "fp16": "float16"}  # --quantize mode -> the weights' dtype a target judges
 STAGE_METRICS = ("cosine_mean", "rel_l2", "top1_agreement", "accuracy_drop", "exact_match")
 
 

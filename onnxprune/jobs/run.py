@@ -21,6 +21,7 @@ from onnxprune.core.shapes import parse_shape
 from onnxprune.jobs.gate import THRESHOLD_KEYS, run_check
 from onnxprune.jobs.prune_job import prune_model, summarize
 from onnxprune.jobs.quantize_job import (
+    QUANTIZED_DTYPE,
     STAGE_METRICS,
     check_target_mode,
     output_bytes,
@@ -152,7 +153,8 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
         target = load_target(recipe.target["name"], block=recipe.target.get("block"))
         check_target_mode(recipe.prune.quantize, target)
         exclude = {k: f"not eligible for target {target.name}: {reasons[0].text}"
-                   for k, reasons in static_check(target, model).items() if reasons}
+                   for k, reasons in static_check(target, model, as_dtype=QUANTIZED_DTYPE.get(recipe.prune.quantize)).items()
+                   if reasons}
     ctx, report = prune_model(model, recipe.prune, calib, masks, progress=not quiet, exclude=exclude)
     quant, pruned = None, None
     if recipe.prune.quantize:  # after pruning and repair, on the same calibration set; before packing
