@@ -9,6 +9,7 @@ The public Python API (the CLI is a thin layer over the same objects)::
     model.save("out.onnx")
     parity = op.compare("model.onnx", model, op.Dataset.from_source("eval.npz", model.proto))
     ctx, packed = op.pack_model(model, "nvidia-2to4", "out/artifact", ctx=ctx)
+    qreport = op.quantize_model(model, "int8", calib.batches())  # onnxruntime's tool, zeros verified per weight
     result = op.run_recipe(op.load_recipe("passes/nvidia-2to4.toml", ["input.model=\\"m.onnx\\"", "data.calibration=\\"calib.npz\\""]))
 
 A pipeline from public names (Wanda, then least-squares repair)::
@@ -63,6 +64,7 @@ _EXPORTS = {
     "AssessEligibility": "onnxprune.pack.passes",
     "PackWeights": "onnxprune.pack.passes",
     "EmitArtifact": "onnxprune.pack.passes",
+    "quantize_model": "onnxprune.quantize.quantizer",
     "Recipe": "onnxprune.jobs.recipe",
     "load_recipe": "onnxprune.jobs.recipe",
     "run_recipe": "onnxprune.jobs.run",

@@ -44,13 +44,13 @@ def _flag(f: dataclasses.Field, kind: type):
     return click.option(meta["flag"] or "--" + f.name.replace("_", "-"), f.name, **kw)
 
 
-def prune_options(exclude: tuple[str, ...] = ()):
-    """The pruning options as flags, one per PruneOptions field (except `exclude`), in field order."""
+def prune_options(exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = None):
+    """The pruning options as flags, one per PruneOptions field (except `exclude`; or `only` these), in field order."""
     kinds = option_fields()
 
     def decorate(f):
         for field in reversed(dataclasses.fields(PruneOptions)):
-            if field.name not in exclude:
+            if field.name not in exclude and (only is None or field.name in only):
                 f = _flag(field, kinds[field.name])(f)
         return f
     return decorate
@@ -62,7 +62,8 @@ SECTIONS = {
     "Calibration data and repair": ("data", "labels", "samples", "seed", "shapes", "int_ranges", "calib_samples",
                                     "sequential", "repair"),
     "Schedule (gradual pruning, fine-tuning hooks)": ("steps", "initial_sparsity", "t0", "dt", "hooks", "masks_in"),
-    "Target (prune for an accelerator, then pack)": ("target_name", "emit", "block", "target_out"),
+    "Target and quantization (prune for an accelerator, quantize, pack)": ("target_name", "emit", "block", "target_out",
+                                                                            "quantize"),
     "Check (parity gate on the result)": ("run_gate", "eval_data", "min_cosine", "max_rel_l2", "min_top1_agreement",
                                           "max_accuracy_drop", "atol", "rtol", "min_snr_db", "max_abs",
                                           "min_exact_match", "allow_guessed_shapes", "output_thresholds",

@@ -28,7 +28,8 @@ from onnxprune.jobs.prune_job import PruneOptions
 from onnxprune.jobs.sweep import HEADLINE, find_max, plot, sweep
 from onnxprune.prune.patterns import Pattern
 
-NOT_SWEPT = ("sparsity", "steps", "initial_sparsity", "t0", "dt", "hooks")  # one-shot, at each level in turn
+NOT_SWEPT = ("sparsity", "steps", "initial_sparsity", "t0", "dt", "hooks",  # one-shot, at each level in turn
+             "quantize")  # the curve is pruning's: quantize the chosen level with prune --quantize
 
 
 def _sparsities(text: str) -> list[float]:

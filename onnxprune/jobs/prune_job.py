@@ -30,6 +30,7 @@ from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import ScheduleStep, cubic_sparsity, schedule
 from onnxprune.prune.structured import DEFAULT_ROUND_TO, ChannelPrunePass
+from onnxprune.quantize.quantizer import QUANTIZE_MODES, check_mode, needs_calibration
 from onnxprune.repair.hooks import HookPass
 from onnxprune.repair.reconstruct import REPAIR_METHODS, RepairPass
 from onnxprune.repair.structured_repair import lstsq_repair
@@ -95,6 +96,9 @@ class PruneOptions:
         "as in the cpu-channels recipe)."))
     reinit: bool = _option(False, help=(
         "--pattern channel: emit the pruned architecture freshly initialised, for training from scratch."))
+    quantize: str | None = _option(choices=QUANTIZE_MODES, help=(
+        "After pruning and repair, quantize with onnxruntime's tool: int8 (static QDQ, per-channel symmetric "
+        "weights, calibrated on --data), int8-dynamic (MatMulInteger, for transformers) or fp16; zeros stay exact."))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -110,6 +114,7 @@ class PruneOptions:
             raise OptionError(Opt("prune.nm_remainder"), f" {self.nm_remainder!r}: use skip or pad")
         if self.repair not in REPAIR_METHODS:
             raise OptionError(Opt("prune.repair"), f" {self.repair!r}: use one of {', '.join(REPAIR_METHODS)}")
+        check_mode(self.quantize)
         if self.pattern == "channel":
             self._validate_channel()
             return
@@ -165,21 +170,27 @@ class PruneOptions:
                                 refit=lstsq_repair if self.repair == "lstsq" else None)
 
     def needs_data(self) -> bool:
-        """Do the criterion or the repair read calibration inputs?"""
-        return self.criterion != "magnitude" or self.repair != "none"
+        """Do the criterion, the repair or the quantization read calibration inputs?"""
+        return self.criterion != "magnitude" or self.repair != "none" or needs_calibration(self.quantize)
 
     def no_data_error(self) -> OptionError:
         what = ([f"criterion {self.criterion}"] * (self.criterion != "magnitude")
-                + [f"repair {self.repair}"] * (self.repair != "none"))
+                + [f"repair {self.repair}"] * (self.repair != "none")
+                + [f"quantize {self.quantize}"] * needs_calibration(self.quantize))
         return OptionError(f"{' and '.join(what)} {'read' if len(what) > 1 else 'reads'} calibration inputs: give ",
                            Opt("data.calibration", "FILE"))
 
     def uses_calibration(self) -> bool:
-        """Does pruning itself read the data (so evaluation data must be kept apart)?"""
-        return self.criterion != "magnitude" or self.repair != "none" or bool(self.hooks)
+        """Does the job read the data (pruning, or int8 calibration), so evaluation data must be kept apart?"""
+        return (self.criterion != "magnitude" or self.repair != "none" or bool(self.hooks)
+                or needs_calibration(self.quantize))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The options; `quantize` only when set (so the options hash of a job without it is unchanged)."""
+        d = asdict(self)
+        if d["quantize"] is None:
+            del d["quantize"]
+        return d
 
     @classmethod
     def from_flags(cls, values: dict) -> PruneOptions:

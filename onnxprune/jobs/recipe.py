@@ -10,7 +10,7 @@ from any folder); values given with --set or on the command line, from the curre
   [input]   model
   [prune]   the PruneOptions fields (the keys are generated from them): sparsity, pattern, scope,
             criterion, overrides, skip, min_params, nm_remainder, steps, initial_sparsity, t0, dt,
-            hooks, fold_constants, calib_samples, sequential, repair, round_to, reinit
+            hooks, fold_constants, calib_samples, sequential, repair, round_to, reinit, quantize
   [data]    calibration, evaluation, labels, samples, seed, shapes, int_ranges
   [check]   enabled, the thresholds (min_cosine, max_rel_l2, min_top1_agreement,
             max_accuracy_drop, atol, rtol, min_snr_db, max_abs, min_exact_match,

@@ -9,7 +9,11 @@ from pathlib import Path
 
 from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import Dataset, dataset_from_options
-from onnxprune.check.parity import ParityReport, refuse_guessed_shapes
+from onnxprune.check.parity import (
+    ParityReport,
+    refuse_guessed_shapes,
+    thresholds_from_options,
+)
 from onnxprune.core.atomic import check_writable, data_files_beside, is_data_file_name
 from onnxprune.core.errors import OptionError
 from onnxprune.core.masks import MaskSet
@@ -17,9 +21,19 @@ from onnxprune.core.model import Model
 from onnxprune.core.report import fill, is_stdout, make_parent, table, write_json
 from onnxprune.core.shapes import parse_shape
 from onnxprune.jobs.footprint import Footprint, footprint, summary_line
-from onnxprune.jobs.gate import preflight, run_check
+from onnxprune.jobs.gate import THRESHOLD_KEYS, preflight, run_check
 from onnxprune.jobs.html_report import require_plotting, write_html
 from onnxprune.jobs.prune_job import prune_model, summarize
+from onnxprune.jobs.quantize_job import (
+    QUANTIZED_DTYPE,
+    STAGE_METRICS,
+    check_target_mode,
+    output_bytes,
+    packed_sizes,
+    quantize_step,
+    render_stages,
+    stage_parity,
+)
 from onnxprune.jobs.recipe import Recipe
 from onnxprune.jobs.report_details import layer_details, stage_sizes
 from onnxprune.pack.eligibility import static_check
@@ -55,6 +69,8 @@ class JobResult:
             out.append(render_summary(self.report))
             if self.parity is not None:
                 out.append(self.parity.render())
+            if "stages" in self.report:
+                out.append(render_stages(self.report["stages"]))
         elif self.parity is not None:
             out.append(self.parity.verdict())
         if self.before is not None and self.after is not None:
@@ -115,6 +131,25 @@ def _dataset(model: Model, recipe: Recipe, path: str | None) -> Dataset:
                                               "int_ranges": d.get("int_ranges", [])}, model.base_dir)
 
 
+def _stages(recipe: Recipe, model_path: str, output: str, quant: dict, pruned: Model, report: dict,
+            evaluation: Dataset | None) -> list[dict]:
+    """Dense fp32 -> pruned -> pruned + quantized: on-disk bytes (packed bytes where a target packs) and,
+    with the gate, parity metrics against the dense model on the evaluation data (the last stage's are
+    the gate's own, measured on the written file)."""
+    stages = [{"stage": "dense fp32", "bytes": output_bytes(model_path), "parity": None},
+              {"stage": f"pruned ({recipe.prune.pattern})", "bytes": quant["bytes_before"], "parity": None},
+              {"stage": f"pruned + {quant['mode']}", "bytes": output_bytes(output), "parity": None,
+               **packed_sizes(report.get("target"))}]
+    if evaluation is not None:
+        limits = thresholds_from_options(**{k: recipe.check.get(k) for k in THRESHOLD_KEYS
+                                            if recipe.check.get(k) is not None})
+        stages[1]["parity"] = stage_parity(Model.load(model_path), pruned, evaluation, limits,
+                                           bool(recipe.check.get("allow_guessed_shapes")))
+        stages[2]["parity"] = {o["name"]: {k: v for k, v in o["metrics"].items() if k in STAGE_METRICS}
+                               for o in report["parity"]["outputs"]}
+    return stages
+
+
 def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> JobResult:
     """Execute the job the recipe describes; returns the report and the parity verdict. Prints nothing
     (stage lines go to the `onnxprune` logger; `progress=False` logs them at DEBUG); `measure`: also
@@ -161,11 +196,18 @@ def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> 
     target, exclude = None, {}
     if recipe.target.get("name"):  # prune only what the target can use
         target = load_target(recipe.target["name"], block=recipe.target.get("block"))
+        check_target_mode(recipe.prune.quantize, target)
+        as_dtype = QUANTIZED_DTYPE.get(recipe.prune.quantize)  # the rules of the dtype deployed
         exclude = {k: f"not eligible for target {target.name}: {reasons[0].text}"
-                   for k, reasons in static_check(target, model).items() if reasons}
+                   for k, reasons in static_check(target, model, as_dtype=as_dtype).items() if reasons}
     shapes = _mac_shapes(recipe, calib or evaluation)
     before = footprint(model, model_path, shapes) if measure else None
     ctx, report = prune_model(model, recipe.prune, calib, masks, progress=progress, exclude=exclude)
+    quant, pruned = None, None
+    if recipe.prune.quantize:  # after pruning and repair, on the same calibration set; before packing
+        pruned = Model(model.proto, model_path)  # the pruned fp32 stage, for its parity
+        quant = quantize_step(ctx, recipe.prune.quantize, calib, target)
+        report = summarize(ctx, recipe.prune)
     part = recipe.model_part()
     stamp(model, recipe.prune.to_dict(), {"onnxprune.recipe": part,
                                           "onnxprune.recipe_sha256": hashlib.sha256(part.encode()).hexdigest()})
@@ -191,6 +233,9 @@ def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> 
         parity = run_check(Model.load(model_path), output, recipe.check, dataset=evaluation)
         report["parity"] = parity.to_dict()
         passed = parity.passed
+    if quant is not None:
+        report["quantize"] = quant
+        report["stages"] = _stages(recipe, model_path, output, quant, pruned, report, evaluation if gate else None)
     if html_path:  # the JSON report then carries what the page shows
         report["layers"], report["eligibility_by_target"] = layer_details(
             model, report, None if recipe.prune.pattern == "channel" else ctx.masks,

@@ -325,14 +325,18 @@ def node_macs(w: Weight, use: Use, node: onnx.NodeProto | None, shapes: dict) ->
 
 # ----------------------------------------------------------------------------------- the rules
 
-def static_reasons(target: Target, model: Model, w: Weight, use: Use, node: onnx.NodeProto | None) -> tuple[list[Reason], list[str]]:
-    """Rules that depend on the layer, not on its values: op, dtype, quantization, Conv shape, alignment, size."""
+def static_reasons(target: Target, model: Model, w: Weight, use: Use, node: onnx.NodeProto | None,
+                   as_dtype: str | None = None) -> tuple[list[Reason], list[str]]:
+    """Rules that depend on the layer, not on its values: op, dtype, quantization, Conv shape, alignment, size
+    (`as_dtype`: judge float weights in the dtype a later quantization gives them)."""
     e = target.eligibility
     reasons: list[Reason] = []
     notes: list[str] = []
     if use.op not in e.ops:
         reasons.append(Reason("op", f"{use.op} does not run sparse on {target.name} (supported: {', '.join(e.ops)})"))
     dtype = dtype_name(model, w.key)
+    if as_dtype and dtype.startswith("float"):
+        dtype = as_dtype
     accepted, note = target.dtype_status(dtype)
     if not accepted:
         allowed = ", ".join(list(target.dtypes) + list(target.converts))
@@ -382,15 +386,17 @@ def static_reasons(target: Target, model: Model, w: Weight, use: Use, node: onnx
     return reasons, notes
 
 
-def static_check(target: Target, model: Model, analysis: Analysis | None = None) -> dict[str, list[Reason]]:
-    """Weight key -> the static reasons (over all its uses) it cannot be packed for `target`."""
+def static_check(target: Target, model: Model, analysis: Analysis | None = None,
+                 as_dtype: str | None = None) -> dict[str, list[Reason]]:
+    """Weight key -> the static reasons (over all its uses) it cannot be packed for `target` (float weights
+    judged as `as_dtype` when the job quantizes them after pruning)."""
     analysis = analysis or find_weights(model)
     out = {}
     for w in analysis.weights:
         reasons: list[Reason] = []
         for use in w.uses:
             node = use.resolve(model.proto.graph)
-            for r in static_reasons(target, model, w, use, node)[0]:
+            for r in static_reasons(target, model, w, use, node, as_dtype)[0]:
                 if r not in reasons:
                     reasons.append(r)
         out[w.key] = reasons

@@ -31,6 +31,8 @@ Schema (version 1), every key checked, unknown keys rejected:
       min_sparsity = float in [0, 1)         # below it a layer is not worth running sparse (default 0)
       min_sparsity_scope = "layer" | "model" # model: the eligible layers' sparsity together
       require_smaller = bool                 # the packed weight must be smaller than the dense one
+    [quantize]   modes = ["int8", "fp16"]    # optional: the --quantize modes whose result the hardware runs
+                 qdq = "onnxruntime" | "tensorrt"   # the QDQ layout its compiler reads (default onnxruntime)
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from onnxprune.core.bundled import data_dir, toml_files
 from onnxprune.core.errors import Opt, OptionError, TargetError
 from onnxprune.ops import all_specs
 from onnxprune.prune.patterns import Pattern
+from onnxprune.quantize.quantizer import QDQ_LAYOUTS, QUANTIZE_MODES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -119,6 +122,8 @@ class Target:
         return out
     block_choices: tuple[str, ...] | None = None  # None: --block not accepted; ("any",): any RxC
     source: str = ""
+    quantize_modes: tuple[str, ...] = ()  # --quantize modes the hardware runs (empty: not declared)
+    qdq_layout: str = "onnxruntime"  # the QDQ layout its compiler reads
 
     # -- options -------------------------------------------------------------------------------
     def with_block(self, block: str | None) -> "Target":
@@ -186,6 +191,8 @@ class Target:
                  f"  dtypes       {', '.join(self.dtypes)}"]
         for dt, note in self.converts.items():
             lines.append(f"  also {dt:<8}{note}")
+        if self.quantize_modes:
+            lines.append(f"  quantize     {', '.join(self.quantize_modes)} (QDQ layout {self.qdq_layout})")
         lines += [f"  format       {self.format}" + (f" ({params})" if params else ""),
                   f"  emit         {', '.join(self.emit_modes)} (default {self.default_emit})",
                   "  eligibility"]
@@ -302,7 +309,7 @@ def _show(v: Any) -> str:
 
 
 _TOP_KEYS = ("schema_version", "name", "description", "details", "runtime", "accelerates", "pattern", "dtypes",
-             "references", "converts", "block", "format", "emit", "eligibility")
+             "references", "converts", "block", "format", "emit", "eligibility", "quantize")
 _ELIG_KEYS = ("ops", "conv_kernels", "conv_stride_one", "conv_no_padding", "conv_groups_one", "reduction_multiple",
               "output_multiple", "block_aligned", "alignment", "min_reduction", "min_outputs", "min_params",
               "min_sparsity", "min_sparsity_scope", "require_smaller")
@@ -375,11 +382,17 @@ def parse_target(data: dict, file: str, stem: str | None = None) -> Target:
         raise et.fail("modes", "has 'portable', but compact N:M metadata has no portable decoder; set compact = false")
 
     el = _eligibility(t.table("eligibility", required=True), dtypes, converts)
+    quantize_modes, qdq_layout = (), "onnxruntime"
+    qt = t.table("quantize")
+    if qt is not None:
+        quantize_modes = qt.choices("modes", QUANTIZE_MODES, required=True)
+        qdq_layout = qt.choice("qdq", QDQ_LAYOUTS, "onnxruntime")
+        qt.finish(("modes", "qdq"))
     t.finish(_TOP_KEYS)
     return Target(name=name, description=description, runtime=runtime, accelerates=accelerates, pattern=pattern,
                   dtypes=dtypes, format=fmt, format_params=params, emit_modes=modes, default_emit=default,
                   eligibility=el, details=details, references=references, converts=converts,
-                  block_choices=block_choices, source=file)
+                  block_choices=block_choices, source=file, quantize_modes=quantize_modes, qdq_layout=qdq_layout)
 
 
 def _format_params(ft: _Table, fmt: str, pattern: Pattern) -> dict:
