@@ -77,7 +77,7 @@ def setups(names):
     return out
 
 
-def session(src, threads=2):
+def session(src, threads=1):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
@@ -116,7 +116,7 @@ def configs(which: str, model: str):
                 continue
             yield dict(pattern=pattern, criterion=crit, repair=rep, granularity=g)
     elif which == "owl":
-        crits = ("magnitude", "wanda") if model != "minilm" else ("magnitude", "wanda", "sparsegpt")
+        crits = ("magnitude", "wanda")
         for (pattern, s), crit, alloc in itertools.product((("unstructured", 0.5), ("unstructured", 0.7), ("2:4", None)),
                                                           crits, ("uniform", "owl")):
             yield dict(pattern=pattern, sparsity=s, criterion=crit, allocation=alloc)
