@@ -7,7 +7,8 @@ layer) and the sample fine-tuning hook (8 epochs of Adam per step) to sparsity s
 Python API. Small-dense: the same architecture with hidden widths h and h/2, h chosen so
 its weights match the large model's non-zeros, trained from scratch as make_samples.py trains the
 bundled model (40 epochs), plus the 80 epochs the large model fine-tunes. Biases (< 1% of either
-model) are not counted on either side. Accuracy on the 300-sample evaluation split, mean over seeds.
+model) are not counted on either side. Accuracy on the 300-sample evaluation split; small-dense: mean
+over `--seeds` initialisations.
 
     python samples/large_sparse_vs_small_dense.py [--sparsities 0.9,0.95,0.98,0.99] [--seeds 2]
         [--scope global|layer] [--plot docs/large-sparse.png | --no-plot]
@@ -76,10 +77,11 @@ def width_for(nonzeros: int) -> int:
     return min(range(2, 257, 2), key=lambda h: abs(mlp_weights(h) - nonzeros))
 
 
-def large_sparse(sparsity: float, seed: int, scope: str = "global") -> tuple[int, float]:
-    """(non-zero weights, eval accuracy) of the bundled MLP pruned gradually to `sparsity` with the hook."""
+def large_sparse(sparsity: float, scope: str = "global") -> tuple[int, float]:
+    """(non-zero weights, eval accuracy) of the bundled MLP pruned gradually to `sparsity` with the hook
+    (deterministic: the hook's shuffles are seeded per step)."""
     model = Model.load(HERE / "digits_mlp.onnx")
-    opts = PruneOptions(sparsity=sparsity, steps=STEPS, min_params=0, t0=seed * 100, scope=scope, hooks=[finetune])
+    opts = PruneOptions(sparsity=sparsity, steps=STEPS, min_params=0, scope=scope, hooks=[finetune])
     ctx, _ = prune_model(model, opts, progress=False)
     nonzeros = sum(int(np.count_nonzero(ctx.model.read(w.key))) for w in ctx.analysis.weights)
     session = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -105,10 +107,9 @@ def compare(sparsities: list[float], seeds: int, scope: str = "global") -> list[
     rows = []
     for s in sparsities:
         with one_blas_thread():
-            runs = [large_sparse(s, seed, scope) for seed in range(seeds)]
-        nonzeros = runs[0][0]
+            nonzeros, acc = large_sparse(s, scope)
         h = width_for(nonzeros)
-        rows.append({"sparsity": s, "nonzeros": nonzeros, "large_acc": float(np.mean([a for _, a in runs])),
+        rows.append({"sparsity": s, "nonzeros": nonzeros, "large_acc": acc,
                      "small_width": h, "small_weights": mlp_weights(h),
                      "small_acc": _small(h, seeds)})
         print(rows[-1], file=sys.stderr, flush=True)
