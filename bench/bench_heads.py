@@ -4,7 +4,7 @@ Each configuration prunes a fresh copy with 64 calibration sentences and least-s
 measured on 64 other sentences: mean cosine of the sentence embeddings, MACs ratio (from the prune
 report) and latency ratio (onnxruntime, 1 thread, batch 16 x 64 tokens, median of interleaved runs).
 
-    python bench/bench_heads.py [--repeats 15] [--configs heads,head-dims,mlp-only]
+    python bench/bench_heads.py [--repeats 15] [--configs heads,head-dims,mlp-only] [--round-to 16]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--repair", default="lstsq")
+    ap.add_argument("--round-to", type=int, default=16)
     a = ap.parse_args(argv)
     path = rm.model_path("minilm_l3")
     arrays = minilm_arrays(128)
@@ -65,7 +66,7 @@ def main(argv=None):
         for name in a.configs.split(","):
             model = Model.load(path)
             t0 = time.perf_counter()
-            _, report = prune_model(model, PruneOptions(pattern="channel", round_to=16, repair=a.repair,
+            _, report = prune_model(model, PruneOptions(pattern="channel", round_to=a.round_to, repair=a.repair,
                                                         criterion="magnitude", **CONFIGS[name]),
                                     data=calib, progress=False)
             secs = time.perf_counter() - t0
@@ -74,7 +75,7 @@ def main(argv=None):
             cos = np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
             t_base, t_cand = latency([base, cand], feed, a.repeats)
             st = report["structured"]
-            print(f"{name:10} repair={a.repair:5} cosine {cos.mean():.4f} MACs {st['macs_ratio']:.3f} "
+            print(f"{name:10} repair={a.repair:5} round_to={a.round_to} cosine {cos.mean():.4f} MACs {st['macs_ratio']:.3f} "
                   f"params {st['params_ratio']:.3f} latency {t_cand / t_base:.3f} ({t_cand * 1e3:.1f} / "
                   f"{t_base * 1e3:.1f} ms) prune {secs:.0f}s", flush=True)
 
