@@ -110,7 +110,7 @@ def configs(which: str, model: str):
         for s, g in itertools.product((0.5, 0.7), ("layer", "row")):
             yield dict(sparsity=s, granularity=g)
     elif which == "criteria":
-        for pattern, crit, rep in itertools.product(("unstructured", "2:4"), ("wanda", "sparsegpt"), ("none", "lstsq")):
+        for pattern, crit, rep in itertools.product(("unstructured", "2:4"), ("sparsegpt", "wanda"), ("lstsq", "none")):
             yield dict(pattern=pattern, criterion=crit, repair=rep)
         yield dict(pattern="unstructured", criterion="wanda", granularity="layer")
         yield dict(pattern="unstructured", criterion="sparsegpt", granularity="row")

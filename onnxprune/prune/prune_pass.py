@@ -25,10 +25,11 @@ class PrunePass(Pass):
     scope "layer": each weight reaches the sparsity; "global": one ranking over all selected
     weights (except N:M, which is per group by definition). Existing masks only shrink.
     `granularity` (unstructured, layer scope): "row" compares scores within each output row,
-    "layer" over the whole weight; "auto" is layer for magnitude (better on 2 of 3 real models,
-    bench/bench_allocation.py) and row for Wanda (as its paper does). A non-uniform allocation (`ctx.allocation`: weight key -> final
-    sparsity, e.g. OWL) replaces `sparsity` per weight, scaled by this step's share of the job's
-    `final` sparsity (0 leaves the weight dense)."""
+    "layer" over the whole weight; "auto" is layer for magnitude (per-row measured better on one
+    of three real models only, bench/bench_allocation.py) and row for Wanda (as its paper does).
+    A non-uniform allocation (`ctx.allocation`: weight key -> final sparsity, e.g. OWL) replaces
+    `sparsity` per weight, scaled by this step's share of the job's `final` sparsity (0 leaves the
+    weight dense)."""
 
     name = "prune"
     ensures = (ANALYSIS_FRESH, PRUNED_ZERO)
