@@ -20,12 +20,8 @@ from onnxprune.core.model import Model
 from onnxprune.jobs.prune_job import PruneOptions, build_pipeline, prune_model
 from onnxprune.pipeline import Context, Pipeline
 from onnxprune.pipeline.calibration import CalibrationPass
-from onnxprune.prune.calibrated import (
-    CalibratedPrunePass,
-    per_row_unstructured,
-    sparsegpt,
-)
-from onnxprune.prune.patterns import Pattern
+from onnxprune.prune.calibrated import CalibratedPrunePass, sparsegpt
+from onnxprune.prune.patterns import Pattern, per_row_unstructured
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.repair.hooks import HookPass
 from onnxprune.repair.reconstruct import RepairPass, lstsq_rows

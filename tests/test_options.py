@@ -61,6 +61,7 @@ def test_a_recipe_takes_every_field():
     values = {"sparsity": 0.6, "pattern": "4x4", "scope": "global", "criterion": "magnitude", "overrides": ["a*=0.2"],
               "skip": ["b*"], "min_params": 7, "nm_remainder": "pad", "steps": 3, "initial_sparsity": 0.1, "t0": 2,
               "dt": 2, "hooks": [], "fold_constants": True, "calib_samples": 5, "sequential": True, "repair": "none",
-              "round_to": 4, "reinit": False, "quantize": "fp16"}
+              "round_to": 4, "reinit": False, "quantize": "fp16", "channel_unit": "channel", "granularity": "layer",
+              "allocation": "uniform", "owl_lambda": 0.1, "owl_m": 4.0}
     assert set(values) == set(FIELDS)
     assert dataclasses.asdict(from_dict({"prune": values}).prune) == values

@@ -78,3 +78,20 @@ def test_finetune_hook_keeps_masks_and_recovers_accuracy(name):
         assert not out[k][~m].any()
     before, after = _accuracy(pruned, MODELS[name]), _accuracy(_with_weights(pruned, out), MODELS[name])
     assert after > before
+
+
+def test_large_sparse_vs_small_dense_smoke(tmp_path, monkeypatch, capsys):
+    """One size, shortened training: equal non-zeros on both sides, a table and the plot."""
+    spec = importlib.util.spec_from_file_location("large_sparse", SAMPLES / "large_sparse_vs_small_dense.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "STEPS", 2)
+    monkeypatch.setattr(mod, "EPOCHS_PER_STEP", 1)
+    monkeypatch.setattr(mod, "DENSE_EPOCHS", 2)
+    plot = tmp_path / "large-sparse.png"
+    (row,) = mod.main(["--sparsities", "0.95", "--seeds", "1", "--plot", str(plot)])
+    assert row["nonzeros"] == pytest.approx(0.05 * 50432, abs=2)
+    assert abs(row["small_weights"] - row["nonzeros"]) < 0.1 * row["nonzeros"]
+    assert 0.1 < row["large_acc"] <= 1 and 0 < row["small_acc"] <= 1
+    assert "| 2,522 | 95% |" in capsys.readouterr().out
+    assert plot.stat().st_size > 0 or importlib.util.find_spec("matplotlib") is None

@@ -57,8 +57,9 @@ def prune_options(exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = 
 
 
 SECTIONS = {
-    "Pattern": ("sparsity", "pattern", "criterion", "nm_remainder", "round_to", "reinit"),
-    "Scope (which weights, how much each)": ("scope", "overrides", "skip", "min_params", "fold_constants"),
+    "Pattern": ("sparsity", "pattern", "criterion", "granularity", "nm_remainder", "round_to", "channel_unit", "reinit"),
+    "Scope (which weights, how much each)": ("scope", "allocation", "owl_lambda", "owl_m", "overrides", "skip",
+                                             "min_params", "fold_constants"),
     "Calibration data and repair": ("data", "labels", "samples", "seed", "shapes", "int_ranges", "calib_samples",
                                     "sequential", "repair"),
     "Schedule (gradual pruning, fine-tuning hooks)": ("steps", "initial_sparsity", "t0", "dt", "hooks", "masks_in"),

@@ -23,10 +23,11 @@ from onnxprune.core.model import Model
 from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
 from onnxprune.pipeline.calibration import CalibrationPass
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, parse_override
+from onnxprune.prune.allocation_owl import DEFAULT_LAMBDA, DEFAULT_M, OwlAllocationPass
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
 from onnxprune.prune.criteria import CRITERIA
 from onnxprune.prune.fold import FoldConstantsPass
-from onnxprune.prune.patterns import Pattern
+from onnxprune.prune.patterns import GRANULARITIES, Pattern
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import ScheduleStep, cubic_sparsity, schedule
 from onnxprune.prune.structured import DEFAULT_ROUND_TO, ChannelPrunePass
@@ -35,7 +36,14 @@ from onnxprune.repair.hooks import HookPass
 from onnxprune.repair.reconstruct import REPAIR_METHODS, RepairPass
 from onnxprune.repair.structured_repair import lstsq_repair
 
+# Options added after the first release that change nothing at their default: left out of the options
+# hash and the recipe while at it, so models pruned without them stay byte-identical.
+QUIET_DEFAULTS = {"quantize": None, "channel_unit": "channel", "granularity": "auto", "allocation": "uniform",
+                  "owl_lambda": DEFAULT_LAMBDA, "owl_m": DEFAULT_M}
+
 CHANNEL_CRITERIA = {"magnitude": "l2", "wanda": "activation"}  # prune option -> channel importance
+ALLOCATIONS = ("uniform", "owl")
+CHANNEL_UNITS = {"channel": "inner", "head": "outer"}  # --channel-unit -> the factor a heads x head_dim Reshape follows
 
 
 def _option(default: Any = None, *, help: str, factory: Callable | None = None, choices: tuple = (),
@@ -99,6 +107,18 @@ class PruneOptions:
     quantize: str | None = _option(choices=QUANTIZE_MODES, help=(
         "After pruning and repair, quantize with onnxruntime's tool: int8 (static QDQ, per-channel symmetric "
         "weights, calibrated on --data), int8-dynamic (MatMulInteger, for transformers) or fp16; zeros stay exact."))
+    channel_unit: str = _option("channel", choices=CHANNEL_UNITS, help=(
+        "--pattern channel, attention: remove head_dim channels inside every head (channel) or whole heads (head: "
+        "the Reshape's head count shrinks)."))
+    granularity: str = _option("auto", choices=GRANULARITIES, help=(
+        "Unstructured, layer scope: compare scores within each output row (row) or over the whole weight (layer); "
+        "auto: layer for magnitude, row for wanda (SparseGPT: row = each row its share of every column block)."))
+    allocation: str = _option("uniform", choices=ALLOCATIONS, help=(
+        "Per-layer sparsity: uniform, or owl (outlier-weighted, from calibration activations: layers with more "
+        "outliers pruned less, same overall sparsity; N:M: the layers with most outliers stay dense; needs --data)."))
+    owl_lambda: float = _option(DEFAULT_LAMBDA, help=(
+        "--allocation owl: layer sparsities span target +/- lambda (N:M: overall sparsity may drop by lambda)."))
+    owl_m: float = _option(DEFAULT_M, help="--allocation owl: a score is an outlier above M x its layer's mean.")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,12 +135,26 @@ class PruneOptions:
         if self.repair not in REPAIR_METHODS:
             raise OptionError(Opt("prune.repair"), f" {self.repair!r}: use one of {', '.join(REPAIR_METHODS)}")
         check_mode(self.quantize)
+        if self.allocation not in ALLOCATIONS:
+            raise OptionError(Opt("prune.allocation"), f" {self.allocation!r}: use one of {', '.join(ALLOCATIONS)}")
+        if self.channel_unit not in CHANNEL_UNITS:
+            raise OptionError(Opt("prune.channel_unit"), f" {self.channel_unit!r}: use channel or head")
         if self.pattern == "channel":
+            if self.allocation != "uniform":
+                raise OptionError(Opt("prune.allocation"), f" {self.allocation} applies to unstructured, N:M and block "
+                                  "patterns, not to channel pruning")
             self._validate_channel()
             return
+        if self.channel_unit != "channel":
+            raise OptionError(Opt("prune.channel_unit"), " applies to ", Opt("prune.pattern", "channel"))
         self._validate_nm()
         PrunePass(self.sparsity, self.pattern, self.scope, self.criterion, self.overrides, self.skip,
-                  self.min_params, self.nm_remainder)  # pattern, criterion, overrides, N:M sparsity
+                  self.min_params, self.nm_remainder, granularity=self.granularity)  # pattern, criterion, N:M sparsity
+        if self.allocation == "owl":
+            if self.scope != "layer":
+                raise OptionError(Opt("prune.allocation"), " owl sets one sparsity per layer: use it with ",
+                                  Opt("prune.scope", "layer"))
+            OwlAllocationPass(self.final_sparsity(), self.pattern, self.owl_lambda, self.owl_m)
         schedule(self.final_sparsity(), self.steps, self.initial_sparsity, self.t0, self.dt)
 
     def _validate_nm(self) -> None:
@@ -167,14 +201,16 @@ class PruneOptions:
     def channel_pass(self) -> ChannelPrunePass:
         return ChannelPrunePass(self.final_sparsity(), self.round_to, self.scope, CHANNEL_CRITERIA[self.criterion],
                                 self.repair, self.reinit, skip=self.skip, calib_samples=self.calib_samples or 32,
-                                refit=lstsq_repair if self.repair == "lstsq" else None)
+                                prefer=CHANNEL_UNITS[self.channel_unit], refit=lstsq_repair if self.repair == "lstsq" else None)
 
     def needs_data(self) -> bool:
-        """Do the criterion, the repair or the quantization read calibration inputs?"""
-        return self.criterion != "magnitude" or self.repair != "none" or needs_calibration(self.quantize)
+        """Do the criterion, the allocation, the repair or the quantization read calibration inputs?"""
+        return (self.criterion != "magnitude" or self.repair != "none" or self.allocation == "owl"
+                or needs_calibration(self.quantize))
 
     def no_data_error(self) -> OptionError:
         what = ([f"criterion {self.criterion}"] * (self.criterion != "magnitude")
+                + [f"allocation {self.allocation}"] * (self.allocation == "owl")
                 + [f"repair {self.repair}"] * (self.repair != "none")
                 + [f"quantize {self.quantize}"] * needs_calibration(self.quantize))
         return OptionError(f"{' and '.join(what)} {'read' if len(what) > 1 else 'reads'} calibration inputs: give ",
@@ -182,15 +218,11 @@ class PruneOptions:
 
     def uses_calibration(self) -> bool:
         """Does the job read the data (pruning, or int8 calibration), so evaluation data must be kept apart?"""
-        return (self.criterion != "magnitude" or self.repair != "none" or bool(self.hooks)
-                or needs_calibration(self.quantize))
+        return self.needs_data() or bool(self.hooks)
 
     def to_dict(self) -> dict:
-        """The options; `quantize` only when set (so the options hash of a job without it is unchanged)."""
-        d = asdict(self)
-        if d["quantize"] is None:
-            del d["quantize"]
-        return d
+        """The options, less those of QUIET_DEFAULTS at their default (so earlier jobs hash as before)."""
+        return {k: v for k, v in asdict(self).items() if k not in QUIET_DEFAULTS or v != QUIET_DEFAULTS[k]}
 
     @classmethod
     def from_flags(cls, values: dict) -> PruneOptions:
@@ -236,14 +268,19 @@ def build_pipeline(opts: PruneOptions) -> Pipeline:
     plan = schedule(opts.final_sparsity(), opts.steps, opts.initial_sparsity, opts.t0, opts.dt)
     calibrated = calibration_passes(opts)
     passes += calibrated
+    final = opts.final_sparsity()
+    if opts.allocation == "owl":
+        passes.append(OwlAllocationPass(final, opts.pattern, opts.owl_lambda, opts.owl_m, opts.overrides, opts.skip,
+                                        opts.min_params, opts.nm_remainder))
     for st in plan:
         if calibrated and opts.criterion in CALIBRATED_CRITERIA:
             passes.append(CalibratedPrunePass(st.sparsity, opts.pattern, opts.scope, opts.criterion, ramped(opts, st),
                                               opts.skip, opts.min_params, opts.nm_remainder, step=st.index,
-                                              sequential=opts.sequential))
+                                              sequential=opts.sequential, granularity=opts.granularity, final=final))
         else:
             passes.append(PrunePass(st.sparsity, opts.pattern, opts.scope, opts.criterion, ramped(opts, st), opts.skip,
-                                    opts.min_params, opts.nm_remainder, step=st.index))
+                                    opts.min_params, opts.nm_remainder, step=st.index, granularity=opts.granularity,
+                                    final=final))
         if opts.repair != "none":
             passes.append(RepairPass(opts.repair, sequential=opts.sequential))
         if opts.hooks:
@@ -270,7 +307,8 @@ def calibration_passes(opts: PruneOptions) -> list[Pass]:
     if opts.repair not in REPAIR_METHODS:
         raise OptionError(f"repair {opts.repair!r}: use one of {', '.join(REPAIR_METHODS)}")
     builtin_hook = any(isinstance(h, str) and h.startswith("onnxprune.repair.reconstruct:") for h in opts.hooks)
-    if opts.criterion not in CALIBRATED_CRITERIA and opts.repair == "none" and not builtin_hook:
+    if opts.criterion not in CALIBRATED_CRITERIA and opts.repair == "none" and not builtin_hook \
+            and opts.allocation == "uniform":
         return []
     return [CalibrationPass(opts.calib_samples)]
 

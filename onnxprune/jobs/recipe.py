@@ -23,7 +23,6 @@ from any folder); values given with --set or on the command line, from the curre
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -117,7 +116,7 @@ class Recipe:
         """The resolved recipe, without empty values (what --dump-recipe writes)."""
         out: dict[str, dict] = {}
         for section in SCHEMA:
-            values = dataclasses.asdict(self.prune) if section == "prune" else getattr(self, section)
+            values = self.prune.to_dict() if section == "prune" else getattr(self, section)
             kept = {k: v for k, v in values.items() if v is not None and v != [] and k in SCHEMA[section]}
             if kept:
                 out[section] = kept

@@ -73,6 +73,7 @@ class Context:
     channel_report: dict | None = None  # the last channel-pruning pass's report (prune.structured)
     exclude: dict[str, str] = field(default_factory=dict)  # weights left dense -> why (e.g. the target cannot use them)
     skipped: dict[str, str] = field(default_factory=dict)  # weights the pruning passes left dense -> why (latest)
+    allocation: dict[str, float] | None = None  # weight key -> final sparsity of a non-uniform allocation (prune.allocation_*)
     epoch: int = 0  # passes that modified the model so far: caches keyed on it expire when it moves
     at: str | None = None  # the weight or node the running pass works on, named in its errors
     edits_before: int = 0  # model.edits when the running pass started: its ensures check what it wrote

@@ -1,4 +1,4 @@
-"""Per-layer sparsity: uniform or global, per-name overrides and skips (globs), a minimum size."""
+"""Per-layer sparsity: uniform, global or allocated per weight, per-name overrides and skips (globs), a minimum size."""
 
 from __future__ import annotations
 
@@ -43,9 +43,11 @@ def allocate(
     min_params: int = DEFAULT_MIN_PARAMS,
     nm_remainder: str = "skip",
     exclude: Mapping[str, str] | None = None,
+    allocated: Mapping[str, float] | None = None,
 ) -> Allocation:
     """Per weight: its target sparsity, global ranking, or why it is skipped (`exclude`: weight key ->
-    the reason the job leaves it dense, e.g. not eligible for the target)."""
+    the reason the job leaves it dense, e.g. not eligible for the target; `allocated`: weight key ->
+    its sparsity from a non-uniform allocation, in place of `sparsity`; overrides come first)."""
     if scope not in ("layer", "global"):
         raise OptionError(f"scope {scope!r}: use layer or global")
     if nm_remainder not in ("skip", "pad"):
@@ -73,6 +75,11 @@ def allocate(
                 alloc.targets[w.key] = override
             else:
                 alloc.skipped[w.key] = "override sparsity 0"
+        elif allocated and w.key in allocated:
+            if allocated[w.key] > 0:
+                alloc.targets[w.key] = allocated[w.key]
+            else:
+                alloc.skipped[w.key] = "left dense by the allocation"
         elif scope == "global" and pattern.kind != "nm":
             alloc.global_keys.append(w.key)
         else:

@@ -54,20 +54,6 @@ DEFAULT_BLOCKSIZE = 128
 
 # ------------------------------------------------------------------------------ mask selection
 
-def per_row_unstructured(scores: np.ndarray, keep: np.ndarray, sparsity: float) -> np.ndarray:
-    """Each row prunes its lowest-scored entries until it reaches the sparsity (rows get
-    floor/ceil counts summing to round(sparsity * size)); pruned entries stay pruned."""
-    rows, cols = scores.shape
-    total = int(round(sparsity * rows * cols))
-    cum = np.round(np.arange(rows + 1) * (total / rows)).astype(np.int64)
-    per_row = np.diff(cum)
-    s = np.where(keep, scores.astype(np.float64, copy=False), -np.inf)
-    order = np.argsort(s, axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(cols), (rows, cols)), axis=1)
-    return keep & (rank >= per_row[:, None])
-
-
 def _group_starts(cols: int, group_axis_len: int, m: int) -> np.ndarray:
     pos = np.arange(cols) % group_axis_len
     return (pos % m) == 0
@@ -197,18 +183,18 @@ class CalibratedPrunePass(PrunePass):
                  criterion: str = "wanda", overrides: list[str] = (), skip: list[str] = (),
                  min_params: int | None = None, nm_remainder: str = "skip", step: int = 1,
                  sequential: bool = False, blocksize: int = DEFAULT_BLOCKSIZE, percdamp: float = DEFAULT_PERCDAMP,
-                 auto_damp: bool = True, row_wise: bool = False):
+                 auto_damp: bool = True, row_wise: bool = False, granularity: str = "auto", final: float | None = None):
         if criterion not in CALIBRATED_CRITERIA:
             raise OptionError(f"criterion {criterion!r} is not calibration-aware; use one of "
                               f"{', '.join(CALIBRATED_CRITERIA)} (or PrunePass for the others)")
         kwargs = {} if min_params is None else {"min_params": min_params}
         super().__init__(sparsity, pattern, scope, criterion, overrides, skip, nm_remainder=nm_remainder, step=step,
-                         **kwargs)
+                         granularity=granularity, final=final, **kwargs)
         self.sequential = bool(sequential)
         self.blocksize = int(blocksize)
         self.percdamp = float(percdamp)
         self.auto_damp = bool(auto_damp)
-        self.row_wise = bool(row_wise)
+        self.row_wise = bool(row_wise) or granularity == "row"  # SparseGPT: each row its share of every block
         if self.blocksize < 1 or not 0 <= self.percdamp:
             raise OptionError("sparsegpt needs blocksize >= 1 and percdamp >= 0")
 
@@ -265,6 +251,12 @@ class CalibratedPrunePass(PrunePass):
         result.notes.extend(state.notes)
         return result
 
+    def resolved_granularity(self, st: LayerStats | None = None) -> str:
+        """auto: Wanda compares within rows (Sun et al. 2023); the magnitude fallback over the layer."""
+        if self.granularity != "auto":
+            return self.granularity
+        return "row" if st is not None else "layer"
+
     def _prune_one(self, ctx, w: Weight, stored, keep, target, pattern: Pattern, st: LayerStats | None):
         """(new keep in stored layout, updated values or None, method used)."""
         keep_m = w.matrix(keep)
@@ -274,10 +266,7 @@ class CalibratedPrunePass(PrunePass):
                    else "no statistics" if st is None else "no Gram matrix")
         if not use_gpt:
             scores = wanda_matrix(w, stored, ctx, st)
-            if pattern.kind == "unstructured" and st is not None:
-                new = per_row_unstructured(scores, keep_m, target)
-            else:
-                new = patterns.apply(pattern, scores, keep_m, target, w.group_axis_len)
+            new = patterns.apply(pattern, scores, keep_m, target, w.group_axis_len, self.resolved_granularity(st))
             method = "wanda" if st is not None else "magnitude"
             if self.criterion == "sparsegpt":
                 method += f" ({why})"

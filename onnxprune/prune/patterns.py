@@ -81,6 +81,20 @@ def unstructured(scores: np.ndarray, keep: np.ndarray, sparsity: float) -> np.nd
     return _prune_lowest(scores, keep, target - int((~keep).sum()))
 
 
+def per_row_unstructured(scores: np.ndarray, keep: np.ndarray, sparsity: float) -> np.ndarray:
+    """Each row prunes its lowest-scored entries until it reaches the sparsity (rows get
+    floor/ceil counts summing to round(sparsity * size)); pruned entries stay pruned."""
+    rows, cols = scores.shape
+    total = int(round(sparsity * rows * cols))
+    cum = np.round(np.arange(rows + 1) * (total / rows)).astype(np.int64)
+    per_row = np.diff(cum)
+    s = np.where(keep, scores.astype(np.float64, copy=False), -np.inf)
+    order = np.argsort(s, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(cols), (rows, cols)), axis=1)
+    return keep & (rank >= per_row[:, None])
+
+
 def nm_groups(matrix: np.ndarray, group_axis_len: int, m: int, fill) -> np.ndarray:
     """View as (-1, M) groups along the group axis (the innermost `group_axis_len` columns),
     padding each run of `group_axis_len` to a multiple of M with `fill`."""
@@ -186,9 +200,15 @@ def blocks(scores: np.ndarray, keep: np.ndarray, r: int, c: int, sparsity: float
     return expand_blocks(block_keep, scores.shape, r, c) & keep
 
 
-def apply(pattern: Pattern, scores: np.ndarray, keep: np.ndarray, sparsity: float, group_axis_len: int) -> np.ndarray:
+GRANULARITIES = ("auto", "row", "layer")  # auto: what each criterion measured best with (see PrunePass)
+
+
+def apply(pattern: Pattern, scores: np.ndarray, keep: np.ndarray, sparsity: float, group_axis_len: int,
+          granularity: str = "layer") -> np.ndarray:
+    """The new keep mask; unstructured compares scores within each output row ("row") or over the
+    whole matrix ("layer")."""
     if pattern.kind == "unstructured":
-        return unstructured(scores, keep, sparsity)
+        return (per_row_unstructured if granularity == "row" else unstructured)(scores, keep, sparsity)
     if pattern.kind == "nm":
         return nm(scores, keep, pattern.a, pattern.b, group_axis_len, sparsity)
     return blocks(scores, keep, pattern.a, pattern.b, sparsity)

@@ -23,6 +23,12 @@ class PrunePass(Pass):
 
     scope "layer": each weight reaches the sparsity; "global": one ranking over all selected
     weights (except N:M, which is per group by definition). Existing masks only shrink.
+    `granularity` (unstructured, layer scope): "row" compares scores within each output row,
+    "layer" over the whole weight; "auto" is layer for magnitude (per-row measured better on one
+    of three real models only, bench/bench_allocation.py) and row for Wanda (as its paper does).
+    A non-uniform allocation (`ctx.allocation`: weight key -> final sparsity, e.g. OWL) replaces
+    `sparsity` per weight, scaled by this step's share of the job's `final` sparsity (0 leaves the
+    weight dense).
 
     Example::
 
@@ -34,7 +40,8 @@ class PrunePass(Pass):
 
     def __init__(self, sparsity: float | None = None, pattern: str = "unstructured", scope: str = "layer",
                  criterion: str = "magnitude", overrides: list[str] = (), skip: list[str] = (),
-                 min_params: int = DEFAULT_MIN_PARAMS, nm_remainder: str = "skip", step: int = 1):
+                 min_params: int = DEFAULT_MIN_PARAMS, nm_remainder: str = "skip", step: int = 1,
+                 granularity: str = "auto", final: float | None = None):
         self.pattern = str(Pattern.parse(pattern))
         fixed = Pattern.parse(pattern).fixed_sparsity
         self.sparsity = float(sparsity if sparsity is not None else (fixed if fixed is not None else 0.5))
@@ -52,6 +59,10 @@ class PrunePass(Pass):
         self.min_params = int(min_params)
         self.nm_remainder = nm_remainder
         self.step = int(step)
+        if granularity not in patterns.GRANULARITIES:
+            raise OptionError(Opt("prune.granularity"), f" {granularity!r}: use {' or '.join(patterns.GRANULARITIES)}")
+        self.granularity = granularity
+        self.final = None if final is None else float(final)  # None: this step's sparsity is the final one
 
     def stage(self, result: PassResult) -> str:
         pruned = sum(1 for w in result.weights.values() if "sparsity" in w)
@@ -63,12 +74,21 @@ class PrunePass(Pass):
         pattern = Pattern.parse(self.pattern)
         alloc = allocate(ctx.analysis.weights, self.sparsity, pattern, self.scope,
                          [parse_override(o) for o in self.overrides], self.skip, self.min_params, self.nm_remainder,
-                         ctx.exclude)
+                         ctx.exclude, self.step_allocation(ctx))
         result = PassResult(self.name, False)
         for key, reason in alloc.skipped.items():
             result.weights[key] = {"skipped": reason}
         ctx.skipped.update(alloc.skipped)
         return pattern, criteria.get(self.criterion), alloc, result
+
+    def resolved_granularity(self) -> str:
+        return "layer" if self.granularity == "auto" else self.granularity
+
+    def step_allocation(self, ctx: Context) -> dict[str, float]:
+        """This step's per-weight sparsity under the context's allocation (empty: uniform)."""
+        final = self.sparsity if self.final is None else self.final
+        scale = self.sparsity / final if final > 0 else 0.0
+        return {k: s * scale for k, s in (ctx.allocation or {}).items()}
 
     def call(self, ctx: Context) -> PassResult:
         pattern, score, alloc, result = self._plan(ctx)
@@ -100,7 +120,8 @@ class PrunePass(Pass):
                 scores = w.matrix(score(w, stored, ctx))
                 target = ((int((~keep_m).sum()) + block_prune[key]) / w.params if key in owner
                           else alloc.targets[key])
-                keep = w.unmatrix(patterns.apply(pattern, scores, keep_m, target, w.group_axis_len))
+                keep = w.unmatrix(patterns.apply(pattern, scores, keep_m, target, w.group_axis_len,
+                                                 "layer" if key in owner else self.resolved_granularity()))
                 del scores, keep_m  # free the scores before the masked copy is made
             ctx.masks.set(key, keep, self.pattern, self.step)
             changed = write_masked(ctx, w, keep, stored)

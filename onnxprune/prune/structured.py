@@ -27,6 +27,7 @@ channels makes every runtime faster, CPU included. The steps:
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -194,6 +195,20 @@ def round_keep(n: int, target: float, round_to: int) -> int:
     return int(min(max(k, low), n))
 
 
+def channel_round(group: ChannelGroup, round_to: int) -> int:
+    """The multiple of channels that keeps the layers' output widths a multiple of `round_to`: where a
+    channel is a contiguous block of w output units (a whole attention head: head_dim units), a multiple
+    of round_to / gcd(round_to, w) channels; else round_to channels."""
+    r = max(int(round_to), 1)
+    w = 1
+    for m in group.members:
+        if m.role == "out" and m.size:
+            runs = 1 + int(np.count_nonzero(np.diff(m.channel_of)))
+            if runs == len(np.unique(m.channel_of)):  # every channel one contiguous block
+                w = max(w, int(np.bincount(m.channel_of).max()))
+    return r // math.gcd(r, w)
+
+
 def allocate(analysis: GroupAnalysis, importance: dict[int, np.ndarray], sparsity: float,
              round_to: int = DEFAULT_ROUND_TO,
              scope: str = "layer", skip_groups: set[int] | None = None) -> dict[int, np.ndarray]:
@@ -223,12 +238,12 @@ def allocate(analysis: GroupAnalysis, importance: dict[int, np.ndarray], sparsit
         thr = np.sort(pooled)[k - 1] if k > 0 else -np.inf
         for (g, seg, imp), nimp in zip(segs, normed):
             target = float(np.count_nonzero(nimp > thr))
-            keep = round_keep(len(seg), target, round_to)
+            keep = round_keep(len(seg), target, channel_round(g, round_to))
             order = np.argsort(-imp, kind="stable")
             removed.setdefault(g.id, []).extend(seg[order[keep:]].tolist())
     else:
         for g, seg, imp in segs:
-            keep = round_keep(len(seg), len(seg) * (1 - sparsity), round_to)
+            keep = round_keep(len(seg), len(seg) * (1 - sparsity), channel_round(g, round_to))
             order = np.argsort(-imp, kind="stable")
             removed.setdefault(g.id, []).extend(seg[order[keep:]].tolist())
     return {gid: np.array(sorted(ch), dtype=np.int64) for gid, ch in removed.items() if ch}
