@@ -49,14 +49,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import networkx as nx
 import numpy as np
 import onnx
 import onnx.helper
 import onnx.numpy_helper
 import onnxruntime as ort
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from onnxprune.core.errors import DataError, Opt
 from onnxprune.core.graph import attrs, subgraph_outer_refs
@@ -1090,6 +1087,8 @@ class _Builder:
                                    if k != reshape and d[1] in node.input)
 
     def _rooted_dims(self) -> set[Dim]:
+        import networkx as nx  # here, not at the top: the plain pruning path does without it (start-up time)
+
         graph = nx.Graph()
         graph.add_nodes_from(self.sizes)
         graph.add_edges_from((a, b) for a, b, _ in self.links)
@@ -1108,6 +1107,9 @@ class _Builder:
                 if _is_layer(n) and m.tensor in n.input[1:3]]
 
     def groups(self) -> list[ChannelGroup]:
+        import networkx as nx  # these three here, not at the top: the plain pruning path does without them
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
 
         graph = nx.Graph()
         graph.add_nodes_from(self.sizes)

@@ -19,6 +19,12 @@ from onnxprune.core.atomic import atomic_open, atomic_write_text
 from onnxprune.core.errors import OnnxPruneError, OptionError
 
 MANIFEST_VERSION = 1
+_ONES_IN_BYTE = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
+
+
+def count_ones(packed: np.ndarray) -> int:
+    """Set bits in a packed uint8 array (np.packbits pads with zero bits)."""
+    return int(_ONES_IN_BYTE[packed].sum(dtype=np.int64))
 
 
 @dataclass
@@ -44,6 +50,13 @@ class MaskSet:
         n = int(np.prod(e.shape, dtype=np.int64))
         return np.unpackbits(e.bits, count=n).astype(bool).reshape(e.shape)
 
+    def packed(self, key: str) -> np.ndarray:
+        """The mask as np.packbits stores it (row-major, 1 = kept, zero bits after the last entry);
+        read-only: it is the mask itself."""
+        bits = self.entries[key].bits.view()
+        bits.flags.writeable = False
+        return bits
+
     def set(self, key: str, keep: np.ndarray, pattern: str, step: int) -> None:
         """Set a weight's mask; it may only shrink (a pruned weight never comes back)."""
         keep = np.asarray(keep, dtype=bool)
@@ -63,8 +76,7 @@ class MaskSet:
     def pruned(self, key: str) -> int:
         """How many entries of the weight are pruned."""
         e = self.entries[key]
-        n = int(np.prod(e.shape, dtype=np.int64))
-        return n - int(np.count_nonzero(np.unpackbits(e.bits, count=n)))
+        return int(np.prod(e.shape, dtype=np.int64)) - count_ones(e.bits)
 
     def sparsity(self, key: str) -> float:
         n = int(np.prod(self.entries[key].shape, dtype=np.int64))

@@ -100,21 +100,34 @@ def _ascending_rank(groups: np.ndarray) -> np.ndarray:
     return rank
 
 
+_NM_CHUNK = 1 << 17  # elements per block of the strided kernel: its temporaries stay in the CPU cache
+
+
 def _nm_candidates_strided(s: np.ndarray, keep: np.ndarray, n: int, m: int) -> np.ndarray:
     """Candidates when every run is a whole number of groups and M is small: group position j of
     every group is the strided column view s[:, j::M], so nothing is copied into a group layout (the
     matrix view is often a transposed view of the stored weight) and the rank of each position
-    comes from M*(M-1) vectorised comparisons (ties: the lower position ranks lower)."""
-    cols = [s[:, j::m] for j in range(m)]
-    candidate = np.zeros_like(keep)  # same memory layout as the views
-    for i in range(m):
-        rank = np.zeros_like(cols[i], dtype=np.int8)
-        for j in range(m):
-            if j < i:
-                rank += cols[j] <= cols[i]
-            elif j > i:
-                rank += cols[j] < cols[i]
-        candidate[:, i::m] = keep[:, i::m] & (rank < m - n)
+    comes from M*(M-1) vectorised comparisons (ties: the lower position ranks lower). The matrix is
+    worked through in blocks of whole groups along its outer axis in memory, so the temporaries of
+    each block stay in the cache (and take the block's memory layout: no strided copies)."""
+    candidate = np.empty_like(keep)  # same memory layout as the views
+    by_cols = abs(s.strides[1]) > abs(s.strides[0])  # columns are the outer axis in memory (a transposed view)
+    axis_len, other = (s.shape[1], s.shape[0]) if by_cols else s.shape
+    step = max(1, _NM_CHUNK // max(other, 1))
+    if by_cols:
+        step = max(m, step - step % m)  # whole groups: a block starts at a group boundary
+    for start in range(0, axis_len, step):
+        block = (slice(None), slice(start, start + step)) if by_cols else slice(start, start + step)
+        sb, kb, out = s[block], keep[block], candidate[block]
+        cols = [sb[:, j::m] for j in range(m)]
+        for i in range(m):
+            rank = np.zeros_like(cols[i], dtype=np.int8)
+            for j in range(m):
+                if j < i:
+                    rank += cols[j] <= cols[i]
+                elif j > i:
+                    rank += cols[j] < cols[i]
+            np.logical_and(kb[:, i::m], rank < m - n, out=out[:, i::m])
     return candidate
 
 
