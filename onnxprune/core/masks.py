@@ -19,12 +19,13 @@ from onnxprune.core.atomic import atomic_open, atomic_write_text
 from onnxprune.core.errors import OnnxPruneError, OptionError
 
 MANIFEST_VERSION = 1
-_ONES_IN_BYTE = np.array([bin(b).count("1") for b in range(256)], dtype=np.uint8)
 
 
 def count_ones(packed: np.ndarray) -> int:
     """Set bits in a packed uint8 array (np.packbits pads with zero bits)."""
-    return int(_ONES_IN_BYTE[packed].sum(dtype=np.int64))
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0: a popcount per byte
+        return int(np.bitwise_count(packed).sum(dtype=np.int64))
+    return int(np.count_nonzero(np.unpackbits(packed)))
 
 
 @dataclass
