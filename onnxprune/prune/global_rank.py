@@ -21,7 +21,7 @@ import numpy as np
 from onnxprune.prune import patterns
 
 BAND_LIMIT = 1 << 20  # entries a band may hold before it is narrowed (and at least 1/64 of all)
-_CHUNK = 1 << 20
+_CHUNK = 1 << 18  # entries per histogram step: 1 << 20 made the step's temporaries miss the cache (3x slower)
 
 
 def score_bits(scores: np.ndarray) -> np.ndarray:

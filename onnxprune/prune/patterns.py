@@ -121,12 +121,10 @@ def _nm_candidates_strided(s: np.ndarray, keep: np.ndarray, n: int, m: int) -> n
         sb, kb, out = s[block], keep[block], candidate[block]
         cols = [sb[:, j::m] for j in range(m)]
         for i in range(m):
-            rank = np.zeros_like(cols[i], dtype=np.int8)
-            for j in range(m):
-                if j < i:
-                    rank += cols[j] <= cols[i]
-                elif j > i:
-                    rank += cols[j] < cols[i]
+            rank = None  # int8 sums of the comparisons' bool bytes (views: no casting loop)
+            for j in (j for j in range(m) if j != i):
+                below = (np.less_equal if j < i else np.less)(cols[j], cols[i]).view(np.int8)
+                rank = below if rank is None else np.add(rank, below, out=rank)
             np.logical_and(kb[:, i::m], rank < m - n, out=out[:, i::m])
     return candidate
 

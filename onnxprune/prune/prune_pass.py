@@ -72,14 +72,15 @@ class PrunePass(Pass):
         bar = tqdm(total=total + ranked, desc=f"prune {self.pattern} step {self.step}", unit="w", unit_scale=True,
                    disable=not ctx.progress or total < PROGRESS_MIN_PARAMS or not sys.stderr.isatty(), leave=False)
         cut = block_prune = None
+        ranked_stored: dict[str, np.ndarray] = {}  # weights the global ranking read, kept for their masking
         if glob and pattern.kind == "unstructured":
-            cut = self._global_cut(ctx, glob, score, bar)
+            cut = self._global_cut(ctx, glob, score, bar, ranked_stored)
         elif glob:
             block_prune = dict(zip([w.key for w in glob], self._global_counts(ctx, glob, pattern, score)))
         owner = {w.key: i for i, w in enumerate(glob)}
         for w in [w for w in weights if w.key in alloc.targets or w.key in owner]:
             key = ctx.at = w.key
-            stored = ctx.model.read(key)
+            stored = ranked_stored.pop(key) if key in ranked_stored else ctx.model.read(key)
             keep = ctx.masks.get(key) if key in ctx.masks else None
             before = 0.0 if keep is None else pruned_share(keep)
             if cut is not None and key in owner:
@@ -123,7 +124,10 @@ class PrunePass(Pass):
         already = sum(ctx.masks.pruned(w.key) for w in weights if w.key in ctx.masks)
         return int(round(self.sparsity * sum(w.params for w in weights))) - already
 
-    def _global_cut(self, ctx, weights: list[Weight], score, bar) -> global_rank.GlobalCut:
+    def _global_cut(self, ctx, weights: list[Weight], score, bar, stored: dict[str, np.ndarray]) -> global_rank.GlobalCut:
+        """The cut through all `weights`' scores. Each weight is read once: its values stay in
+        `stored` for the masking that follows (which keeps them all in the model anyway, as written
+        values), instead of being read again from the external data."""
         need = self._need(ctx, weights)
         if need <= 0:
             bar.update(sum(w.params for w in weights))
@@ -134,7 +138,9 @@ class PrunePass(Pass):
         def alive_bits():  # the progress bar counts the first read (a narrowing read is rare)
             reads.append(1)
             for w in weights:
-                bits, alive = global_rank.score_bits(score(w, ctx.model.read(w.key), ctx)), _alive(ctx, w)
+                if w.key not in stored:
+                    stored[w.key] = ctx.model.read(w.key)
+                bits, alive = global_rank.score_bits(score(w, stored[w.key], ctx)), _alive(ctx, w)
                 yield bits if alive is None else bits[alive]
                 if len(reads) == 1:
                     bar.update(w.params)
