@@ -110,7 +110,7 @@ def _nm_candidates_strided(s: np.ndarray, keep: np.ndarray, n: int, m: int) -> n
     comes from M*(M-1) vectorised comparisons (ties: the lower position ranks lower). The matrix is
     worked through in blocks of whole groups along its outer axis in memory, so the temporaries of
     each block stay in the cache (and take the block's memory layout: no strided copies)."""
-    candidate = np.empty_like(keep)  # same memory layout as the views
+    candidate = np.empty_like(s, dtype=bool)  # the scores' memory layout (`keep` may be a broadcast True)
     by_cols = abs(s.strides[1]) > abs(s.strides[0])  # columns are the outer axis in memory (a transposed view)
     axis_len, other = (s.shape[1], s.shape[0]) if by_cols else s.shape
     step = max(1, _NM_CHUNK // max(other, 1))
@@ -148,7 +148,6 @@ def nm(scores: np.ndarray, keep: np.ndarray, n: int, m: int, group_axis_len: int
         # kept now, but outside the N best of its group (ascending rank; ties: the lower position is pruned)
         cand = k & (_ascending_rank(g) < m - n)
         candidate = cand.reshape(-1, group_axis_len + pad)[:, :group_axis_len].reshape(keep.shape)
-    new_keep = keep & ~candidate
     if sparsity is not None and sparsity < 1 - n / m:
         target = int(round(sparsity * keep.size)) - int((~keep).sum())
         cand_idx = np.flatnonzero(candidate)  # row-major on the matrix view
@@ -157,7 +156,9 @@ def nm(scores: np.ndarray, keep: np.ndarray, n: int, m: int, group_axis_len: int
             chosen = cand_idx[np.argsort(cs, kind="stable")[: max(target, 0)]]
             pruned = np.zeros(keep.shape, dtype=bool)
             pruned.reshape(-1)[chosen] = True
-            new_keep = keep & ~pruned
+            return keep & ~pruned
+    new_keep = np.logical_not(candidate, out=candidate)  # in place: no second full-size mask
+    new_keep &= keep
     return new_keep
 
 

@@ -88,7 +88,8 @@ class PrunePass(Pass):
                 keep = cut.keep(owner[key], bits, None if keep is None else keep.reshape(-1)).reshape(w.shape)
                 del bits
             else:
-                keep_m = w.matrix(keep if keep is not None else np.ones(w.shape, dtype=bool))
+                # nothing pruned yet: a broadcast True, no full-size array of ones
+                keep_m = w.matrix(keep if keep is not None else np.broadcast_to(np.True_, w.shape))
                 scores = w.matrix(score(w, stored, ctx))
                 target = ((int((~keep_m).sum()) + block_prune[key]) / w.params if key in owner
                           else alloc.targets[key])
