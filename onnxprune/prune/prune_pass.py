@@ -90,10 +90,12 @@ class PrunePass(Pass):
             else:
                 # nothing pruned yet: a broadcast True, no full-size array of ones
                 keep_m = w.matrix(keep if keep is not None else np.broadcast_to(np.True_, w.shape))
-                scores = w.matrix(score(w, stored, ctx))
+                # N:M by an entry-by-entry criterion: the kernel scores the values block by block
+                score_of = criteria.entrywise(self.criterion, w) if pattern.kind == "nm" else None
+                scores = w.matrix(stored if score_of else score(w, stored, ctx))
                 target = ((int((~keep_m).sum()) + block_prune[key]) / w.params if key in owner
                           else alloc.targets[key])
-                keep = w.unmatrix(patterns.apply(pattern, scores, keep_m, target, w.group_axis_len))
+                keep = w.unmatrix(patterns.apply(pattern, scores, keep_m, target, w.group_axis_len, score_of))
                 del scores, keep_m  # free the scores before the masked copy is made
             ctx.masks.set(key, keep, self.pattern, self.step)
             changed = write_masked(ctx, w, keep, stored)
