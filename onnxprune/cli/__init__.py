@@ -8,6 +8,7 @@ build the same objects the Python API uses, print, and return an exit code:
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import importlib.metadata
 
@@ -58,6 +59,18 @@ def report_target(report_path: str | None, as_json: bool) -> str | None:
     return "-" if as_json else report_path
 
 
+def _return_freed_memory() -> None:
+    """Have glibc give every block of 4 MiB and up its own mapping, unmapped when freed. By default
+    its threshold follows the largest block freed so far (up to 32 MiB), so weight-sized
+    temporaries end up in the heap, between the weights a job keeps, and their holes stay resident:
+    tens of MiB at the peak of a large model. Other C libraries: nothing changes."""
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    try:
+        ctypes.CDLL(None).mallopt(m_mmap_threshold, 4 << 20)
+    except (OSError, AttributeError):  # not glibc (no mallopt), or no C library to load
+        pass
+
+
 class _Group(click.Group):
     """Loads commands lazily and turns OnnxPruneError into one stderr line + its exit code."""
 
@@ -89,3 +102,4 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="onnxprune", message=VERSION_MESSAGE)
 def main() -> None:
     """Prune, repair, pack and check ONNX models for edge deployment."""
+    _return_freed_memory()
