@@ -84,9 +84,13 @@ class PrunePass(Pass):
             keep = ctx.masks.get(key) if key in ctx.masks else None
             before = 0.0 if keep is None else pruned_share(keep)
             if cut is not None and key in owner:
-                bits = global_rank.score_bits(score(w, stored, ctx))
-                keep = cut.keep(owner[key], bits, None if keep is None else keep.reshape(-1)).reshape(w.shape)
-                del bits
+                alive = None if keep is None else keep.reshape(-1)
+                score_of = criteria.entrywise(self.criterion, w)
+                if score_of:  # scored chunk by chunk: no full-size scores
+                    keep = cut.keep_chunks(owner[key], global_rank.entrywise_bits(stored, score_of), alive, w.params)
+                else:
+                    keep = cut.keep(owner[key], global_rank.score_bits(score(w, stored, ctx)), alive)
+                keep = keep.reshape(w.shape)
             else:
                 # nothing pruned yet: a broadcast True, no full-size array of ones
                 keep_m = w.matrix(keep if keep is not None else np.broadcast_to(np.True_, w.shape))
@@ -143,8 +147,12 @@ class PrunePass(Pass):
             for w in weights:
                 if w.key not in stored:
                     stored[w.key] = ctx.model.read(w.key)
-                bits, alive = global_rank.score_bits(score(w, stored[w.key], ctx)), _alive(ctx, w)
-                yield bits if alive is None else bits[alive]
+                alive, score_of = _alive(ctx, w), criteria.entrywise(self.criterion, w)
+                # scored chunk by chunk where the criterion allows (the cut counts entries, not weights)
+                chunks = (global_rank.entrywise_bits(stored[w.key], score_of) if score_of
+                          else [(0, global_rank.score_bits(score(w, stored[w.key], ctx)))])
+                for start, bits in chunks:
+                    yield bits if alive is None else bits[alive[start:start + bits.size]]
                 if len(reads) == 1:
                     bar.update(w.params)
 
