@@ -137,7 +137,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="run (a), (a'), (b), (c) this many times, interleaved; "
                     "the fastest of each counts (a shared machine)")
     ap.add_argument("--onnxprune-cmd", default=None,
-                    help="command that runs onnxprune (default: this python -m onnxprune), e.g. to time a patched build")
+                    help="command that runs onnxprune (default: this python -m onnxprune), e.g. to time another "
+                    "build: 'env PYTHONPATH=DIR python -P -m onnxprune' (-P: the runs' working folder, this repo, "
+                    "would otherwise come first on sys.path)")
     ap.add_argument("--build-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.build_only:  # run in a child, so this process stays small (a child's peak RSS starts at its parent's)
