@@ -104,7 +104,7 @@ def _ascending_rank(groups: np.ndarray) -> np.ndarray:
 _NM_CHUNK = 1 << 17  # elements per block of the strided kernel: its temporaries stay in the CPU cache
 
 
-def _nm_candidates_strided(s: np.ndarray, keep: np.ndarray, n: int, m: int,
+def _nm_candidates_strided(s: np.ndarray, keep: np.ndarray | None, n: int, m: int,
                            score_of: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Candidates when every run is a whole number of groups and M is small: group position j of
     every group is the strided column view s[:, j::M], so nothing is copied into a group layout (the
@@ -112,8 +112,9 @@ def _nm_candidates_strided(s: np.ndarray, keep: np.ndarray, n: int, m: int,
     comes from M*(M-1) vectorised comparisons (ties: the lower position ranks lower). The matrix is
     worked through in blocks of whole groups along its outer axis in memory, so the temporaries of
     each block stay in the cache (and take the block's memory layout: no strided copies).
-    With `score_of`, `s` holds values and each block is scored as it comes (see `nm`)."""
-    candidate = np.empty_like(s, dtype=bool)  # the scores' memory layout (`keep` may be a broadcast True)
+    With `score_of`, `s` holds values and each block is scored as it comes (see `nm`); `keep`
+    None: nothing pruned yet (no mask operand in every step)."""
+    candidate = np.empty_like(s, dtype=bool)  # the scores' memory layout
     by_cols = abs(s.strides[1]) > abs(s.strides[0])  # columns are the outer axis in memory (a transposed view)
     axis_len, other = (s.shape[1], s.shape[0]) if by_cols else s.shape
     step = max(1, _NM_CHUNK // max(other, 1))
@@ -121,7 +122,7 @@ def _nm_candidates_strided(s: np.ndarray, keep: np.ndarray, n: int, m: int,
         step = max(m, step - step % m)  # whole groups: a block starts at a group boundary
     for start in range(0, axis_len, step):
         block = (slice(None), slice(start, start + step)) if by_cols else slice(start, start + step)
-        sb, kb, out = s[block], keep[block], candidate[block]
+        sb, kb, out = s[block], None if keep is None else keep[block], candidate[block]
         if score_of is not None:
             sb = score_of(sb)
             sb = sb.astype(np.result_type(sb.dtype, np.float32), copy=False)
@@ -131,7 +132,10 @@ def _nm_candidates_strided(s: np.ndarray, keep: np.ndarray, n: int, m: int,
             for j in (j for j in range(m) if j != i):
                 below = (np.less_equal if j < i else np.less)(cols[j], cols[i]).view(np.int8)
                 rank = below if rank is None else np.add(rank, below, out=rank)
-            np.logical_and(kb[:, i::m], rank < m - n, out=out[:, i::m])
+            if kb is None:
+                np.less(rank, m - n, out=out[:, i::m])
+            else:
+                np.logical_and(kb[:, i::m], rank < m - n, out=out[:, i::m])
     return candidate
 
 
@@ -148,17 +152,18 @@ def nm(scores: np.ndarray, keep: np.ndarray, n: int, m: int, group_axis_len: int
     nothing pruned yet needs no full-size scores; elsewhere the scores are made whole first."""
     gradual = sparsity is not None and sparsity < 1 - n / m
     strided = group_axis_len % m == 0 and m <= 8
-    if score_of is not None and (gradual or not strided or not keep.all()):
+    all_kept = bool(keep.all())
+    if score_of is not None and (gradual or not strided or not all_kept):
         scores, score_of = score_of(scores), None
     if score_of is not None:  # nothing pruned yet, one shot: scored block by block
-        candidate = _nm_candidates_strided(scores, keep, n, m, score_of)
+        candidate = _nm_candidates_strided(scores, None, n, m, score_of)
     else:
         ftype = np.result_type(scores.dtype, np.float32)  # float32 scores stay float32 (half the memory of float64)
         s = scores.astype(ftype, copy=False)
-        if not keep.all():
+        if not all_kept:
             s = np.where(keep, s, ftype.type(-np.inf))
         if strided:
-            candidate = _nm_candidates_strided(s, keep, n, m)
+            candidate = _nm_candidates_strided(s, None if all_kept else keep, n, m)
         else:
             pad = (-group_axis_len) % m
             g = nm_groups(s, group_axis_len, m, -np.inf)
@@ -176,7 +181,8 @@ def nm(scores: np.ndarray, keep: np.ndarray, n: int, m: int, group_axis_len: int
                 pruned.reshape(-1)[chosen] = True
                 return keep & ~pruned
     new_keep = np.logical_not(candidate, out=candidate)  # in place: no second full-size mask
-    new_keep &= keep
+    if not all_kept:
+        new_keep &= keep
     return new_keep
 
 

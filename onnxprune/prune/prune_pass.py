@@ -92,8 +92,7 @@ class PrunePass(Pass):
                     keep = cut.keep(owner[key], global_rank.score_bits(score(w, stored, ctx)), alive)
                 keep = keep.reshape(w.shape)
             else:
-                # nothing pruned yet: a broadcast True, no full-size array of ones
-                keep_m = w.matrix(keep if keep is not None else np.broadcast_to(np.True_, w.shape))
+                keep_m = w.matrix(keep if keep is not None else np.ones(w.shape, dtype=bool))
                 # N:M by an entry-by-entry criterion: the kernel scores the values block by block
                 score_of = criteria.entrywise(self.criterion, w) if pattern.kind == "nm" else None
                 scores = w.matrix(stored if score_of else score(w, stored, ctx))
