@@ -105,10 +105,12 @@ def test_prune_entries_clears_packed_bits():
     assert np.array_equal(masks.get("w").reshape(-1), expected)
 
 
-@pytest.mark.parametrize("limit", [0, 1 << 20])
-def test_global_prune_with_ties_and_existing_masks_matches_reference(limit, monkeypatch):
-    """End to end through the pass: two gradual steps (existing masks), many tied magnitudes."""
+@pytest.mark.parametrize("limit,chunk", [(0, 1 << 18), (1 << 20, 1 << 18), (0, 7), (1 << 20, 7)])
+def test_global_prune_with_ties_and_existing_masks_matches_reference(limit, chunk, monkeypatch):
+    """End to end through the pass: two gradual steps (existing masks), many tied magnitudes; with
+    chunk 7 the weights are scored in many chunks (magnitude is scored chunk by chunk)."""
     monkeypatch.setattr(global_rank, "BAND_LIMIT", limit)
+    monkeypatch.setattr(global_rank, "_CHUNK", chunk)
     rng = np.random.default_rng(5)
     shapes = {"a": (32, 24), "b": (24, 40)}
     dense = {k: (rng.integers(-6, 7, s) * 0.25).astype(np.float32) for k, s in shapes.items()}

@@ -369,3 +369,28 @@ def test_ties_on_transposed_view():
     assert np.array_equal(np.flatnonzero(~keep), [0, 1, 2, 3, 4])
     keep = patterns.nm(np.ones((8, 2), dtype=np.float32).T, all_kept((2, 8)), 2, 4, 8)
     assert keep[0].tolist() == [False, False, True, True] * 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("nm,cols", [((2, 4), 16), ((1, 4), 8), ((2, 8), 16), ((3, 16), 32), ((2, 4), 6)])
+def test_nm_scored_block_by_block_equals_whole_scores(monkeypatch, dtype, nm, cols):
+    """`score_of` (magnitude of a weight, entry by entry) gives the masks of the scores made whole,
+    with ties, NaN and -0.0, on a transposed view split into many blocks, for one-shot, gradual
+    and already-masked weights (the last two score whole)."""
+    monkeypatch.setattr(patterns, "_NM_CHUNK", 24)
+    n, m = nm
+    rng = np.random.default_rng(cols + n)
+    values = (rng.integers(-3, 4, (cols, 40)) * rng.choice([1.0, 0.5], (cols, 40))).astype(dtype).T
+    values[0, :4] = [np.nan, -0.0, 0.0, 1.0]
+
+    def score_of(v):
+        return np.abs(v.astype(np.float32, copy=False))
+
+    nothing_pruned = np.broadcast_to(np.True_, values.shape)
+    masked = rng.random(values.shape) > 0.2
+    for keep, sparsity in ((nothing_pruned, None), (nothing_pruned, 1 - n / m), (nothing_pruned, (1 - n / m) / 2),
+                           (masked, None)):
+        whole = patterns.nm(score_of(values), keep, n, m, cols, sparsity)
+        assert np.array_equal(patterns.nm(values, keep, n, m, cols, sparsity, score_of=score_of), whole)
+        assert np.array_equal(patterns.apply(Pattern("nm", n, m), values, keep, sparsity or 1 - n / m, cols, score_of=score_of),
+                              patterns.apply(Pattern("nm", n, m), score_of(values), keep, sparsity or 1 - n / m, cols))

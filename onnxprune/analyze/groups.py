@@ -49,13 +49,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
-import networkx as nx
 import numpy as np
 import onnx
 import onnx.helper
 import onnx.numpy_helper
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from onnxprune.analyze.constants import constant_array, constant_shape, constant_values
 from onnxprune.analyze.value_shapes import value_shapes
@@ -1072,6 +1069,8 @@ class _Builder:
                                    if k != reshape and d.value in node.input)
 
     def _rooted_dims(self) -> set[Dim]:
+        import networkx as nx  # here, not at the top: the plain pruning path does without it (start-up time)
+
         graph = nx.Graph()
         graph.add_nodes_from(self.sizes)
         graph.add_edges_from((a, b) for a, b, _ in self.links)
@@ -1090,6 +1089,9 @@ class _Builder:
                 if _is_layer(n) and m.tensor in n.input[1:3]]
 
     def groups(self) -> list[ChannelGroup]:
+        import networkx as nx  # these three here, not at the top: the plain pruning path does without them
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
 
         graph = nx.Graph()
         graph.add_nodes_from(self.sizes)

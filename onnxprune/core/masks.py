@@ -21,6 +21,13 @@ from onnxprune.core.errors import OnnxPruneError, OptionError
 MANIFEST_VERSION = 1
 
 
+def count_ones(packed: np.ndarray) -> int:
+    """Set bits in a packed uint8 array (np.packbits pads with zero bits)."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0: a popcount per byte
+        return int(np.bitwise_count(packed).sum(dtype=np.int64))
+    return int(np.count_nonzero(np.unpackbits(packed)))
+
+
 @dataclass
 class _Entry:
     bits: np.ndarray
@@ -53,6 +60,13 @@ class MaskSet:
         n = int(np.prod(e.shape, dtype=np.int64))
         return np.unpackbits(e.bits, count=n).astype(bool).reshape(e.shape)
 
+    def packed(self, key: str) -> np.ndarray:
+        """The mask as np.packbits stores it (row-major, 1 = kept, zero bits after the last entry);
+        read-only: it is the mask itself."""
+        bits = self.entries[key].bits.view()
+        bits.flags.writeable = False
+        return bits
+
     def set(self, key: str, keep: np.ndarray, pattern: str, step: int) -> None:
         """Set a weight's mask; it may only shrink (a pruned weight never comes back)."""
         keep = np.asarray(keep, dtype=bool)
@@ -72,8 +86,7 @@ class MaskSet:
     def pruned(self, key: str) -> int:
         """How many entries of the weight are pruned."""
         e = self.entries[key]
-        n = int(np.prod(e.shape, dtype=np.int64))
-        return n - int(np.count_nonzero(np.unpackbits(e.bits, count=n)))
+        return int(np.prod(e.shape, dtype=np.int64)) - count_ones(e.bits)
 
     def sparsity(self, key: str) -> float:
         n = int(np.prod(self.entries[key].shape, dtype=np.int64))

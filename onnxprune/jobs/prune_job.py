@@ -363,6 +363,13 @@ def stored_params(model: Model) -> int:
     return int(sum(int(np.prod(tuple(r.proto.dims), dtype=np.int64)) for r in model.tensors()))
 
 
+def _zeros(w, stored: np.ndarray, model: Model) -> int:
+    """Entries equal to the pruned value: 0, or the zero point of a quantized weight."""
+    if w.quant is None and stored.dtype.kind in "biuf" and stored.dtype.isbuiltin:  # == 0 is "not nonzero"
+        return stored.size - int(np.count_nonzero(stored))
+    return int(np.count_nonzero(stored == zero_value(w, model)))
+
+
 def summarize(ctx: Context, opts: PruneOptions) -> dict:
     """Per-weight and overall achieved sparsity over all prunable weights (channel pruning: the
     groups, channels, parameters and MACs before and after)."""
@@ -376,7 +383,7 @@ def summarize(ctx: Context, opts: PruneOptions) -> dict:
     for w in ctx.analysis.weights:
         sparsity = ctx.masks.sparsity(w.key) if w.key in ctx.masks else 0.0
         skipped = ctx.skipped.get(w.key)
-        zeros = int(np.count_nonzero(ctx.model.read(w.key) == zero_value(w, ctx.model)))  # quantized: == zero point
+        zeros = _zeros(w, ctx.model.read(w.key), ctx.model)
         rows.append({"name": w.key, "op": w.op, "params": w.params, "sparsity": sparsity,
                      "zeros": zeros, "skipped": skipped})
         total += w.params

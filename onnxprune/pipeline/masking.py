@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxprune.analyze.weights import Weight, zero_value
+from onnxprune.core.masks import count_ones
 from onnxprune.core.quant import bit_view
 from onnxprune.pipeline.contract import Condition, Context
 
@@ -49,19 +50,21 @@ def _maskable_in_place(weight: Weight, stored: np.ndarray) -> bool:
 
 def _pruned_not_zero(ctx: Context) -> tuple[str, ...] | None:
     """The first masked weight the running pass wrote with a pruned entry that is not exactly zero (or the
-    zero point). Weights it did not write keep what an earlier check saw; those it wrote are in memory."""
+    zero point). Weights it did not write keep what an earlier check saw; those it wrote are in memory.
+    The entries that are not zero are packed to bits and matched against the packed mask (no unpacked
+    copy of the mask)."""
     by_key = ctx.analysis.by_key()
     for key, at in ctx.model.edited_at.items():
         w = by_key.get(key)
         if at <= ctx.edits_before or w is None or key not in ctx.masks:
             continue
         stored = ctx.model.read(key)
-        pruned = ~ctx.masks.get(key)
         if w.quant is None:  # zero is the all-zero bit pattern: no full-size zero array
             diff = bit_view(stored) != 0
         else:
             diff = bit_view(stored) != bit_view(np.broadcast_to(zero_value(w, ctx.model), stored.shape).astype(stored.dtype))
-        bad = np.count_nonzero(pruned & (diff if diff.ndim == stored.ndim else diff.any(axis=-1)))
+        not_zero = np.packbits((diff if diff.ndim == stored.ndim else diff.any(axis=-1)).reshape(-1))
+        bad = count_ones(not_zero & ~ctx.masks.packed(key))
         if bad:
             return (f"weight {key!r} has {bad} pruned entries that are not exactly zero (a bug in the pass)",)
     return None

@@ -109,3 +109,11 @@ def get(name: str) -> Callable:
         return CRITERIA[name]
     except KeyError:
         raise OptionError(f"criterion {name!r} is unknown; choose one of {', '.join(sorted(CRITERIA))}") from None
+
+
+def entrywise(name: str, weight: Weight) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The criterion as a function of each stored value alone, where it is one (magnitude of a
+    weight that is not quantized): a kernel may then score any block of the values by itself."""
+    if name == "magnitude" and weight.quant is None:
+        return lambda values: magnitude(weight, values, None)
+    return None

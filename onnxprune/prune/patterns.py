@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -114,53 +115,88 @@ def _ascending_rank(groups: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _nm_candidates_strided(s: np.ndarray, keep: np.ndarray, n: int, m: int) -> np.ndarray:
+_NM_CHUNK = 1 << 17  # elements per block of the strided kernel: its temporaries stay in the CPU cache
+
+
+def _nm_candidates_strided(s: np.ndarray, keep: np.ndarray | None, n: int, m: int,
+                           score_of: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Candidates when every run is a whole number of groups and M is small: group position j of
     every group is the strided column view s[:, j::M], so nothing is copied into a group layout (the
     matrix view is often a transposed view of the stored weight) and the rank of each position
-    comes from M*(M-1) vectorised comparisons (ties: the lower position ranks lower)."""
-    cols = [s[:, j::m] for j in range(m)]
-    candidate = np.zeros_like(keep)  # same memory layout as the views
-    for i in range(m):
-        rank = np.zeros_like(cols[i], dtype=np.int8)
-        for j in range(m):
-            if j < i:
-                rank += cols[j] <= cols[i]
-            elif j > i:
-                rank += cols[j] < cols[i]
-        candidate[:, i::m] = keep[:, i::m] & (rank < m - n)
+    comes from M*(M-1) vectorised comparisons (ties: the lower position ranks lower). The matrix is
+    worked through in blocks of whole groups along its outer axis in memory, so the temporaries of
+    each block stay in the cache (and take the block's memory layout: no strided copies).
+    With `score_of`, `s` holds values and each block is scored as it comes (see `nm`); `keep`
+    None: nothing pruned yet (no mask operand in every step)."""
+    candidate = np.empty_like(s, dtype=bool)  # the scores' memory layout
+    by_cols = abs(s.strides[1]) > abs(s.strides[0])  # columns are the outer axis in memory (a transposed view)
+    axis_len, other = (s.shape[1], s.shape[0]) if by_cols else s.shape
+    step = max(1, _NM_CHUNK // max(other, 1))
+    if by_cols:
+        step = max(m, step - step % m)  # whole groups: a block starts at a group boundary
+    for start in range(0, axis_len, step):
+        block = (slice(None), slice(start, start + step)) if by_cols else slice(start, start + step)
+        sb, kb, out = s[block], None if keep is None else keep[block], candidate[block]
+        if score_of is not None:
+            sb = score_of(sb)
+            sb = sb.astype(np.result_type(sb.dtype, np.float32), copy=False)
+        cols = [sb[:, j::m] for j in range(m)]
+        for i in range(m):
+            rank = None  # int8 sums of the comparisons' bool bytes (views: no casting loop)
+            for j in (j for j in range(m) if j != i):
+                below = (np.less_equal if j < i else np.less)(cols[j], cols[i]).view(np.int8)
+                rank = below if rank is None else np.add(rank, below, out=rank)
+            if kb is None:
+                np.less(rank, m - n, out=out[:, i::m])
+            else:
+                np.logical_and(kb[:, i::m], rank < m - n, out=out[:, i::m])
     return candidate
 
 
-def nm(scores: np.ndarray, keep: np.ndarray, n: int, m: int, group_axis_len: int, sparsity: float | None = None) -> np.ndarray:
+def nm(scores: np.ndarray, keep: np.ndarray, n: int, m: int, group_axis_len: int, sparsity: float | None = None,
+       score_of: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """At most N kept in each group of M consecutive entries along the group axis.
 
     Padding (when group_axis_len % M != 0) counts as already-pruned positions. With
     `sparsity` below 1 - N/M (a gradual step), only part of the final N:M candidates are
-    pruned: the lowest-scored ones in the whole tensor (ties: lower flat index first)."""
-    ftype = np.result_type(scores.dtype, np.float32)  # float32 scores stay float32 (half the memory of float64)
-    s = scores.astype(ftype, copy=False)
-    if not keep.all():
-        s = np.where(keep, s, ftype.type(-np.inf))
-    if group_axis_len % m == 0 and m <= 8:
-        candidate = _nm_candidates_strided(s, keep, n, m)
+    pruned: the lowest-scored ones in the whole tensor (ties: lower flat index first).
+
+    `score_of`: an entry-by-entry function (|w| for magnitude); `scores` are then the values it
+    scores. The strided kernel applies it block by block, so a one-shot mask of a weight with
+    nothing pruned yet needs no full-size scores; elsewhere the scores are made whole first."""
+    gradual = sparsity is not None and sparsity < 1 - n / m
+    strided = group_axis_len % m == 0 and m <= 8
+    all_kept = bool(keep.all())
+    if score_of is not None and (gradual or not strided or not all_kept):
+        scores, score_of = score_of(scores), None
+    if score_of is not None:  # nothing pruned yet, one shot: scored block by block
+        candidate = _nm_candidates_strided(scores, None, n, m, score_of)
     else:
-        pad = (-group_axis_len) % m
-        g = nm_groups(s, group_axis_len, m, -np.inf)
-        k = nm_groups(keep, group_axis_len, m, False)
-        # kept now, but outside the N best of its group (ascending rank; ties: the lower position is pruned)
-        cand = k & (_ascending_rank(g) < m - n)
-        candidate = cand.reshape(-1, group_axis_len + pad)[:, :group_axis_len].reshape(keep.shape)
-    new_keep = keep & ~candidate
-    if sparsity is not None and sparsity < 1 - n / m:
-        target = int(round(sparsity * keep.size)) - int((~keep).sum())
-        cand_idx = np.flatnonzero(candidate)  # row-major on the matrix view
-        if target < cand_idx.size:
-            cs = s[candidate]  # boolean indexing walks in the same row-major order
-            chosen = cand_idx[np.argsort(cs, kind="stable")[: max(target, 0)]]
-            pruned = np.zeros(keep.shape, dtype=bool)
-            pruned.reshape(-1)[chosen] = True
-            new_keep = keep & ~pruned
+        ftype = np.result_type(scores.dtype, np.float32)  # float32 scores stay float32 (half the memory of float64)
+        s = scores.astype(ftype, copy=False)
+        if not all_kept:
+            s = np.where(keep, s, ftype.type(-np.inf))
+        if strided:
+            candidate = _nm_candidates_strided(s, None if all_kept else keep, n, m)
+        else:
+            pad = (-group_axis_len) % m
+            g = nm_groups(s, group_axis_len, m, -np.inf)
+            k = nm_groups(keep, group_axis_len, m, False)
+            # kept now, but outside the N best of its group (ascending rank; ties: the lower position is pruned)
+            cand = k & (_ascending_rank(g) < m - n)
+            candidate = cand.reshape(-1, group_axis_len + pad)[:, :group_axis_len].reshape(keep.shape)
+        if gradual:
+            target = int(round(sparsity * keep.size)) - int((~keep).sum())
+            cand_idx = np.flatnonzero(candidate)  # row-major on the matrix view
+            if target < cand_idx.size:
+                cs = s[candidate]  # boolean indexing walks in the same row-major order
+                chosen = cand_idx[np.argsort(cs, kind="stable")[: max(target, 0)]]
+                pruned = np.zeros(keep.shape, dtype=bool)
+                pruned.reshape(-1)[chosen] = True
+                return keep & ~pruned
+    new_keep = np.logical_not(candidate, out=candidate)  # in place: no second full-size mask
+    if not all_kept:
+        new_keep &= keep
     return new_keep
 
 
@@ -204,11 +240,13 @@ GRANULARITIES = ("auto", "row", "layer")  # auto: what each criterion measured b
 
 
 def apply(pattern: Pattern, scores: np.ndarray, keep: np.ndarray, sparsity: float, group_axis_len: int,
-          granularity: str = "layer") -> np.ndarray:
-    """The new keep mask; unstructured compares scores within each output row ("row") or over the
-    whole matrix ("layer")."""
+          granularity: str = "layer", score_of: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """The new keep mask in `pattern`; unstructured compares scores within each output row ("row") or over
+    the whole matrix ("layer"); with `score_of`, `scores` are the values it scores entry by entry."""
+    if pattern.kind == "nm":
+        return nm(scores, keep, pattern.a, pattern.b, group_axis_len, sparsity, score_of)
+    if score_of is not None:
+        scores = score_of(scores)
     if pattern.kind == "unstructured":
         return (per_row_unstructured if granularity == "row" else unstructured)(scores, keep, sparsity)
-    if pattern.kind == "nm":
-        return nm(scores, keep, pattern.a, pattern.b, group_axis_len, sparsity)
     return blocks(scores, keep, pattern.a, pattern.b, sparsity)

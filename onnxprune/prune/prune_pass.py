@@ -101,33 +101,40 @@ class PrunePass(Pass):
         bar = tqdm(total=total + ranked, desc=f"prune {self.pattern} step {self.step}", unit="w", unit_scale=True,
                    disable=not ctx.progress or total < PROGRESS_MIN_PARAMS or not bars_enabled(), leave=False)
         cut = block_prune = None
+        ranked_stored: dict[str, np.ndarray] = {}  # weights the global ranking read, kept for their masking
         if glob and pattern.kind == "unstructured":
-            cut = self._global_cut(ctx, glob, score, bar)
+            cut = self._global_cut(ctx, glob, score, bar, ranked_stored)
         elif glob:
             block_prune = dict(zip([w.key for w in glob], self._global_counts(ctx, glob, pattern, score)))
         owner = {w.key: i for i, w in enumerate(glob)}
         for w in [w for w in weights if w.key in alloc.targets or w.key in owner]:
             key = ctx.at = w.key
-            stored = ctx.model.read(key)
+            stored = ranked_stored.pop(key) if key in ranked_stored else ctx.model.read(key)
             keep = ctx.masks.get(key) if key in ctx.masks else None
-            before = 0.0 if keep is None else 1 - keep.mean()
+            before = 0.0 if keep is None else pruned_share(keep)
             if cut is not None and key in owner:
-                bits = global_rank.score_bits(score(w, stored, ctx))
-                keep = cut.keep(owner[key], bits, None if keep is None else keep.reshape(-1)).reshape(w.shape)
-                del bits
+                alive = None if keep is None else keep.reshape(-1)
+                score_of = criteria.entrywise(self.criterion, w)
+                if score_of:  # scored chunk by chunk: no full-size scores
+                    keep = cut.keep_chunks(owner[key], global_rank.entrywise_bits(stored, score_of), alive, w.params)
+                else:
+                    keep = cut.keep(owner[key], global_rank.score_bits(score(w, stored, ctx)), alive)
+                keep = keep.reshape(w.shape)
             else:
                 keep_m = w.matrix(keep if keep is not None else np.ones(w.shape, dtype=bool))
-                scores = w.matrix(score(w, stored, ctx))
+                # N:M by an entry-by-entry criterion: the kernel scores the values block by block
+                score_of = criteria.entrywise(self.criterion, w) if pattern.kind == "nm" else None
+                scores = w.matrix(stored if score_of else score(w, stored, ctx))
                 target = ((int((~keep_m).sum()) + block_prune[key]) / w.params if key in owner
                           else alloc.targets[key])
                 keep = w.unmatrix(patterns.apply(pattern, scores, keep_m, target, w.group_axis_len,
-                                                 "layer" if key in owner else self.resolved_granularity()))
+                                                 "layer" if key in owner else self.resolved_granularity(), score_of))
                 del scores, keep_m  # free the scores before the masked copy is made
             ctx.masks.set(key, keep, self.pattern, self.step)
             changed = write_masked(ctx, w, keep, stored)
             result.modified |= changed > 0
             result.weights[key] = {"pattern": self.pattern, "target": alloc.targets.get(key, "global"),
-                                   "sparsity_before": float(before), "sparsity": float(1 - keep.mean()),
+                                   "sparsity_before": float(before), "sparsity": pruned_share(keep),
                                    "params": w.params, "values_zeroed": changed}
             bar.update(w.params)
         bar.close()
@@ -153,7 +160,10 @@ class PrunePass(Pass):
         already = sum(ctx.masks.pruned(w.key) for w in weights if w.key in ctx.masks)
         return int(round(self.sparsity * sum(w.params for w in weights))) - already
 
-    def _global_cut(self, ctx, weights: list[Weight], score, bar) -> global_rank.GlobalCut:
+    def _global_cut(self, ctx, weights: list[Weight], score, bar, stored: dict[str, np.ndarray]) -> global_rank.GlobalCut:
+        """The cut through all `weights`' scores. Each weight is read once: its values stay in
+        `stored` for the masking that follows (which keeps them all in the model anyway, as written
+        values), instead of being read again from the external data."""
         need = self._need(ctx, weights)
         if need <= 0:
             bar.update(sum(w.params for w in weights))
@@ -164,8 +174,14 @@ class PrunePass(Pass):
         def alive_bits():  # the progress bar counts the first read (a narrowing read is rare)
             reads.append(1)
             for w in weights:
-                bits, alive = global_rank.score_bits(score(w, ctx.model.read(w.key), ctx)), _alive(ctx, w)
-                yield bits if alive is None else bits[alive]
+                if w.key not in stored:
+                    stored[w.key] = ctx.model.read(w.key)
+                alive, score_of = _alive(ctx, w), criteria.entrywise(self.criterion, w)
+                # scored chunk by chunk where the criterion allows (the cut counts entries, not weights)
+                chunks = (global_rank.entrywise_bits(stored[w.key], score_of) if score_of
+                          else [(0, global_rank.score_bits(score(w, stored[w.key], ctx)))])
+                for start, bits in chunks:
+                    yield bits if alive is None else bits[alive[start:start + bits.size]]
                 if len(reads) == 1:
                     bar.update(w.params)
 
@@ -189,6 +205,11 @@ class PrunePass(Pass):
             for w in weights:
                 yield global_rank.score_bits(score(w, ctx.model.read(w.key), ctx)), _alive(ctx, w)
         return global_rank.counts(weights_bits, need)
+
+
+def pruned_share(keep: np.ndarray) -> float:
+    """1 - keep.mean(), counted without a float conversion of every entry (the same float)."""
+    return float(1 - np.count_nonzero(keep) / keep.size)
 
 
 def _alive(ctx: Context, weight: Weight) -> np.ndarray | None:
