@@ -6,6 +6,7 @@ fine-tuning hooks) -> `prune_model` runs it and returns the report.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import typing
@@ -15,26 +16,36 @@ from typing import Any, Callable
 import numpy as np
 
 from onnxprune.analyze.cleanup import check_params_not_increased
-from onnxprune.analyze.weights import zero_value
+from onnxprune.analyze.weights import find_weights, zero_value
 from onnxprune.check.data import load_dataset
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
+from onnxprune.jobs.sensitivity import glob_escape, sensitivity_allocation
 from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
 from onnxprune.pipeline.calibration import CalibrationPass
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, parse_override
+from onnxprune.prune.allocation_sensitivity import Budget
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
 from onnxprune.prune.criteria import CRITERIA
 from onnxprune.prune.fold import FoldConstantsPass
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import ScheduleStep, cubic_sparsity, schedule
-from onnxprune.prune.structured import DEFAULT_ROUND_TO, ChannelPrunePass
+from onnxprune.prune.structured import (
+    DEFAULT_ROUND_TO,
+    ChannelPrunePass,
+    prune_channels,
+)
 from onnxprune.repair.hooks import HookPass
 from onnxprune.repair.reconstruct import REPAIR_METHODS, RepairPass
 from onnxprune.repair.structured_repair import lstsq_repair
 
 CHANNEL_CRITERIA = {"magnitude": "l2", "wanda": "activation"}  # prune option -> channel importance
+ALLOCATIONS = ("uniform", "sensitivity")  # how per-layer levels are chosen (--allocation)
+# Options added after the first release that change nothing at their default: left out of the options
+# hash and the recipe while at it, so models pruned without them stay byte-identical.
+QUIET_DEFAULTS = {"allocation": "uniform", "budget": None, "sensitivity": None}
 
 
 def _option(default: Any = None, *, help: str, factory: Callable | None = None, choices: tuple = (),
@@ -88,6 +99,15 @@ class PruneOptions:
         "as in the cpu-channels recipe)."))
     reinit: bool = _option(False, help=(
         "--pattern channel: emit the pruned architecture freshly initialised, for training from scratch."))
+    allocation: str = _option("uniform", choices=ALLOCATIONS, help=(
+        "Per-layer levels: uniform (every layer at --sparsity), or sensitivity (from measured per-layer curves, "
+        "to --budget; needs --data, or --sensitivity R.json)."))
+    budget: str | None = _option(metavar="KIND=VALUE", help=(
+        "--allocation sensitivity: sparsity=0.5 (share pruned), or params / macs / latency = the fraction kept "
+        "(macs=0.6). Default: sparsity=--sparsity (channel: macs of uniform pruning is not assumed)."))
+    sensitivity: str | None = _option(metavar="R.json", help=(
+        "--allocation sensitivity: curves from this `onnxprune sensitivity --report` (else measured now on the "
+        "calibration data, or read from the cache)."))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -101,6 +121,7 @@ class PruneOptions:
             raise OptionError(f"nm remainder {self.nm_remainder!r}: use skip or pad")
         if self.repair not in REPAIR_METHODS:
             raise OptionError(Opt("prune.repair"), f" {self.repair!r}: use one of {', '.join(REPAIR_METHODS)}")
+        self._validate_allocation()
         if self.pattern == "channel":
             self._validate_channel()
             return
@@ -108,6 +129,29 @@ class PruneOptions:
         PrunePass(self.sparsity, self.pattern, self.scope, self.criterion, self.overrides, self.skip,
                   self.min_params, self.nm_remainder)  # pattern, criterion, overrides, N:M sparsity
         schedule(self.final_sparsity(), self.steps, self.initial_sparsity, self.t0, self.dt)
+
+    def _validate_allocation(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise OptionError(Opt("prune.allocation"), f" {self.allocation!r}: use one of {', '.join(ALLOCATIONS)}")
+        if self.allocation == "uniform":
+            if self.budget is not None or self.sensitivity is not None:
+                raise OptionError(Opt("prune.budget"), " and ", Opt("prune.sensitivity"), " need ",
+                                  Opt("prune.allocation", "sensitivity"))
+            return
+        if self.budget is not None:
+            Budget.parse(self.budget)
+        if self.steps != 1 or self.hooks or self.overrides or self.scope != "layer" or self.fold_constants:
+            raise OptionError(Opt("prune.allocation", "sensitivity"), " sets every layer's level itself, one-shot: "
+                              "it does not combine with ", Opt("prune.steps"), ", ", Opt("prune.hooks"), ", ",
+                              Opt("prune.overrides"), ", ", Opt("prune.scope", "global"), " or ",
+                              Opt("prune.fold_constants"))
+        if Pattern.parse(self.pattern).fixed_sparsity is not None if self.pattern != "channel" else False:
+            raise OptionError(Opt("prune.allocation", "sensitivity"), f" with N:M pattern {self.pattern}: N:M has "
+                              "one level; allocate unstructured or channel pruning")
+
+    def budget_value(self) -> Budget:
+        """The budget of a sensitivity allocation (default: the sparsity reached = --sparsity)."""
+        return Budget.parse(self.budget) if self.budget else Budget("sparsity", self.final_sparsity())
 
     def _validate_nm(self) -> None:
         """N:M fixes the sparsity at 1 - N/M: any other final sparsity (or override, except 0 = dense)
@@ -150,10 +194,10 @@ class PruneOptions:
         fixed = Pattern.parse(self.pattern).fixed_sparsity
         return self.sparsity if self.sparsity is not None else (fixed if fixed is not None else 0.5)
 
-    def channel_pass(self) -> ChannelPrunePass:
+    def channel_pass(self, group_sparsity: dict[str, float] | None = None) -> ChannelPrunePass:
         return ChannelPrunePass(self.final_sparsity(), self.round_to, self.scope, CHANNEL_CRITERIA[self.criterion],
                                 self.repair, self.reinit, skip=self.skip, calib_samples=self.calib_samples or 32,
-                                refit=lstsq_repair if self.repair == "lstsq" else None)
+                                refit=lstsq_repair if self.repair == "lstsq" else None, group_sparsity=group_sparsity)
 
     def needs_data(self) -> bool:
         """Do the criterion or the repair read calibration inputs?"""
@@ -170,7 +214,7 @@ class PruneOptions:
         return self.criterion != "magnitude" or self.repair != "none" or bool(self.hooks)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k not in QUIET_DEFAULTS or v != QUIET_DEFAULTS[k]}
 
     @classmethod
     def from_flags(cls, values: dict) -> PruneOptions:
@@ -195,10 +239,11 @@ def option_fields() -> dict[str, type]:
     return out
 
 
-def build_pipeline(opts: PruneOptions) -> Pipeline:
+def build_pipeline(opts: PruneOptions, group_sparsity: dict[str, float] | None = None) -> Pipeline:
+    """The passes of a job; `group_sparsity`: channel group name -> its ratio (a sensitivity allocation)."""
     passes: list[Pass] = [FoldConstantsPass()] if opts.fold_constants else []
     if opts.pattern == "channel":  # structured: one rewrite of the graph
-        return Pipeline(passes + [opts.channel_pass()])
+        return Pipeline(passes + [opts.channel_pass(group_sparsity)])
     plan = schedule(opts.final_sparsity(), opts.steps, opts.initial_sparsity, opts.t0, opts.dt)
     calibrated = calibration_passes(opts)
     passes += calibrated
@@ -258,7 +303,11 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
         data = load_dataset(model.proto, data)
     if data is None and opts.needs_data():
         raise opts.no_data_error()
-    ctx = Context(model, masks or MaskSet(), data, progress=progress, exclude=dict(exclude or {}))
+    run_opts, group_sparsity, allocation = opts, None, None
+    exclude = dict(exclude or {})
+    if opts.allocation == "sensitivity":
+        run_opts, group_sparsity, allocation = _allocated(model, opts, data, exclude)
+    ctx = Context(model, masks or MaskSet(), data, progress=progress, exclude=exclude)
     counted = {"before": stored_params(model)}
 
     def step(ctx: Context, result) -> None:
@@ -267,10 +316,45 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
         if on_step:
             on_step(ctx, result)
 
-    build_pipeline(opts).run(ctx, step)
+    build_pipeline(run_opts, group_sparsity).run(ctx, step)
     check_params_not_increased(counted["before"], stored_params(model), "pruning")  # postcondition
     stamp(model, opts.to_dict())
-    return ctx, summarize(ctx, opts)
+    summary = summarize(ctx, opts)
+    if allocation is not None:
+        summary["allocation"] = allocation
+    return ctx, summary
+
+
+def _allocated(model: Model, opts: PruneOptions, data, exclude: dict[str, str]):
+    """(options to run, channel group ratios, the allocation report) for `--allocation sensitivity`:
+    unstructured levels become exact per-name overrides (layers left at 0 are excluded, with the
+    reason), channel groups get their own ratios."""
+    base = dataclasses.replace(opts, allocation="uniform", budget=None, sensitivity=None)
+    probe = None
+    budget = opts.budget_value()
+    if opts.pattern == "channel" and budget.kind != "latency":
+        def probe(levels: dict[str, float]) -> float:
+            r = prune_channels(model, 0.0, round_to=opts.round_to, criterion=CHANNEL_CRITERIA[opts.criterion],
+                               data=data, calib_samples=opts.calib_samples or 32, skip=opts.skip,
+                               group_sparsity=levels).report
+            if budget.kind == "sparsity":
+                free = [g for g in r["groups"] if not g["frozen"]]
+                removable = sum(g["channels_before"] - g["frozen_channels"] for g in free)
+                return sum(g["channels_before"] - g["channels_after"] for g in free) / max(removable, 1)
+            return 1 - r[f"{budget.kind}_ratio"]
+    allocation = sensitivity_allocation(model, base, data, build_pipeline, probe=probe)
+    allocation["budget"] = str(budget)
+    levels = allocation["levels"]
+    if opts.pattern == "channel":
+        return dataclasses.replace(base, sparsity=0.0), levels, allocation
+    for key, level in levels.items():
+        if level == 0:
+            exclude.setdefault(key, "sensitivity allocation: left dense")
+    for w in find_weights(model).weights:
+        if w.key not in levels:
+            exclude.setdefault(w.key, "sensitivity allocation: not measured")
+    overrides = [f"{glob_escape(k)}={v!r}" for k, v in levels.items() if v > 0]
+    return dataclasses.replace(base, overrides=overrides), None, allocation
 
 
 def stored_params(model: Model) -> int:

@@ -21,7 +21,6 @@ Sections and keys (relative paths are taken from the current directory, like CLI
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 import sys
@@ -74,7 +73,7 @@ class Recipe:
         """The resolved recipe, without empty values (what --dump-recipe writes)."""
         out: dict[str, dict] = {}
         for section in SCHEMA:
-            values = dataclasses.asdict(self.prune) if section == "prune" else getattr(self, section)
+            values = self.prune.to_dict() if section == "prune" else getattr(self, section)
             kept = {k: v for k, v in values.items() if v is not None and v != [] and k in SCHEMA[section]}
             if kept:
                 out[section] = kept
