@@ -322,6 +322,8 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
     summary = summarize(ctx, opts)
     if allocation is not None:
         summary["allocation"] = allocation
+        if "totals" in summary and opts.budget_value().kind == "sparsity":
+            summary["totals"]["requested_sparsity"] = opts.budget_value().value
     return ctx, summary
 
 
@@ -342,7 +344,7 @@ def _allocated(model: Model, opts: PruneOptions, data, exclude: dict[str, str]):
                 removable = sum(g["channels_before"] - g["frozen_channels"] for g in free)
                 return sum(g["channels_before"] - g["channels_after"] for g in free) / max(removable, 1)
             return 1 - r[f"{budget.kind}_ratio"]
-    allocation = sensitivity_allocation(model, base, data, build_pipeline, probe=probe)
+    allocation = sensitivity_allocation(model, opts, data, build_pipeline, probe=probe)
     allocation["budget"] = str(budget)
     levels = allocation["levels"]
     if opts.pattern == "channel":

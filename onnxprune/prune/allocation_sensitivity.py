@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+import numpy as np
+
 from onnxprune.core.errors import Opt, OptionError
 
 # budget kind -> does VALUE give the fraction kept (params, MACs, latency) or the sparsity reached
@@ -79,10 +81,23 @@ def _curves(curves: Mapping) -> dict[str, Curve]:
     return {k: c if isinstance(c, Curve) else Curve.from_dict(c) for k, c in curves.items()}
 
 
-def allocate(curves: Mapping, budget: Budget | str) -> Allocation:
-    """The greedy allocation with its totals (see the module docstring)."""
+def densify(curve: Curve, step: float) -> Curve:
+    """The curve with levels every `step` between the measured ones, metric and savings interpolated
+    linearly from (0: metric 1, nothing saved), so the budget is met without the overshoot of coarse levels."""
+    if step <= 0 or not curve.levels:
+        return curve
+    xs = [0.0] + list(curve.levels)
+    grid = sorted({round(float(x), 9) for x in curve.levels} | {round(float(v), 9) for v in np.arange(step, xs[-1], step)})
+    metric = np.interp(grid, xs, [1.0] + list(curve.metric))
+    saved = {k: list(np.interp(grid, xs, [0.0] + list(v))) for k, v in curve.saved.items()}
+    return Curve(grid, [float(m) for m in metric], {k: [float(x) for x in v] for k, v in saved.items()})
+
+
+def allocate(curves: Mapping, budget: Budget | str, step: float = 0.05) -> Allocation:
+    """The greedy allocation with its totals (see the module docstring); `step`: level resolution
+    between the measured levels (0: measured levels only)."""
     budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
-    cs = _curves(curves)
+    cs = {k: densify(c, step) for k, c in _curves(curves).items()}
     missing = sorted(k for k, c in cs.items() if budget.kind not in c.saved)
     if missing:
         have = sorted({kind for c in cs.values() for kind in c.saved})
