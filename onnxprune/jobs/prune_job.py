@@ -316,7 +316,8 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
         if on_step:
             on_step(ctx, result)
 
-    build_pipeline(run_opts, group_sparsity).run(ctx, step)
+    pipeline = build_pipeline(run_opts) if group_sparsity is None else build_pipeline(run_opts, group_sparsity)
+    pipeline.run(ctx, step)
     check_params_not_increased(counted["before"], stored_params(model), "pruning")  # postcondition
     stamp(model, opts.to_dict())
     summary = summarize(ctx, opts)

@@ -123,7 +123,7 @@ class Worker:
         self.thresholds = Thresholds()
         self.stats: dict = {}  # weight key -> its dense LayerStats (shared by that layer's levels)
         self.feed = self.analysis = None
-        self._dense_session = None
+        self._dense_session = self._weights = None
         if self.channel:
             self.feed, _ = sample_feed(self.original.proto, spec.calibration or spec.evaluation,
                                        str(self.original.base_dir))
@@ -152,16 +152,18 @@ class Worker:
         return {"level": level, "achieved": achieved, "metric": self._parity(model)}
 
     def original_weights(self):
-        return Context(self.original).analysis.weights
+        if self._weights is None:
+            self._weights = Context(self.original).analysis.weights
+        return self._weights
 
     def _shared_state(self, ctx: Context, key: str) -> CalibrationState:
         """A calibration state holding the layer's dense statistics, captured once per layer exactly
         as the pruning pass would capture them (the one weight, Gram matrices for SparseGPT)."""
         state = CalibrationState(ctx, samples=self.opts.calib_samples)
         if key not in self.stats:
-            dense = CalibrationState(Context(self.original, data=self.spec.calibration), samples=self.opts.calib_samples)
-            w = self.original_weights()
-            dense.capture([x for x in w if x.key == key], gram=self.opts.criterion == "sparsegpt")
+            dense_ctx = Context(self.original, data=self.spec.calibration)  # the state holds it weakly
+            dense = CalibrationState(dense_ctx, samples=self.opts.calib_samples)
+            dense.capture([x for x in self.original_weights() if x.key == key], gram=self.opts.criterion == "sparsegpt")
             self.stats[key] = (dense.stats.get(key), dense.skipped.get(key), dense.gram_keys)
         stats, skipped, gram_keys = self.stats[key]
         if stats is not None:
