@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import onnx
 
 from onnxprune import __version__
 from onnxprune.analyze.groups import (
@@ -36,7 +37,7 @@ from onnxprune.analyze.groups import (
     tensor_shapes,
 )
 from onnxprune.check.data import Dataset
-from onnxprune.check.parity import Thresholds, compare
+from onnxprune.check.parity import Thresholds, compare, gate_session
 from onnxprune.core.atomic import atomic_write_text
 from onnxprune.core.errors import OnnxPruneError, Opt, OptionError
 from onnxprune.core.masks import MaskSet
@@ -123,7 +124,7 @@ class Worker:
         self.thresholds = Thresholds()
         self.stats: dict = {}  # weight key -> its dense LayerStats (shared by that layer's levels)
         self.feed = self.analysis = None
-        self._dense_session = self._weights = None
+        self._dense_session = self._weights = self._reference = None
         if self.channel:
             self.feed, _ = sample_feed(self.original.proto, spec.calibration or spec.evaluation,
                                        str(self.original.base_dir))
@@ -134,14 +135,18 @@ class Worker:
         return {"layer": layer, "points": rows}
 
     def _parity(self, candidate) -> float:
-        report = compare(self.original, candidate, self.spec.evaluation, self.thresholds,
+        if self._reference is None:  # made once: the original is compared with every candidate
+            self._reference = gate_session(self.original, "original")
+        report = compare(self._reference, candidate, self.spec.evaluation, self.thresholds,
                          batch_size=self.spec.batch_size, allow_guessed_shapes=True)
         return _metric(report, self.spec.metric)
 
     # ----------------------------------------------------------------------------- unstructured
     def _weight(self, key: str, level: float) -> dict:
         opts = dataclasses.replace(self.opts, sparsity=level, allocation="uniform", budget=None, overrides=[])
-        model = Model.load(self.spec.model_path)
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.original.proto)  # the validated original, not loaded and checked again
+        model = Model(proto, self.spec.model_path)
         others = {w.key: "sensitivity: another layer" for w in self.original_weights() if w.key != key}
         ctx = Context(model, MaskSet(), self.spec.calibration, progress=False, exclude=others)
         if self.spec.calibration is not None and self.opts.criterion != "magnitude":
