@@ -40,7 +40,8 @@ NOT_MEASURED = ("sparsity", "scope", "overrides", "steps", "initial_sparsity", "
 @click.option("--eval-data", type=click.Path(), help="Evaluation data (default: the other half of --data when the "
               "criterion or repair reads it, else --data).")
 @click.option("--allow-guessed-shapes", is_flag=True, help="Measure on synthetic inputs at guessed shapes.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True, help="Samples per run.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Evaluation samples per run, where the model's batch axis allows it.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Layers measured in parallel (processes, or Ray actors).")
 @click.option("--executor", default="local", show_default=True, metavar="local|ray[:ADDRESS]",
