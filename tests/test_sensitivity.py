@@ -38,7 +38,7 @@ def _spec(path=MLP, calib=CALIB, evals=EVAL, n=60, levels=(0.5, 0.9), **opts) ->
     cal = Dataset.from_source(calib, model.proto).subset(n)
     ev = Dataset.from_source(evals, model.proto).subset(n)
     return sens.Spec(path, PruneOptions(**opts), cal, ev, list(levels), "cosine", build_pipeline,
-                     latency=opts.get("pattern") == "channel")
+                     latency=opts.get("pattern") == "channel", batch_size=1)  # as compare() below
 
 
 # ------------------------------------------------------------------------------------------ allocation
@@ -116,6 +116,7 @@ def test_two_workers_give_the_same_matrix():
     assert one["matrix"] == two["matrix"] and one["layers"] == two["layers"]
 
 
+@pytest.mark.slow  # starting Ray takes 30 s or more
 def test_ray_executor_gives_the_same_matrix():
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
