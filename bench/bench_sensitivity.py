@@ -67,14 +67,16 @@ def timing(tmp: str, heatmap: str | None) -> list[dict]:
         spec = sens.Spec(path, PruneOptions(), cal, cal, list(sens.DEFAULT_LEVELS), "cosine", build_pipeline,
                          latency=False)
         cache = os.path.join(tmp, f"cache{workers}")
-        t = time.perf_counter()
+        t, c = time.perf_counter(), os.times()
         section = sens.run_sensitivity(spec, workers=workers, cache_dir=cache)
-        cold = time.perf_counter() - t
+        cold, c2 = time.perf_counter() - t, os.times()
+        cpu = sum(c2[:4]) - sum(c[:4])  # user + system, this process and its (joined) workers
         t = time.perf_counter()
         sens.run_sensitivity(spec, workers=workers, cache_dir=cache)
         warm = time.perf_counter() - t
         rows.append({"workers": workers, "layers": len(section["layers"]), "levels": len(section["levels"]),
-                     "seconds": round(cold, 1), "cached_seconds": round(warm, 2)})
+                     "seconds": round(cold, 1), "cpu_seconds": round(cpu, 1), "cached_seconds": round(warm, 2),
+                     "load_average": os.getloadavg()[0]})
         print(rows[-1], flush=True)
         if heatmap and workers == 1:
             sens.plot_heatmap(section, heatmap, "paraphrase-MiniLM-L3-v2: unstructured magnitude, each layer alone "

@@ -223,3 +223,15 @@ def test_glob_escape_matches_exactly():
     name = "w[0]*?.x"
     assert fnmatch.fnmatchcase(name, sens.glob_escape(name))
     assert not fnmatch.fnmatchcase("w0.x", sens.glob_escape(name))
+
+
+def test_prune_channel_allocation_to_a_latency_budget(tmp_path, monkeypatch):
+    """Latency-aware: the per-group latency table measured in onnxruntime drives the choice."""
+    monkeypatch.setenv(sens.CACHE_ENV, str(tmp_path))
+    model = Model.load(CNN)
+    data = Dataset.from_source(CNN_CALIB, model.proto).subset(60)
+    opts = PruneOptions(pattern="channel", round_to=4, allocation="sensitivity", budget="latency=0.8")
+    _, report = prune_model(model, opts, data, progress=False)
+    alloc = report["allocation"]
+    assert alloc["budget"] == "latency=0.8" and alloc["met"] and alloc["saving"] >= 0.2 - 1e-9
+    assert report["structured"]["macs_ratio"] < 1
