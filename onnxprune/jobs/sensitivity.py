@@ -226,7 +226,8 @@ def layers_of(model: Model, opts, feed_data=None) -> list[dict]:
     weights = Context(model).analysis.weights
     alloc = allocate(weights, 0.5, Pattern.parse(opts.pattern), "layer", (), opts.skip, opts.min_params,
                      opts.nm_remainder)
-    return [{"name": w.key, "params": w.params} for w in weights if w.key in alloc.targets]
+    return [{"name": w.key, "params": w.params, "node": w.uses[0].node if w.uses else ""}
+            for w in weights if w.key in alloc.targets]
 
 
 def _weight_macs(model: Model, feed: dict) -> dict[str, int]:
@@ -399,6 +400,7 @@ def _section(model: Model, spec: Spec, layers: list[dict], measured: dict[str, l
         shares = {x["name"]: {"params": x["params"] / total_params, "macs": macs[x["name"]] / total_macs}
                   for x in layers}
     return {"pattern": spec.opts.pattern, "metric": spec.metric, "levels": list(spec.levels), "layers": names,
+            "nodes": [x.get("node", "") for x in layers],
             "matrix": matrix, "achieved": achieved, "saved": saved, "shares": shares,
             "options": {k: getattr(spec.opts, k) for k in ("pattern", "criterion", "repair", "round_to")}}
 
@@ -430,10 +432,13 @@ def plot_heatmap(section: dict, path: str | os.PathLike, title: str, plt) -> Non
     from onnxprune.core.atomic import atomic_open
 
     m = np.array(section["matrix"], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * m.shape[1], 1.2 + 0.32 * m.shape[0]))
+    labels = [f"{n} ({node})" if node else n for n, node in zip(section["layers"], section.get("nodes") or [""] * len(m))]
+    labels = [n if len(n) <= 60 else "..." + n[-57:] for n in labels]
+    width = 2.5 + 0.9 * m.shape[1] + 0.055 * max(len(n) for n in labels)
+    fig, ax = plt.subplots(figsize=(max(width, 0.075 * len(title)), 1.2 + 0.32 * m.shape[0]))
     im = ax.imshow(m, aspect="auto", cmap="viridis", vmin=max(0.0, float(np.nanmin(m))), vmax=1.0)
     ax.set_xticks(range(m.shape[1]), [f"{v:g}" for v in section["levels"]])
-    ax.set_yticks(range(m.shape[0]), [n if len(n) <= 40 else "..." + n[-37:] for n in section["layers"]], fontsize=7)
+    ax.set_yticks(range(m.shape[0]), labels, fontsize=7)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             ax.text(j, i, f"{m[i, j]:.3f}", ha="center", va="center", fontsize=6,
