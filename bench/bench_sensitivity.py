@@ -85,14 +85,17 @@ def timing(tmp: str, heatmap: str | None) -> list[dict]:
 
 
 def _parity(path: str, candidate, ev: Dataset) -> dict:
-    m = compare(Model.load(path), candidate, ev).outputs[0].metrics
+    """Metrics of the first float output (MiniLM: its pooled sentence embedding, output "461")."""
+    outs = compare(Model.load(path), candidate, ev).outputs
+    m = next((o for o in outs if o.name == "461"), None) or next(o for o in outs if "cosine_mean" in o.metrics)
+    m = m.metrics
     return {k: round(float(m[k]), 4) for k in ("cosine_mean", "top1_agreement") if k in m}
 
 
-def allocation(key: str, tmp: str, reps: int) -> list[dict]:
+def allocation(key: str, tmp: str, reps: int, cache: str | None = None) -> list[dict]:
     path, cal, ev = data_for(key, tmp)
     feed = next(iter(ev.batches(1)))
-    cache = os.path.join(tmp, "cache")
+    cache = cache or os.path.join(tmp, "cache")
     os.environ[sens.CACHE_ENV] = cache
     rows = []
     channel = key != "minilm_l3"
@@ -135,13 +138,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--heatmap", help="write the MiniLM-L3 heatmap here (PNG)")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--cache", help="sensitivity cache folder (default: a fresh temporary one)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     out: dict = {}
     if "timing" in args.parts:
         out["timing"] = timing(tmp, args.heatmap)
     if "allocation" in args.parts:
-        out["allocation"] = [r for key in args.models for r in allocation(key, tmp, args.reps)]
+        out["allocation"] = [r for key in args.models for r in allocation(key, tmp, args.reps, args.cache)]
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

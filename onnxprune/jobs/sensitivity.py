@@ -243,7 +243,8 @@ def _weight_macs(model: Model, feed: dict) -> dict[str, int]:
 def _dataset_digest(ds) -> str:
     if ds is None:
         return "none"
-    h = hashlib.sha256(json.dumps(ds.describe(), sort_keys=True, default=str).encode())
+    about = {k: v for k, v in ds.describe().items() if k != "source"}  # the values count, not where they came from
+    h = hashlib.sha256(json.dumps(about, sort_keys=True, default=str).encode())
     for batch in ds.iter_batches(64):
         for k in sorted(batch.feed):
             h.update(k.encode())
