@@ -235,3 +235,11 @@ def test_prune_channel_allocation_to_a_latency_budget(tmp_path, monkeypatch):
     alloc = report["allocation"]
     assert alloc["budget"] == "latency=0.8" and alloc["met"] and alloc["saving"] >= 0.2 - 1e-9
     assert report["structured"]["macs_ratio"] < 1
+
+
+def test_one_group_alone_leaves_the_others_whole():
+    """A sensitivity candidate prunes its group only: no other group is trimmed to a multiple of round_to."""
+    from onnxprune.prune.structured import prune_channels
+
+    rows = prune_channels(Model.load(CNN), 0.0, round_to=24, group_sparsity={"g2:fc1": 0.5}).report["groups"]  # 32 -> 24
+    assert [r["channels_after"] < r["channels_before"] for r in rows] == [r["name"] == "g2:fc1" for r in rows]

@@ -194,7 +194,7 @@ def allocate(analysis: GroupAnalysis, importance: dict[int, np.ndarray], sparsit
              scope: str = "layer", skip_groups: set[int] | None = None,
              group_sparsity: dict[int, float] | None = None) -> dict[int, np.ndarray]:
     """Channels to remove per group id (sorted ids). `group_sparsity`: group id -> its own ratio (scope
-    "layer"; non-uniform allocation), instead of `sparsity`; a ratio of 0 leaves the group whole."""
+    "layer"; non-uniform allocation), instead of `sparsity`; a ratio of 0 leaves a group whole."""
     if not 0 <= sparsity < 1:
         raise OptionError(f"sparsity {sparsity}: give a fraction of channels to remove in [0, 1)")
     if scope not in SCOPES:
@@ -227,7 +227,7 @@ def allocate(analysis: GroupAnalysis, importance: dict[int, np.ndarray], sparsit
         ratios = group_sparsity or {}
         for g, seg, imp in segs:
             ratio = ratios.get(g.id, sparsity)
-            if g.id in ratios and ratio == 0:
+            if ratio == 0:  # nothing to remove: not even what rounding to round_to would trim
                 continue
             keep = round_keep(len(seg), len(seg) * (1 - ratio), round_to)
             order = np.argsort(-imp, kind="stable")
