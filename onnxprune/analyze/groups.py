@@ -83,6 +83,9 @@ class ValueDim(_ValueDim):
     def __new__(cls, value: str, axis: int):
         return super().__new__(cls, "v", value, axis)
 
+    def __getnewargs__(self):  # copy and pickle call __new__ with these
+        return (self.value, self.axis)
+
 
 class _ConstDim(NamedTuple):
     kind: str
@@ -99,6 +102,9 @@ class ConstDim(_ConstDim):
     def __new__(cls, node: int, input: int, axis: int):
         return super().__new__(cls, "c", node, input, axis)
 
+    def __getnewargs__(self):  # copy and pickle call __new__ with these
+        return (self.node, self.input, self.axis)
+
 
 class _HiddenDim(NamedTuple):
     kind: str
@@ -112,6 +118,9 @@ class HiddenDim(_HiddenDim):
 
     def __new__(cls, node: int):
         return super().__new__(cls, "h", node)
+
+    def __getnewargs__(self):  # copy and pickle call __new__ with these
+        return (self.node,)
 
 
 class _SlotDim(NamedTuple):
@@ -127,6 +136,9 @@ class SlotDim(_SlotDim):
 
     def __new__(cls, node: int, side: str):
         return super().__new__(cls, "s", node, side)
+
+    def __getnewargs__(self):  # copy and pickle call __new__ with these
+        return (self.node, self.side)
 
 
 Dim = ValueDim | ConstDim | HiddenDim | SlotDim

@@ -31,6 +31,7 @@ Non-finite numbers are written as "inf"/"-inf" and NaN as null.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -48,7 +49,8 @@ from onnxprune.core.report import table, to_json, write_json
 from onnxprune.core.runtime import first_line, output_array, session
 
 TOPK = 5
-ModelSource = str | os.PathLike | onnx.ModelProto | Model
+# a session made by the caller (`gate_session`) is used as it is: a reference compared with many candidates
+ModelSource = str | os.PathLike | onnx.ModelProto | Model | ort.InferenceSession
 
 
 @dataclass(frozen=True)
@@ -434,12 +436,16 @@ def _limit_text(c: Check) -> str:
 
 
 def _label(model: ModelSource, role: str) -> str:
+    if isinstance(model, (ort.InferenceSession, ReferenceSession)):
+        return f"<{role} session>"
     if isinstance(model, Model):
         return str(model.path) if model.path else f"<in-memory {role}>"
     return f"<in-memory {role}>" if isinstance(model, onnx.ModelProto) else os.fspath(model)
 
 
 def _session(model: ModelSource, label: str, providers: list[str], threads: int) -> ort.InferenceSession:
+    if isinstance(model, (ort.InferenceSession, ReferenceSession)):
+        return model
     base_dir = None
     if isinstance(model, (Model, onnx.ModelProto)):
         proto = model.proto if isinstance(model, Model) else model
@@ -455,6 +461,34 @@ def _session(model: ModelSource, label: str, providers: list[str], threads: int)
         except UnicodeEncodeError:  # onnxruntime opens UTF-8 paths only: hand it the model's bytes
             return _session(Model.load(source), label, providers, threads)
     return session(source, label=label, base_dir=base_dir, threads=threads, providers=providers, deterministic=True)
+
+
+class ReferenceSession:
+    """A session that remembers its outputs per feed: the original, run once for many candidates."""
+
+    def __init__(self, sess: ort.InferenceSession):
+        self.sess = sess
+        self._memo: dict = {}
+
+    def get_inputs(self):
+        return self.sess.get_inputs()
+
+    def get_outputs(self):
+        return self.sess.get_outputs()
+
+    def run(self, names, feed):
+        key = (tuple(names), tuple((k, v.dtype.str, v.shape, hashlib.sha1(np.ascontiguousarray(v).tobytes()).digest())
+                                   for k, v in sorted(feed.items())))
+        if key not in self._memo:
+            self._memo[key] = self.sess.run(names, feed)
+        return self._memo[key]
+
+
+def gate_session(model: ModelSource, role: str = "original", providers: Sequence[str] = ("CPUExecutionProvider",),
+                 threads: int = 1) -> ReferenceSession:
+    """The session `compare` would make for `model` (deterministic settings), remembering its outputs,
+    to pass as the original to many compares."""
+    return ReferenceSession(_session(model, _label(model, role), list(providers), threads))
 
 
 def _dims(shape: Sequence) -> str:

@@ -29,6 +29,7 @@ COMMANDS = {
     "check": "check_cmd",
     "prune": "prune_cmd",
     "sweep": "sweep_cmd",
+    "sensitivity": "sensitivity_cmd",
     "run": "run_cmd",
     "targets": "targets_cmd",
     "pack": "pack_cmd",

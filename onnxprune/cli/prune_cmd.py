@@ -58,7 +58,8 @@ def prune_options(exclude: tuple[str, ...] = (), only: tuple[str, ...] | None = 
 
 SECTIONS = {
     "Pattern": ("sparsity", "pattern", "criterion", "granularity", "nm_remainder", "round_to", "channel_unit", "reinit"),
-    "Scope (which weights, how much each)": ("scope", "allocation", "owl_lambda", "owl_m", "overrides", "skip",
+    "Scope (which weights, how much each)": ("scope", "allocation", "owl_lambda", "owl_m", "budget", "sensitivity",
+                                             "overrides", "skip",
                                              "min_params", "fold_constants"),
     "Calibration data and repair": ("data", "labels", "samples", "seed", "shapes", "int_ranges", "calib_samples",
                                     "sequential", "repair"),

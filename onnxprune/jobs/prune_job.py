@@ -6,6 +6,7 @@ fine-tuning hooks) -> `prune_model` runs it and returns the report.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import typing
@@ -15,22 +16,28 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 
 from onnxprune.analyze.cleanup import check_params_not_increased
-from onnxprune.analyze.weights import zero_value
+from onnxprune.analyze.weights import find_weights, zero_value
 from onnxprune.check.data import Dataset, load_dataset
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
+from onnxprune.jobs.sensitivity import glob_escape, sensitivity_allocation
 from onnxprune.pipeline import Context, Pass, Pipeline, options_hash, stamp
 from onnxprune.pipeline.calibration import CalibrationPass
 from onnxprune.prune.allocate import DEFAULT_MIN_PARAMS, parse_override
 from onnxprune.prune.allocation_owl import DEFAULT_LAMBDA, DEFAULT_M, OwlAllocationPass
+from onnxprune.prune.allocation_sensitivity import Budget
 from onnxprune.prune.calibrated import CALIBRATED_CRITERIA, CalibratedPrunePass
 from onnxprune.prune.criteria import CRITERIA
 from onnxprune.prune.fold import FoldConstantsPass
 from onnxprune.prune.patterns import GRANULARITIES, Pattern
 from onnxprune.prune.prune_pass import PrunePass
 from onnxprune.prune.schedule import ScheduleStep, cubic_sparsity, schedule
-from onnxprune.prune.structured import DEFAULT_ROUND_TO, ChannelPrunePass
+from onnxprune.prune.structured import (
+    DEFAULT_ROUND_TO,
+    ChannelPrunePass,
+    prune_channels,
+)
 from onnxprune.quantize.quantizer import QUANTIZE_MODES, check_mode, needs_calibration
 from onnxprune.repair.hooks import HookPass
 from onnxprune.repair.reconstruct import REPAIR_METHODS, RepairPass
@@ -39,10 +46,10 @@ from onnxprune.repair.structured_repair import lstsq_repair
 # Options added after the first release that change nothing at their default: left out of the options
 # hash and the recipe while at it, so models pruned without them stay byte-identical.
 QUIET_DEFAULTS = {"quantize": None, "channel_unit": "channel", "granularity": "auto", "allocation": "uniform",
-                  "owl_lambda": DEFAULT_LAMBDA, "owl_m": DEFAULT_M}
+                  "owl_lambda": DEFAULT_LAMBDA, "owl_m": DEFAULT_M, "budget": None, "sensitivity": None}
 
 CHANNEL_CRITERIA = {"magnitude": "l2", "wanda": "activation"}  # prune option -> channel importance
-ALLOCATIONS = ("uniform", "owl")
+ALLOCATIONS = ("uniform", "owl", "sensitivity")  # how per-layer levels are chosen (--allocation)
 CHANNEL_UNITS = {"channel": "inner", "head": "outer"}  # --channel-unit -> the factor a heads x head_dim Reshape follows
 
 
@@ -114,11 +121,19 @@ class PruneOptions:
         "Unstructured, layer scope: compare scores within each output row (row) or over the whole weight (layer); "
         "auto: layer for magnitude, row for wanda (SparseGPT: row = each row its share of every column block)."))
     allocation: str = _option("uniform", choices=ALLOCATIONS, help=(
-        "Per-layer sparsity: uniform, or owl (outlier-weighted, from calibration activations: layers with more "
-        "outliers pruned less, same overall sparsity; N:M: the layers with most outliers stay dense; needs --data)."))
+        "Per-layer sparsity: uniform (every layer at --sparsity); owl (outlier-weighted, from calibration "
+        "activations: layers with more outliers pruned less, same overall sparsity; N:M: the layers with most "
+        "outliers stay dense; needs --data); or sensitivity (from measured per-layer curves, to --budget; needs "
+        "--data, or --sensitivity R.json)."))
     owl_lambda: float = _option(DEFAULT_LAMBDA, help=(
         "--allocation owl: layer sparsities span target +/- lambda (N:M: overall sparsity may drop by lambda)."))
     owl_m: float = _option(DEFAULT_M, help="--allocation owl: a score is an outlier above M x its layer's mean.")
+    budget: str | None = _option(metavar="KIND=VALUE", help=(
+        "--allocation sensitivity: sparsity=0.5 (share pruned), or params / macs / latency = the fraction kept "
+        "(macs=0.6). Default: sparsity=--sparsity (channel: macs of uniform pruning is not assumed)."))
+    sensitivity: str | None = _option(metavar="R.json", help=(
+        "--allocation sensitivity: curves from this `onnxprune sensitivity --report` (else measured now on the "
+        "calibration data, or read from the cache)."))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -135,14 +150,13 @@ class PruneOptions:
         if self.repair not in REPAIR_METHODS:
             raise OptionError(Opt("prune.repair"), f" {self.repair!r}: use one of {', '.join(REPAIR_METHODS)}")
         check_mode(self.quantize)
-        if self.allocation not in ALLOCATIONS:
-            raise OptionError(Opt("prune.allocation"), f" {self.allocation!r}: use one of {', '.join(ALLOCATIONS)}")
+        self._validate_allocation()
         if self.channel_unit not in CHANNEL_UNITS:
             raise OptionError(Opt("prune.channel_unit"), f" {self.channel_unit!r}: use channel or head")
         if self.pattern == "channel":
-            if self.allocation != "uniform":
-                raise OptionError(Opt("prune.allocation"), f" {self.allocation} applies to unstructured, N:M and block "
-                                  "patterns, not to channel pruning")
+            if self.allocation == "owl":
+                raise OptionError(Opt("prune.allocation"), " owl applies to unstructured, N:M and block patterns, not "
+                                  "to channel pruning (use sensitivity)")
             self._validate_channel()
             return
         if self.channel_unit != "channel":
@@ -156,6 +170,29 @@ class PruneOptions:
                                   Opt("prune.scope", "layer"))
             OwlAllocationPass(self.final_sparsity(), self.pattern, self.owl_lambda, self.owl_m)
         schedule(self.final_sparsity(), self.steps, self.initial_sparsity, self.t0, self.dt)
+
+    def _validate_allocation(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise OptionError(Opt("prune.allocation"), f" {self.allocation!r}: use one of {', '.join(ALLOCATIONS)}")
+        if self.allocation != "sensitivity":
+            if self.budget is not None or self.sensitivity is not None:
+                raise OptionError(Opt("prune.budget"), " and ", Opt("prune.sensitivity"), " need ",
+                                  Opt("prune.allocation", "sensitivity"))
+            return
+        if self.budget is not None:
+            Budget.parse(self.budget)
+        if self.steps != 1 or self.hooks or self.overrides or self.scope != "layer" or self.fold_constants:
+            raise OptionError(Opt("prune.allocation", "sensitivity"), " sets every layer's level itself, one-shot: "
+                              "it does not combine with ", Opt("prune.steps"), ", ", Opt("prune.hooks"), ", ",
+                              Opt("prune.overrides"), ", ", Opt("prune.scope", "global"), " or ",
+                              Opt("prune.fold_constants"))
+        if Pattern.parse(self.pattern).fixed_sparsity is not None if self.pattern != "channel" else False:
+            raise OptionError(Opt("prune.allocation", "sensitivity"), f" with N:M pattern {self.pattern}: N:M has "
+                              "one level; allocate unstructured or channel pruning")
+
+    def budget_value(self) -> Budget:
+        """The budget of a sensitivity allocation (default: the sparsity reached = --sparsity)."""
+        return Budget.parse(self.budget) if self.budget else Budget("sparsity", self.final_sparsity())
 
     def _validate_nm(self) -> None:
         """N:M fixes the sparsity at 1 - N/M: any other final sparsity (or override, except 0 = dense)
@@ -198,10 +235,11 @@ class PruneOptions:
         fixed = Pattern.parse(self.pattern).fixed_sparsity
         return self.sparsity if self.sparsity is not None else (fixed if fixed is not None else 0.5)
 
-    def channel_pass(self) -> ChannelPrunePass:
+    def channel_pass(self, group_sparsity: dict[str, float] | None = None) -> ChannelPrunePass:
         return ChannelPrunePass(self.final_sparsity(), self.round_to, self.scope, CHANNEL_CRITERIA[self.criterion],
                                 self.repair, self.reinit, skip=self.skip, calib_samples=self.calib_samples or 32,
-                                prefer=CHANNEL_UNITS[self.channel_unit], refit=lstsq_repair if self.repair == "lstsq" else None)
+                                prefer=CHANNEL_UNITS[self.channel_unit], refit=lstsq_repair if self.repair == "lstsq" else None,
+                                group_sparsity=group_sparsity)
 
     def needs_data(self) -> bool:
         """Do the criterion, the allocation, the repair or the quantization read calibration inputs?"""
@@ -250,8 +288,9 @@ def option_fields() -> dict[str, type]:
     return out
 
 
-def build_pipeline(opts: PruneOptions) -> Pipeline:
+def build_pipeline(opts: PruneOptions, group_sparsity: dict[str, float] | None = None) -> Pipeline:
     """The passes of a pruning job, in order (what `prune_model` runs); print it to see them.
+    `group_sparsity`: channel group name -> its ratio (a sensitivity allocation).
 
     Example::
 
@@ -264,7 +303,7 @@ def build_pipeline(opts: PruneOptions) -> Pipeline:
     """
     passes: list[Pass] = [FoldConstantsPass()] if opts.fold_constants else []
     if opts.pattern == "channel":  # structured: one rewrite of the graph
-        return Pipeline(passes + [opts.channel_pass()])
+        return Pipeline(passes + [opts.channel_pass(group_sparsity)])
     plan = schedule(opts.final_sparsity(), opts.steps, opts.initial_sparsity, opts.t0, opts.dt)
     calibrated = calibration_passes(opts)
     passes += calibrated
@@ -343,7 +382,11 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
                           f".npz or folder, not a {type(data).__name__}")
     if data is None and opts.needs_data():
         raise opts.no_data_error()
-    ctx = Context(model, masks or MaskSet(), data, progress=progress, exclude=dict(exclude or {}))
+    run_opts, group_sparsity, allocation = opts, None, None
+    exclude = dict(exclude or {})
+    if opts.allocation == "sensitivity":
+        run_opts, group_sparsity, allocation = _allocated(model, opts, data, exclude)
+    ctx = Context(model, masks or MaskSet(), data, progress=progress, exclude=exclude)
     counted = {"before": stored_params(model)}
 
     def step(ctx: Context, result) -> None:
@@ -352,10 +395,48 @@ def prune_model(model: Model | str | os.PathLike, opts: PruneOptions, data=None,
         if on_step:
             on_step(ctx, result)
 
-    build_pipeline(opts).run(ctx, step)
+    pipeline = build_pipeline(run_opts) if group_sparsity is None else build_pipeline(run_opts, group_sparsity)
+    pipeline.run(ctx, step)
     check_params_not_increased(counted["before"], stored_params(model), "pruning")  # postcondition
     stamp(model, opts.to_dict())
-    return ctx, summarize(ctx, opts)
+    summary = summarize(ctx, opts)
+    if allocation is not None:
+        summary["allocation"] = allocation
+        if "totals" in summary and opts.budget_value().kind == "sparsity":
+            summary["totals"]["requested_sparsity"] = opts.budget_value().value
+    return ctx, summary
+
+
+def _allocated(model: Model, opts: PruneOptions, data, exclude: dict[str, str]):
+    """(options to run, channel group ratios, the allocation report) for `--allocation sensitivity`:
+    unstructured levels become exact per-name overrides (layers left at 0 are excluded, with the
+    reason), channel groups get their own ratios."""
+    base = dataclasses.replace(opts, allocation="uniform", budget=None, sensitivity=None)
+    probe = None
+    budget = opts.budget_value()
+    if opts.pattern == "channel" and budget.kind != "latency":
+        def probe(levels: dict[str, float]) -> float:
+            r = prune_channels(model, 0.0, round_to=opts.round_to, criterion=CHANNEL_CRITERIA[opts.criterion],
+                               data=data, calib_samples=opts.calib_samples or 32, skip=opts.skip,
+                               group_sparsity=levels).report
+            if budget.kind == "sparsity":
+                free = [g for g in r["groups"] if not g["frozen"]]
+                removable = sum(g["channels_before"] - g["frozen_channels"] for g in free)
+                return sum(g["channels_before"] - g["channels_after"] for g in free) / max(removable, 1)
+            return 1 - r[f"{budget.kind}_ratio"]
+    allocation = sensitivity_allocation(model, opts, data, build_pipeline, probe=probe)
+    allocation["budget"] = str(budget)
+    levels = allocation["levels"]
+    if opts.pattern == "channel":
+        return dataclasses.replace(base, sparsity=0.0), levels, allocation
+    for key, level in levels.items():
+        if level == 0:
+            exclude.setdefault(key, "sensitivity allocation: left dense")
+    for w in find_weights(model).weights:
+        if w.key not in levels:
+            exclude.setdefault(w.key, "sensitivity allocation: not measured")
+    overrides = [f"{glob_escape(k)}={v!r}" for k, v in levels.items() if v > 0]
+    return dataclasses.replace(base, overrides=overrides), None, allocation
 
 
 def stored_params(model: Model) -> int:

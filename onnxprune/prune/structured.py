@@ -26,6 +26,7 @@ channels makes every runtime faster, CPU included. The steps:
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 from dataclasses import dataclass, field
@@ -211,8 +212,10 @@ def channel_round(group: ChannelGroup, round_to: int) -> int:
 
 def allocate(analysis: GroupAnalysis, importance: dict[int, np.ndarray], sparsity: float,
              round_to: int = DEFAULT_ROUND_TO,
-             scope: str = "layer", skip_groups: set[int] | None = None) -> dict[int, np.ndarray]:
-    """Channels to remove per group id (sorted ids)."""
+             scope: str = "layer", skip_groups: set[int] | None = None,
+             group_sparsity: dict[int, float] | None = None) -> dict[int, np.ndarray]:
+    """Channels to remove per group id (sorted ids). `group_sparsity`: group id -> its own ratio (scope
+    "layer"; non-uniform allocation), instead of `sparsity`; a ratio of 0 leaves a group whole."""
     if not 0 <= sparsity < 1:
         raise OptionError(f"sparsity {sparsity}: give a fraction of channels to remove in [0, 1)")
     if scope not in SCOPES:
@@ -242,8 +245,12 @@ def allocate(analysis: GroupAnalysis, importance: dict[int, np.ndarray], sparsit
             order = np.argsort(-imp, kind="stable")
             removed.setdefault(g.id, []).extend(seg[order[keep:]].tolist())
     else:
+        ratios = group_sparsity or {}
         for g, seg, imp in segs:
-            keep = round_keep(len(seg), len(seg) * (1 - sparsity), channel_round(g, round_to))
+            ratio = ratios.get(g.id, sparsity)
+            if ratio == 0:  # nothing to remove: not even what rounding to round_to would trim
+                continue
+            keep = round_keep(len(seg), len(seg) * (1 - ratio), channel_round(g, round_to))
             order = np.argsort(-imp, kind="stable")
             removed.setdefault(g.id, []).extend(seg[order[keep:]].tolist())
     return {gid: np.array(sorted(ch), dtype=np.int64) for gid, ch in removed.items() if ch}
@@ -594,8 +601,14 @@ def _group_row(g: ChannelGroup, removed: np.ndarray | None) -> dict:
 def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROUND_TO, scope: str = "layer",
                    criterion: str = "l2", data=None, repair: str = "none", reinit: bool = False, seed: int = 0,
                    skip: list[str] | tuple = (), calib_samples: int | None = 32, prefer: str = "inner",
-                   feed: dict | None = None, max_retries: int = 4, refit: Callable | None = None) -> StructuredResult:
+                   feed: dict | None = None, max_retries: int = 4, refit: Callable | None = None,
+                   group_sparsity: dict[str, float] | None = None,
+                   analysis: GroupAnalysis | None = None) -> StructuredResult:
     """Plan and apply channel pruning to `model` (not modified: the result holds the new proto).
+
+    `group_sparsity`: group name (`ChannelGroup.name()`) -> its own ratio of channels to remove
+    (the others take `sparsity`; 0 leaves a group whole). `analysis`: the model's group analysis at
+    `feed`, made once by a caller that prunes the same model many times (copied, not changed).
 
     Example::
 
@@ -619,7 +632,16 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
     feed_shapes = None
     if feed is None:
         feed, feed_shapes = sample_feed(model.proto, data, str(model.base_dir))
-    analysis = analyze_groups(model.proto, feed, base_dir=str(model.base_dir), prefer=prefer)
+    if analysis is None:
+        analysis = analyze_groups(model.proto, feed, base_dir=str(model.base_dir), prefer=prefer)
+    else:
+        analysis = copy.deepcopy(analysis)
+    names = {g.name(): g.id for g in analysis.groups}
+    unknown = sorted(set(group_sparsity or {}) - set(names))
+    if unknown:
+        raise OptionError(f"channel group {unknown[0]!r} is not a group of this model (groups: "
+                          f"{', '.join(list(names)[:6])}{', ...' if len(names) > 6 else ''})")
+    by_id = {names[k]: float(v) for k, v in (group_sparsity or {}).items()}
     read = weight_reader(model, model.proto)
     if criterion == "activation":
         importance = activation_importance(model, analysis, data, samples=calib_samples or 32)
@@ -633,7 +655,7 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
         notes.append(f"channel analysis and MACs at guessed input shapes ({feed_shapes.text()}); give --shape "
                      "or --data for the sizes the model really runs at")
     for attempt in range(max_retries + 1):
-        removed = allocate(analysis, importance, sparsity, round_to, scope, skip_groups | set(forced))
+        removed = allocate(analysis, importance, sparsity, round_to, scope, skip_groups | set(forced), by_id)
         keep = keep_positions(analysis, removed)
         plan = RewritePlan(analysis, removed, keep)
         try:
@@ -677,7 +699,8 @@ def prune_channels(model: Model, sparsity: float, *, round_to: int = DEFAULT_ROU
     check_params_not_increased(params_before, params_after, "channel pruning")
     rows = [_group_row(g, removed.get(g.id)) for g in analysis.groups]
     report = {
-        "sparsity": sparsity, "round_to": round_to, "scope": scope, "criterion": criterion,
+        "sparsity": sparsity, **({"group_sparsity": dict(group_sparsity)} if group_sparsity else {}),
+        "round_to": round_to, "scope": scope, "criterion": criterion,
         "repair": repair, "reinit": reinit,
         "groups": rows,
         "frozen_groups": [{"group": r["group"], "name": r["name"], "channels": r["channels_before"],
@@ -738,8 +761,10 @@ class ChannelPrunePass(Pass):
 
     def __init__(self, sparsity: float = 0.5, round_to: int = DEFAULT_ROUND_TO, scope: str = "layer", criterion: str = "l2",
                  repair: str = "none", reinit: bool = False, seed: int = 0, skip: list[str] | tuple = (),
-                 calib_samples: int | None = 32, prefer: str = "inner", refit: Callable | None = None):
+                 calib_samples: int | None = 32, prefer: str = "inner", refit: Callable | None = None,
+                 group_sparsity: dict[str, float] | None = None):
         self.sparsity = float(sparsity)
+        self.group_sparsity = dict(group_sparsity or {})  # group name -> its ratio (non-uniform allocation)
         self.refit = refit  # repair "lstsq": onnxprune.repair.structured_repair.lstsq_repair
         self.round_to = int(round_to)
         self.scope = scope
@@ -762,7 +787,7 @@ class ChannelPrunePass(Pass):
         res = prune_channels(model, self.sparsity, round_to=self.round_to, scope=self.scope,
                              criterion=self.criterion, data=ctx.data, repair=self.repair, reinit=self.reinit,
                              seed=self.seed, skip=self.skip, calib_samples=self.calib_samples, prefer=self.prefer,
-                             refit=self.refit)
+                             refit=self.refit, group_sparsity=self.group_sparsity)
         # initializers and Constant nodes alike (Paddle exports keep every weight in a Constant)
         before = {k: tuple(constant_shape(e)) for k, e in constant_values(model.proto.graph).items()}
         after = {k: tuple(constant_shape(e)) for k, e in constant_values(res.proto.graph).items()}
