@@ -54,7 +54,7 @@ def render_summary(report: dict) -> str:
     ])
 
 
-def _check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
+def check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
     """No output may overwrite the input model (or its data) or another output. The output model's
     data file (`OUT.<16 hex>.data`, named by its content) is not known before the save: no other
     output may be named like one (the save replaces and removes those), and the save itself refuses
@@ -89,25 +89,16 @@ def _dataset(model: Model, recipe: Recipe, path: str | None) -> Dataset:
                                               "int_ranges": d.get("int_ranges", [])}, model.base_dir)
 
 
-def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
-    """Execute the job the recipe describes; returns the report and the parity verdict."""
-    model_path = recipe.input.get("model")
-    output = recipe.output.get("model")
-    if not model_path:
-        raise OptionError(f"{recipe.source}: no input model; give MODEL on the command line or input.model")
-    if not output:
-        raise OptionError(f"{recipe.source}: no output path; give -o/--output or output.model")
-    _check_output_paths(recipe, model_path, output)
+def job_datasets(model: Model, recipe: Recipe) -> tuple[Dataset | None, Dataset | None]:
+    """The calibration and evaluation data the recipe describes: the evaluation set only when the gate
+    runs (data.evaluation, or the other half of a seeded split when pruning reads the calibration data,
+    so the two stay disjoint); synthetic inputs where no file is given and the job needs feeds."""
     calibration_path, evaluation_path = recipe.data.get("calibration"), recipe.data.get("evaluation")
-    if recipe.prune.needs_data() and not calibration_path:  # not synthetic inputs: fail before any work
-        raise recipe.prune.no_data_error()
-    model = Model.load(model_path)
     calib = _dataset(model, recipe, calibration_path) if calibration_path else None
     if calib is None and recipe.prune.pattern == "channel":  # shapes for the one analysis run (--shape)
         calib = _dataset(model, recipe, None)
-    gate = recipe.check.get("enabled", False)
     evaluation = None
-    if gate:
+    if recipe.check.get("enabled", False):
         if evaluation_path:
             evaluation = _dataset(model, recipe, evaluation_path)
         elif calib is not None and recipe.prune.uses_calibration():
@@ -116,6 +107,30 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
             evaluation = calib if calib is not None else _dataset(model, recipe, None)
         if not recipe.check.get("allow_guessed_shapes"):
             refuse_guessed_shapes(evaluation)  # before the work, not after it
+    return calib, evaluation
+
+
+def stamp_recipe(model: Model, recipe: Recipe) -> None:
+    """Record the options and the recipe part that determines the model's bytes in its metadata."""
+    part = recipe.model_part()
+    stamp(model, recipe.prune.to_dict(), {"onnxprune.recipe": part,
+                                          "onnxprune.recipe_sha256": hashlib.sha256(part.encode()).hexdigest()})
+
+
+def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
+    """Execute the job the recipe describes; returns the report and the parity verdict."""
+    model_path = recipe.input.get("model")
+    output = recipe.output.get("model")
+    if not model_path:
+        raise OptionError(f"{recipe.source}: no input model; give MODEL on the command line or input.model")
+    if not output:
+        raise OptionError(f"{recipe.source}: no output path; give -o/--output or output.model")
+    check_output_paths(recipe, model_path, output)
+    if recipe.prune.needs_data() and not recipe.data.get("calibration"):  # not synthetic inputs: fail before any work
+        raise recipe.prune.no_data_error()
+    model = Model.load(model_path)
+    calib, evaluation = job_datasets(model, recipe)
+    gate = recipe.check.get("enabled", False)
     masks = None
     if recipe.output.get("masks_in"):
         masks = MaskSet.load(recipe.output["masks_in"], {w.key: w.shape for w in find_weights(model).weights})
@@ -125,9 +140,7 @@ def run_recipe(recipe: Recipe, quiet: bool = False) -> JobResult:
         exclude = {k: f"not eligible for target {target.name}: {reasons[0].text}"
                    for k, reasons in static_check(target, model).items() if reasons}
     ctx, report = prune_model(model, recipe.prune, calib, masks, progress=not quiet, exclude=exclude)
-    part = recipe.model_part()
-    stamp(model, recipe.prune.to_dict(), {"onnxprune.recipe": part,
-                                          "onnxprune.recipe_sha256": hashlib.sha256(part.encode()).hexdigest()})
+    stamp_recipe(model, recipe)
     report_path = recipe.output.get("report")
     to_stderr = is_stdout(report_path)  # stdout carries the JSON report
     if target is not None:  # packing may re-prune: it runs before the save and the check (checked = deployed)
