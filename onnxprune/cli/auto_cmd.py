@@ -10,8 +10,7 @@ from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
 from onnxprune.cli.prune_cmd import prune_options
 from onnxprune.core.report import is_stdout, table
 from onnxprune.jobs.auto import (
-    BUDGET_KINDS,
-    Budget,
+        Budget,
     default_options,
     headline,
     run_auto,
@@ -77,8 +76,6 @@ def command(model_path, output, budget_text, max_candidates, resolution, latency
     )
     err = is_stdout(report_path)
     say = (lambda text: None) if quiet else (lambda text: click.echo(text, err=True))
-    say(f"onnxprune auto: {model_path}, pattern {opts.pattern}, criterion {opts.criterion}, repair {opts.repair}, "
-        f"budget {budget} ({BUDGET_KINDS[budget.kind]})")
     result = run_auto(recipe, budget, max_candidates=max_candidates, resolution=resolution,
                       latency_reps=latency_reps, recipe_path=recipe_path, report_path=report_path, log=say)
     r = result.report

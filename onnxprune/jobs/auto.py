@@ -26,6 +26,7 @@ byte with `onnxprune run`. Bisection assumes parity falls as the level rises; th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import shutil
 import tempfile
@@ -238,7 +239,7 @@ class AutoSearch:
         t0 = time.perf_counter()
         folder = Path(tempfile.mkdtemp(dir=tmp))
         model, summary, path = self._prune(self._options_at(level), folder, self.recipe_at(level))
-        sha = model.sha256()
+        sha = hashlib.sha256(model.proto.graph.SerializeToString()).hexdigest()  # not the stamp, which names the level
         if sha in self._seen:  # the same model as a level already checked (rounding of kept counts)
             point = {**self._seen[sha], "level": level, "same_as_level": self._seen[sha]["level"],
                      "time_s": time.perf_counter() - t0}
@@ -269,6 +270,9 @@ class AutoSearch:
         """The search, with candidates saved under `tmp` (the chosen model may read its external data
         there: save it before `tmp` goes)."""
         t0 = time.perf_counter()
+        opts = self.recipe.prune
+        self.log(f"onnxprune auto: {self.model_path}, pattern {opts.pattern}, criterion {opts.criterion}, repair "
+                 f"{opts.repair}, budget {self.budget} ({BUDGET_KINDS[self.budget.kind]})")
         cap = self.cap(tmp)
         self.log(f"cap for budget {self.budget}: level {cap:.4f}")
         lo, hi = 0.0, cap
