@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--jobs", nargs="*", default=list(JOBS))
     ap.add_argument("--out", help="folder for data, models and reports (default: a temporary one)")
     ap.add_argument("--max-candidates", type=int, default=8)
+    ap.add_argument("--extra", default="", help="more auto flags for every job, e.g. '--calib-samples 16'")
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-auto-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,7 @@ def main() -> None:
         key, flags = JOBS[name]
         data = write_data(key, out)
         cmd = [sys.executable, "-m", "onnxprune", "auto", str(realmodels.model_path(key)), "-o", str(out / f"{name}.onnx"),
-               *data, *flags, "--max-candidates", str(args.max_candidates), "--report", str(out / f"{name}.json")]
+               *data, *flags, "--max-candidates", str(args.max_candidates), *args.extra.split(), "--report", str(out / f"{name}.json")]
         print(" ".join(cmd), flush=True)
         t0 = time.perf_counter()
         rc = subprocess.run(cmd, cwd=ROOT).returncode
@@ -72,7 +73,7 @@ def main() -> None:
         c = report["chosen"] or min(report["trace"], key=lambda p: p["level"])
         parity = "; ".join(", ".join(f"{k} {v:.4f}" for k, v in m.items() if k in ("top1_agreement", "cosine_mean"))
                            for m in c["parity"].values())
-        rows.append((name, " ".join(flags), rc, report["search"]["cap_level"], c["level"], parity, c["macs"],
+        rows.append((name, " ".join(flags + args.extra.split()), rc, report["search"]["cap_level"], c["level"], parity, c["macs"],
                      c["latency"], c["latency_ms"], c["dense_latency_ms"], c["size"], len(report["trace"]), seconds))
     print("\n| model | flags | exit | cap level | chosen level | parity | MACs | latency | ms (dense ms) | size | "
           "candidates | time s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -4,12 +4,15 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from onnxprune.cli import main
 from onnxprune.core.errors import OptionError
+from onnxprune.core.model import Model
 from onnxprune.jobs.auto import Budget, default_options
+from onnxprune.jobs.measure import latency, model_size
 
 ROOT = Path(__file__).resolve().parents[1]
 CNN = str(ROOT / "samples" / "digits_cnn.onnx")
@@ -108,3 +111,15 @@ def test_budget_parse_and_defaults():
         Budget.parse("size=-1")
     assert (default_options({"pattern": "2:4"}).criterion, default_options({}).repair) == ("sparsegpt", "lstsq")
     assert default_options({"pattern": "channel", "criterion": "wanda"}).criterion == "wanda"  # given wins
+
+
+def test_size_counts_external_data_and_latency_is_side_by_side(tmp_path):
+    path = tmp_path / "ext.onnx"
+    Model.load(CNN).save(path, external_data=True)
+    files = [f for f in tmp_path.iterdir() if f.name.startswith("ext.onnx")]
+    assert len(files) == 2  # the model and its content-named data file
+    size = model_size(path)
+    assert size["bytes"] == sum(f.stat().st_size for f in files) and 0 < size["deflated"] < size["bytes"]
+    feed = {"input": np.zeros((1, 1, 8, 8), np.float32)}
+    lat = latency(CNN, path, feed, reps=3)
+    assert lat["dense_ms"] > 0 and lat["candidate_ms"] > 0 and lat["reps"] == 3
