@@ -89,8 +89,11 @@ def command(model_path, output, budget_text, max_candidates, resolution, latency
         click.echo(f"chosen level {c['level']:g}: {headline(c)}\nwrote {output} and its recipe {r['recipe']} "
                    f"(onnxprune run {r['recipe']} reproduces it)", err=err)
         return
-    best = min(r["trace"], key=lambda p: p["level"])
-    click.echo(f"no candidate passed (levels {best['level']:g} to {r['search']['cap_level']:g}); nothing written "
-               f"as {output}. Closest, level {best['level']:g}: {headline(best)}; failed: "
-               f"{'; '.join(best['failures'])}", err=err)
+    failed = [p for p in r["trace"] if not p["passed"]]
+    best = min(failed or r["trace"], key=lambda p: p["level"])  # the closest to passing
+    empty = [p["level"] for p in r["trace"] if p["passed"]]  # passed, but removed nothing
+    click.echo(f"no candidate passed (levels {best['level']:g} to {r['search']['cap_level']:g}"
+               + (f"; level {max(empty):g} passed but removes nothing" if empty else "")
+               + f"); nothing written as {output}. Closest, level {best['level']:g}: {headline(best)}; failed: "
+               f"{'; '.join(best['failures']) or 'nothing, but it removes nothing'}", err=err)
     ctx.exit(1)
