@@ -123,3 +123,11 @@ def test_size_counts_external_data_and_latency_is_side_by_side(tmp_path):
     feed = {"input": np.zeros((1, 1, 8, 8), np.float32)}
     lat = latency(CNN, path, feed, reps=3)
     assert lat["dense_ms"] > 0 and lat["candidate_ms"] > 0 and lat["reps"] == 3
+
+
+def test_a_level_that_removes_nothing_is_not_an_answer(tmp_path):
+    out = tmp_path / "m.onnx"
+    r = run("auto", CNN, "-o", out, "--data", CALIB, "--eval-data", EVAL, "--pattern", "channel", "--budget",
+            "sparsity=0.02", "--min-top1-agreement", "0.5", "--max-candidates", "1", *FAST)
+    assert r.exit_code == 1, r.output  # 2% of a few channels rounds to none removed: the dense model
+    assert "removes nothing" in r.output and not out.exists()
