@@ -318,9 +318,11 @@ class AutoSearch:
 def headline(point: dict) -> str:
     """One line of a candidate's numbers: its parity metrics, then MACs, latency, size and sparsity."""
     parts = []
-    for name, metrics in point.get("parity", {}).items():
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None and k != "rel_l2")
-        parts.append(f"{name}: {shown}" if len(point["parity"]) > 1 else shown)
+    shown = {name: ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None and k != "rel_l2")
+             for name, metrics in point.get("parity", {}).items()}
+    shown = {name: text for name, text in shown.items() if text}  # outputs compared exactly have no headline
+    for name, text in shown.items():
+        parts.append(f"{name}: {text}" if len(shown) > 1 else text)
     parts.append(f"MACs {point['macs']:.3f}x, latency {point['latency']:.3f}x, size {point['size']:.3f}x, "
                  f"sparsity {point['sparsity']:.3f}")
     return "; ".join(parts)
