@@ -37,8 +37,8 @@ from onnxprune.check.data import Dataset  # noqa: E402
 from onnxprune.check.parity import compare  # noqa: E402
 from onnxprune.core.model import Model  # noqa: E402
 from onnxprune.jobs import sensitivity as sens  # noqa: E402
-from onnxprune.jobs.prune_job import PruneOptions, build_pipeline, prune_model  # noqa: E402
 from onnxprune.jobs.plots import pyplot  # noqa: E402
+from onnxprune.jobs.prune_job import PruneOptions, build_pipeline, prune_model  # noqa: E402
 
 
 def data_for(key: str, tmp: str):

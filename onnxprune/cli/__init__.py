@@ -25,6 +25,7 @@ VERSION_MESSAGE = (f"%(prog)s %(version)s (onnx {importlib.metadata.version('onn
 
 # command name -> module under onnxprune.cli that defines a click command called `command`
 COMMANDS = {
+    "auto": "auto_cmd",
     "inspect": "inspect_cmd",
     "check": "check_cmd",
     "prune": "prune_cmd",

@@ -6,12 +6,13 @@ import click
 
 from onnxprune.check.data import dataset_from_options
 from onnxprune.check.parity import refuse_guessed_shapes
-from onnxprune.cli import json_option, report_target
+from onnxprune.cli import is_quiet, json_option, report_target, verbosity_options
 from onnxprune.cli.check_cmd import data_options
 from onnxprune.cli.prune_cmd import prune_options
 from onnxprune.core.atomic import check_writable
 from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, table, write_json
+from onnxprune.jobs.html_report import require_plotting, write_html
 from onnxprune.jobs.plots import pyplot
 from onnxprune.jobs.prune_job import PruneOptions, build_pipeline
 from onnxprune.jobs.sensitivity import (
@@ -54,8 +55,11 @@ NOT_MEASURED = ("sparsity", "scope", "overrides", "steps", "initial_sparsity", "
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here ('-': stdout).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG heatmap, layers x levels "
               "(needs matplotlib: pip install 'onnxprune[plot]').")
+@click.option("--html", "html_path", metavar="REPORT.html", type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report (heatmap, table, shares; needs matplotlib).")
+@verbosity_options
 def command(model_path, levels, metric, eval_data, allow_guessed_shapes, batch_size, workers, executor, no_latency,
-            cache_dir, no_cache, as_json, report_path, plot_path, **rest):
+            cache_dir, no_cache, as_json, report_path, plot_path, html_path, **rest):
     """Prune every layer (or channel group) alone at each level and measure parity against the original:
     a table and heatmap of which layers tolerate pruning, with each layer's share of params, MACs and latency."""
     report_path = report_target(report_path, as_json)
@@ -64,6 +68,9 @@ def command(model_path, levels, metric, eval_data, allow_guessed_shapes, batch_s
     level_list = parse_levels(levels)
     parse_executor(executor)  # a missing ray fails here, before any work
     plt = pyplot() if plot_path else None
+    if html_path:
+        require_plotting()
+        check_writable(html_path, "HTML report")
     for path, what in ((report_path, "report"), (plot_path, "plot")):
         if path and not is_stdout(path):
             check_writable(path, what)
@@ -85,7 +92,8 @@ def command(model_path, levels, metric, eval_data, allow_guessed_shapes, batch_s
     quiet = is_stdout(report_path)
 
     def on_layer(r: dict) -> None:
-        click.echo(f"  {r['layer']}: " + ", ".join(f"{p['level']:g} -> {p['metric']:.4f}" for p in r["points"]), err=True)
+        if not is_quiet():
+            click.echo(f"  {r['layer']}: " + ", ".join(f"{p['level']:g} -> {p['metric']:.4f}" for p in r["points"]), err=True)
 
     section = run_sensitivity(spec, workers=workers, executor=executor, cache_dir=cache_dir, use_cache=not no_cache,
                               on_layer=on_layer)
@@ -104,3 +112,7 @@ def command(model_path, levels, metric, eval_data, allow_guessed_shapes, batch_s
     if plot_path:
         make_parent(plot_path)
         plot_heatmap(section, plot_path, f"{model_path} ({opts.pattern}, {metric})", plt)
+    if html_path:
+        make_parent(html_path)
+        write_html({"schema": "onnxprune.sensitivity", "model": model_path, "options": opts.to_dict(),
+                    "inputs": evaluation.describe(), "sensitivity": section}, html_path)

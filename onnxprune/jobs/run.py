@@ -96,7 +96,7 @@ def render_summary(report: dict) -> str:
     ])
 
 
-def _check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
+def check_output_paths(recipe: Recipe, model_path: str, output: str) -> None:
     """No output may overwrite the input model (or its data) or another output. The output model's
     data file (`OUT.<16 hex>.data`, named by its content) is not known before the save: no other
     output may be named like one (the save replaces and removes those), and the save itself refuses
@@ -129,6 +129,37 @@ def _dataset(model: Model, recipe: Recipe, path: str | None) -> Dataset:
     return dataset_from_options(model.proto, {"data": path, "labels": d.get("labels"), "samples": d.get("samples"),
                                               "seed": d.get("seed", 0), "shapes": d.get("shapes", []),
                                               "int_ranges": d.get("int_ranges", [])}, model.base_dir)
+
+
+def job_datasets(model: Model, recipe: Recipe) -> tuple[Dataset | None, Dataset | None]:
+    """The calibration and evaluation data the recipe describes: the evaluation set only when the gate
+    runs (data.evaluation, or the other half of a seeded split when pruning reads the calibration data,
+    so the two stay disjoint); synthetic inputs where no file is given and the job needs feeds. The
+    gate's data checks run here, before any work."""
+    calibration_path, evaluation_path = recipe.data.get("calibration"), recipe.data.get("evaluation")
+    calib = _dataset(model, recipe, calibration_path) if calibration_path else None
+    if calib is None and recipe.prune.pattern == "channel":  # shapes for the one analysis run (--shape)
+        calib = _dataset(model, recipe, None)
+    gate = recipe.check.get("enabled", False)
+    evaluation = None
+    if gate:
+        if evaluation_path:
+            evaluation = _dataset(model, recipe, evaluation_path)
+        elif calib is not None and recipe.prune.uses_calibration():
+            calib, evaluation = calib.split(0.5, seed=0)  # pruning reads the data: keep them disjoint
+        else:
+            evaluation = calib if calib is not None else _dataset(model, recipe, None)
+        if not recipe.check.get("allow_guessed_shapes"):
+            refuse_guessed_shapes(evaluation)  # before the work, not after it
+        preflight(model, evaluation, recipe.check)
+    return calib, evaluation
+
+
+def stamp_recipe(model: Model, recipe: Recipe) -> None:
+    """Record the options and the recipe part that determines the model's bytes in its metadata."""
+    part = recipe.model_part()
+    stamp(model, recipe.prune.to_dict(), {"onnxprune.recipe": part,
+                                          "onnxprune.recipe_sha256": hashlib.sha256(part.encode()).hexdigest()})
 
 
 def _stages(recipe: Recipe, model_path: str, output: str, quant: dict, pruned: Model, report: dict,
@@ -170,26 +201,12 @@ def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> 
     html_path = recipe.output.get("html")
     if html_path:
         require_plotting()  # before any work
-    _check_output_paths(recipe, model_path, output)
-    calibration_path, evaluation_path = recipe.data.get("calibration"), recipe.data.get("evaluation")
-    if recipe.prune.needs_data() and not calibration_path:  # not synthetic inputs: fail before any work
+    check_output_paths(recipe, model_path, output)
+    if recipe.prune.needs_data() and not recipe.data.get("calibration"):  # not synthetic inputs: fail before any work
         raise recipe.prune.no_data_error()
     model = Model.load(model_path)
-    calib = _dataset(model, recipe, calibration_path) if calibration_path else None
-    if calib is None and recipe.prune.pattern == "channel":  # shapes for the one analysis run (--shape)
-        calib = _dataset(model, recipe, None)
+    calib, evaluation = job_datasets(model, recipe)
     gate = recipe.check.get("enabled", False)
-    evaluation = None
-    if gate:
-        if evaluation_path:
-            evaluation = _dataset(model, recipe, evaluation_path)
-        elif calib is not None and recipe.prune.uses_calibration():
-            calib, evaluation = calib.split(0.5, seed=0)  # pruning reads the data: keep them disjoint
-        else:
-            evaluation = calib if calib is not None else _dataset(model, recipe, None)
-        if not recipe.check.get("allow_guessed_shapes"):
-            refuse_guessed_shapes(evaluation)  # before the work, not after it
-        preflight(model, evaluation, recipe.check)
     masks = None
     if recipe.output.get("masks_in"):
         masks = MaskSet.load(recipe.output["masks_in"], {w.key: w.shape for w in find_weights(model).weights})
@@ -208,9 +225,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> 
         pruned = Model(model.proto, model_path)  # the pruned fp32 stage, for its parity
         quant = quantize_step(ctx, recipe.prune.quantize, calib, target)
         report = summarize(ctx, recipe.prune)
-    part = recipe.model_part()
-    stamp(model, recipe.prune.to_dict(), {"onnxprune.recipe": part,
-                                          "onnxprune.recipe_sha256": hashlib.sha256(part.encode()).hexdigest()})
+    stamp_recipe(model, recipe)
     report_path = recipe.output.get("report")
     if target is not None:  # packing may re-prune: it runs before the save and the check (checked = deployed)
         out_dir = recipe.target.get("out") or str(Path(output).with_suffix("")) + f".{target.name}"
