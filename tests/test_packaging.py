@@ -15,7 +15,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = {"matplotlib": "plot"}  # imported only by `sweep --plot` and `--html`, behind a clear error
+OPTIONAL = {"matplotlib": "plot", "ray": "ray"}  # `--plot`/`--html`; `sensitivity --executor ray`: behind a clear error
 
 
 def _imports() -> dict[str, str]:

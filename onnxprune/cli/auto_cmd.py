@@ -7,7 +7,7 @@ from click.core import ParameterSource
 
 from onnxprune.cli import is_quiet, json_option, report_target, verbosity_options
 from onnxprune.cli.check_cmd import data_options, run_options, threshold_options
-from onnxprune.cli.prune_cmd import prune_options
+from onnxprune.cli.prune_cmd import data_section, prune_options
 from onnxprune.core.atomic import check_writable
 from onnxprune.core.report import is_stdout, make_parent, table
 from onnxprune.jobs.auto import (
@@ -75,9 +75,7 @@ def command(model_path, output, budget_text, max_candidates, resolution, latency
     recipe = Recipe(
         prune=opts,
         input={"model": model_path},
-        data={"calibration": g.pop("data"), "evaluation": eval_data, "labels": g.pop("labels"),
-              "samples": g.pop("samples"), "seed": g.pop("seed"), "shapes": list(g.pop("shapes")),
-              "int_ranges": list(g.pop("int_ranges"))},
+        data=data_section(g, eval_data),
         check={"enabled": True, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}},
         output={"model": output, "external_data": external_data or None},
     )

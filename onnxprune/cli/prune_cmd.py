@@ -91,6 +91,13 @@ onnxprune prune m.onnx -o out/m.onnx --sparsity 0.6 --dump-recipe job.toml
 """
 
 
+def data_section(flags: dict, eval_data: str | None) -> dict:
+    """The recipe's [data] from the data flags, popped out of `flags` (what is left are the gate's)."""
+    return {"calibration": flags.pop("data"), "evaluation": eval_data, "labels": flags.pop("labels"),
+            "samples": flags.pop("samples"), "seed": flags.pop("seed"), "shapes": list(flags.pop("shapes")),
+            "int_ranges": list(flags.pop("int_ranges"))}
+
+
 @click.command("prune", cls=SectionedCommand, sections=SECTIONS, epilog=EXAMPLES)
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output model path (a missing folder is created).")
@@ -126,9 +133,7 @@ def command(model_path, output, eval_data, run_gate, masks_in, masks_out, report
     recipe = Recipe(
         prune=opts,
         input={"model": model_path},
-        data={"calibration": g.pop("data"), "evaluation": eval_data, "labels": g.pop("labels"),
-              "samples": g.pop("samples"), "seed": g.pop("seed"), "shapes": list(g.pop("shapes")),
-              "int_ranges": list(g.pop("int_ranges"))},
+        data=data_section(g, eval_data),
         check={"enabled": run_gate or None, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}}
         if run_gate else {},
         target={"name": target_name, "emit": emit, "block": block, "out": target_out} if target_name else {},
