@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import click
 import numpy as np
 
 from onnxprune.core.atomic import atomic_write_text
@@ -44,7 +43,8 @@ def to_json(report: dict, kind: str) -> str:
 def write_json(path: str | os.PathLike, report: dict, kind: str) -> None:
     """Write the report to `path`, or to standard output when `path` is "-"."""
     if is_stdout(path):
-        click.echo(to_json(report, kind), nl=False)
+        sys.stdout.write(to_json(report, kind))
+        sys.stdout.flush()
     else:
         atomic_write_text(path, to_json(report, kind))
 
@@ -61,7 +61,7 @@ def make_parent(path: str | os.PathLike | None) -> None:
     parent = Path(path).parent
     if not parent.exists():
         parent.mkdir(parents=True)
-        click.echo(f"onnxprune: created folder {parent}", err=True)
+        print(f"onnxprune: created folder {parent}", file=sys.stderr, flush=True)
 
 
 def _cell(v: Any) -> str:
