@@ -75,6 +75,21 @@ def test_the_recipe_reproduces_the_chosen_model_byte_for_byte(channel_run):
     assert sha(again) == sha(out)
 
 
+def test_sensitivity_allocation_sets_each_level_and_the_recipe_reproduces_it(tmp_path, monkeypatch):
+    """With --allocation sensitivity every candidate level is an overall budget the measured curves are
+    allocated to (prune.budget in the recipe), and `onnxprune run` of the recipe gives the same bytes."""
+    monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "cnn.onnx"
+    r = run("auto", CNN, "-o", out, "--data", CALIB, "--eval-data", EVAL, "--pattern", "channel", "--budget",
+            "macs=0.5", "--min-top1-agreement", "0.9", "--max-candidates", "3", "--allocation", "sensitivity", *FAST)
+    assert r.exit_code == 0, r.output
+    recipe = (tmp_path / "cnn.recipe.toml").read_text()
+    assert 'allocation = "sensitivity"' in recipe and 'budget = "sparsity=' in recipe
+    r = run("run", tmp_path / "cnn.recipe.toml", "-o", tmp_path / "again.onnx", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert sha(tmp_path / "again.onnx") == sha(out)
+
+
 def test_unstructured_with_one_data_file_splits_and_reproduces(tmp_path):
     out = tmp_path / "m.onnx"
     r = run("auto", CNN, "-o", out, "--data", CALIB, "--budget", "sparsity=0.6", "--criterion", "wanda",

@@ -172,7 +172,10 @@ class AutoSearch:
     def _options_at(self, level: float) -> PruneOptions:
         """The one map from a search level to the prune job's options (allocation and quantization plug in
         here: a budget per level, a quantize mode)."""
-        return dataclasses.replace(self.recipe.prune, sparsity=level)
+        opts = dataclasses.replace(self.recipe.prune, sparsity=level)
+        if opts.allocation == "sensitivity":  # per-layer levels from the measured curves, to this level overall
+            opts = dataclasses.replace(opts, budget=f"sparsity={level:g}")
+        return opts
 
     def recipe_at(self, level: float) -> Recipe:
         return dataclasses.replace(self.recipe, prune=self._options_at(level))
