@@ -90,6 +90,19 @@ def test_sensitivity_allocation_sets_each_level_and_the_recipe_reproduces_it(tmp
     assert sha(tmp_path / "again.onnx") == sha(out)
 
 
+def test_quantize_checks_the_quantized_candidate_and_the_recipe_reproduces_it(tmp_path):
+    """With --quantize every candidate is pruned, repaired, then quantized before the gate (the artifact
+    deployed), and `onnxprune run` of the recipe writes the same bytes."""
+    out = tmp_path / "cnn.onnx"
+    r = run("auto", CNN, "-o", out, "--data", CALIB, "--eval-data", EVAL, "--pattern", "channel", "--budget",
+            "macs=0.5", "--min-top1-agreement", "0.9", "--max-candidates", "2", "--quantize", "int8", *FAST)
+    assert r.exit_code == 0, r.output
+    assert any(n.op_type == "DequantizeLinear" for n in Model.load(out).proto.graph.node)
+    r = run("run", tmp_path / "cnn.recipe.toml", "-o", tmp_path / "again.onnx", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert sha(tmp_path / "again.onnx") == sha(out)
+
+
 def test_unstructured_with_one_data_file_splits_and_reproduces(tmp_path):
     out = tmp_path / "m.onnx"
     r = run("auto", CNN, "-o", out, "--data", CALIB, "--budget", "sparsity=0.6", "--criterion", "wanda",

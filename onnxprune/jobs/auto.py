@@ -43,7 +43,8 @@ from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, write_json
 from onnxprune.jobs.gate import THRESHOLD_KEYS
 from onnxprune.jobs.measure import latency, model_size
-from onnxprune.jobs.prune_job import PruneOptions, prune_model
+from onnxprune.jobs.prune_job import PruneOptions, prune_model, summarize
+from onnxprune.jobs.quantize_job import quantize_step
 from onnxprune.jobs.recipe import Recipe
 from onnxprune.jobs.run import check_output_paths, job_datasets, stamp_recipe
 from onnxprune.jobs.sweep import HEADLINE, achieved_sparsity
@@ -183,7 +184,10 @@ class AutoSearch:
     # -- measuring ------------------------------------------------------------------------------
     def _prune(self, opts: PruneOptions, folder: Path, recipe: Recipe | None = None) -> tuple[Model, dict, Path]:
         model = Model.load(self.model_path)
-        _, summary = prune_model(model, opts, self.calib, progress=False)
+        ctx, summary = prune_model(model, opts, self.calib, progress=False)
+        if opts.quantize:  # the candidate is the artifact deployed: pruned, repaired, then quantized (as `run`)
+            quantize_step(ctx, opts.quantize, self.calib)
+            summary = summarize(ctx, opts)
         if recipe is not None:
             stamp_recipe(model, recipe)  # the bytes `onnxprune run` writes for this recipe
         path = folder / "candidate.onnx"
