@@ -89,9 +89,10 @@ def command(model_path, output, budget_text, max_candidates, resolution, latency
         write_html({"schema": "onnxprune.auto", **r}, html_path)
     rows = [(f"{p['level']:.4f}", f"{p['sparsity']:.3f}", f"{p['macs']:.3f}", f"{p['latency']:.3f}",
              f"{p['size']:.3f}", "PASS" if p["passed"] else "FAIL", f"{p['time_s']:.1f}") for p in r["trace"]]
-    click.echo(table(["level", "sparsity", "MACs", "latency", "size", "verdict", "time s"], rows), err=err)
-    for note in r["notes"]:
-        click.echo(f"note: {note}", err=err)
+    if not is_quiet():  # -q: the one-line result only
+        click.echo(table(["level", "sparsity", "MACs", "latency", "size", "verdict", "time s"], rows), err=err)
+        for note in r["notes"]:
+            click.echo(f"note: {note}", err=err)
     if result.passed:
         c = r["chosen"]
         click.echo(f"chosen level {c['level']:g}: {headline(c)}\nwrote {output} and its recipe {r['recipe']} "

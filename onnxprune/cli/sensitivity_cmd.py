@@ -100,8 +100,9 @@ def command(model_path, levels, metric, eval_data, allow_guessed_shapes, batch_s
     kinds = [k for k in ("params", "macs", "latency") if any(k in s for s in section["shares"].values())]
     rows = [(name[:56], *(f"{v:.4f}" for v in row), *(f"{section['shares'][name].get(k, 0):.3f}" for k in kinds))
             for name, row in zip(section["layers"], section["matrix"])]
-    click.echo(table(["layer", *(f"{v:g}" for v in section["levels"]), *(f"{k} share" for k in kinds)], rows),
-               err=quiet)
+    if not is_quiet():  # -q: the one-line result only
+        click.echo(table(["layer", *(f"{v:g}" for v in section["levels"]), *(f"{k} share" for k in kinds)], rows),
+                   err=quiet)
     how = "from the cache" if section.get("cached") else f"in {section['seconds']:.1f} s"
     click.echo(f"{len(section['layers'])} layers x {len(section['levels'])} levels, {metric} "
                f"({METRICS[metric]}), {how}", err=quiet)
