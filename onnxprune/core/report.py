@@ -64,6 +64,17 @@ def make_parent(path: str | os.PathLike | None) -> None:
         print(f"onnxprune: created folder {parent}", file=sys.stderr, flush=True)
 
 
+def scaled(n: int | None, units: tuple[tuple[str, float], ...], small: str = "{:,}", sep: str = " ") -> str:
+    """`n` in the largest of `units` it reaches, two decimals (`3.14 MB`, `2.16M`); below them `small`
+    formatted; "?" when unknown."""
+    if n is None:
+        return "?"
+    for unit, scale in units:
+        if n >= scale:
+            return f"{n / scale:.2f}{sep}{unit}"
+    return small.format(n)
+
+
 def _cell(v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return "" if v is None else str(v)

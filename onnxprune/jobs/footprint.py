@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxprune.core.model import Model
+from onnxprune.core.report import scaled
 from onnxprune.ops import spec_for
 from onnxprune.pack.eligibility import mac_shapes
 
@@ -63,32 +64,18 @@ def _macs(model: Model, input_shapes) -> tuple[int | None, bool]:
     return (total if known else None), unknown
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
-
-
-def _count(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, scale in (("G", 1e9), ("M", 1e6)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:,}"
+BYTES = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3))
+COUNTS = (("G", 1e9), ("M", 1e6))
 
 
 def summary_line(before: Footprint, after: Footprint, where: str | os.PathLike) -> str:
     """`wrote OUT: 3.14 MB -> 1.62 MB on disk, params ..., non-zeros ... (49.9% zeros), MACs ...`."""
     zeros = 1 - after.nonzeros / after.params if after.params else 0.0
-    return (f"wrote {where}: {_size(before.disk_bytes)} -> {_size(after.disk_bytes)} on disk, "
-            f"params {_count(before.params)} -> {_count(after.params)}, "
-            f"non-zeros {_count(before.nonzeros)} -> {_count(after.nonzeros)} ({zeros:.1%} zeros), "
+    return (f"wrote {where}: {scaled(before.disk_bytes, BYTES, '{} B')} -> {scaled(after.disk_bytes, BYTES, '{} B')} "
+            f"on disk, params {scaled(before.params, COUNTS)} -> {scaled(after.params, COUNTS)}, "
+            f"non-zeros {scaled(before.nonzeros, COUNTS)} -> {scaled(after.nonzeros, COUNTS)} ({zeros:.1%} zeros), "
             f"MACs {_macs_text(before)} -> {_macs_text(after)}")
 
 
 def _macs_text(f: Footprint) -> str:
-    return (">=" if f.macs_partial and f.macs is not None else "") + _count(f.macs)
+    return (">=" if f.macs_partial and f.macs is not None else "") + scaled(f.macs, COUNTS)

@@ -27,13 +27,15 @@ from onnxprune.analyze.weights import Analysis, Use, Weight, find_weights
 from onnxprune.core.errors import OnnxPruneError
 from onnxprune.core.graph import walk_graphs
 from onnxprune.core.model import Model
-from onnxprune.core.report import fill, table
+from onnxprune.core.report import fill, scaled, table
 from onnxprune.core.shapes import input_specs, random_feeds, resolve_feed_shapes
 from onnxprune.ops import spec_for
 from onnxprune.pack.formats.base import bits_of
 from onnxprune.pack.formats.nm import _word
 from onnxprune.pack.targets import Target
 from onnxprune.prune.patterns import Pattern
+
+MAC_UNITS = (("G", 1e9), ("M", 1e6), ("k", 1e3))  # the table's MACs: 2.16M
 
 BLOCK_STRAY_TOLERANCE = 0.01  # without masks: zeros outside all-zero blocks allowed, as a share of the weight
 REASON_CODES = ("op", "dtype", "quantization", "conv", "alignment", "size", "pattern", "sparsity", "not-worth-it")
@@ -149,7 +151,7 @@ def render_eligibility(report: dict, max_rows: int | None = None) -> str:
         why = "; ".join(x["text"] for x in r["reasons"]) if r["reasons"] else "; ".join(notes)
         state = "yes" if (r["runs_sparse"] or (r["packed"] and not accelerates)) else "no"
         rows.append((r["node"] or "(unnamed)", r["op"], r["weight"], "x".join(map(str, r["matrix"])), r["dtype"],
-                     f"{r['sparsity']:.1%}", state, _macs_text(r["macs"]), why))
+                     f"{r['sparsity']:.1%}", state, scaled(r["macs"], MAC_UNITS, "{}", sep=""), why))
     lines = [table(["layer", "op", "weight", "matrix", "dtype", "sparsity", label, "MACs", "why / note"], rows,
                    below="why / note")]
     if max_rows is not None and len(layers) > max_rows:
@@ -158,15 +160,6 @@ def render_eligibility(report: dict, max_rows: int | None = None) -> str:
     lines += [fill(f"note: {dt} weights: {text}") for dt, text in footnotes.items()]
     lines += [fill(n) for n in report["notes"]]
     return "\n".join(lines)
-
-
-def _macs_text(m: int | None) -> str:
-    if m is None:
-        return "?"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if m >= div:
-            return f"{m / div:.2f}{unit}"
-    return str(m)
 
 
 def summary_line(t: dict, accelerates: bool) -> str:
