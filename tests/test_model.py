@@ -562,3 +562,22 @@ def test_failing_node_reads_the_node_onnxruntime_names():
     assert failing_node(first_line(load_error.value.__cause__)) is None
     assert failing_node("Fail: out of memory") is None
     assert isinstance(run_error.value, ort.capi.onnxruntime_pybind11_state.Fail)
+
+
+def test_copy_is_independent_and_refuses_unsaved_writes(tmp_path):
+    """Model.copy gives a model over its own proto (writes to it leave the original alone) that saves
+    the same bytes as one loaded from the file; a model with unsaved writes is not copied."""
+    from onnxprune.core.model import Model
+
+    path = B.save(B.matmul_2d(), tmp_path / "m.onnx")
+    original = Model.load(path)
+    twin = original.copy()
+    key = original.tensors()[0].key
+    before = np.array(original.read(key))
+    twin.write(key, np.zeros_like(before))
+    assert np.array_equal(original.read(key), before)
+    Model.load(path).save(tmp_path / "a.onnx")
+    original.copy().save(tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    with pytest.raises(ValueError, match="unsaved writes"):
+        twin.copy()

@@ -92,6 +92,18 @@ class Model:
                 entry.key, entry.value = key, value
 
     # -- loading -------------------------------------------------------------------------------
+    def copy(self) -> "Model":
+        """An independent Model of the same file over a copy of the proto, for a job that prunes one
+        model many times: validated once (by `load`), not read and checked again. Values written and
+        not yet in the proto are not copied, so a model with such writes is refused."""
+        if self._written:
+            raise ValueError("copy() of a model with unsaved writes; copy it before writing")
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self._proto)
+        out = Model(proto, self.path)
+        out.notes, out._sources = list(self.notes), set(self._sources)
+        return out
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Model":
         """Load a model file and validate it once, up front (`validate`): versions, tensor sizes,

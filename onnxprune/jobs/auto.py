@@ -183,7 +183,7 @@ class AutoSearch:
 
     # -- measuring ------------------------------------------------------------------------------
     def _prune(self, opts: PruneOptions, folder: Path, recipe: Recipe | None = None) -> tuple[Model, dict, Path]:
-        model = Model.load(self.model_path)
+        model = self.dense.copy()  # validated once: a candidate does not load and check the file again
         ctx, summary = prune_model(model, opts, self.calib, progress=False)
         if opts.quantize:  # the candidate is the artifact deployed: pruned, repaired, then quantized (as `run`)
             quantize_step(ctx, opts.quantize, self.calib)

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import onnx
 
 from onnxprune import __version__
 from onnxprune.analyze.constants import model_params
@@ -140,9 +139,7 @@ class Worker:
     # ----------------------------------------------------------------------------- unstructured
     def _weight(self, key: str, level: float) -> dict:
         opts = dataclasses.replace(self.opts, sparsity=level, allocation="uniform", budget=None, overrides=[])
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.original.proto)  # the validated original, not loaded and checked again
-        model = Model(proto, self.spec.model_path)
+        model = self.original.copy()  # the validated original, not loaded and checked again
         others = {w.key: "sensitivity: another layer" for w in self.original_weights() if w.key != key}
         ctx = Context(model, MaskSet(), self.spec.calibration, progress=False, exclude=others)
         if self.spec.calibration is not None and self.opts.criterion != "magnitude":
