@@ -10,6 +10,7 @@ Graph analysis goes through onnx-graphsurgeon (`Model.graph()`), which reads the
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import heapq
 import logging
@@ -17,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -205,6 +207,19 @@ class Model:
             values = onnx.numpy_helper.to_array(t)
         values.flags.writeable = False
         return values
+
+    def read_ahead(self, keys: list[str]) -> Iterator[np.ndarray]:
+        """`read(key)` for each of `keys` in order, the next one read on a second thread while the
+        caller works on the current one (pread and numpy release the GIL): one tensor ahead, no more."""
+        if not keys:
+            return
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onnxprune-read") as pool:
+            ahead = pool.submit(self.read, keys[0])
+            for nxt in keys[1:]:
+                current = ahead.result()
+                ahead = pool.submit(self.read, nxt)
+                yield current
+            yield ahead.result()
 
     def write(self, key: str, values: np.ndarray, *, hand_over: bool = False) -> None:
         """Replace a tensor's values (same shape; cast to the stored dtype); they are copied. With

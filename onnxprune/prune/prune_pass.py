@@ -107,9 +107,11 @@ class PrunePass(Pass):
         elif glob:
             block_prune = dict(zip([w.key for w in glob], self._global_counts(ctx, glob, pattern, score)))
         owner = {w.key: i for i, w in enumerate(glob)}
-        for w in [w for w in weights if w.key in alloc.targets or w.key in owner]:
+        todo = [w for w in weights if w.key in alloc.targets or w.key in owner]
+        unread = ctx.model.read_ahead([w.key for w in todo if w.key not in ranked_stored])
+        for w in todo:
             key = ctx.at = w.key
-            stored = ranked_stored.pop(key) if key in ranked_stored else ctx.model.read(key)
+            stored = ranked_stored.pop(key) if key in ranked_stored else next(unread)
             keep = ctx.masks.get(key) if key in ctx.masks else None
             before = 0.0 if keep is None else pruned_share(keep)
             if cut is not None and key in owner:
