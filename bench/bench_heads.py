@@ -4,7 +4,7 @@ Each configuration prunes a fresh copy with 64 calibration sentences and least-s
 measured on 64 other sentences: mean cosine of the sentence embeddings, MACs ratio (from the prune
 report) and latency ratio (onnxruntime, 1 thread, batch 16 x 64 tokens, median of interleaved runs).
 
-    python bench/bench_heads.py [--repeats 15] [--configs heads,head-dims,mlp-only] [--round-to 16]
+    python bench/bench_heads.py [--repeats 15] [--configs heads,head-dims,mlp-only[:SPARSITY]] [--round-to 16]
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ CONFIGS = {  # name -> PruneOptions fields (sparsities chosen for ~0.75x MACs)
     "heads": dict(channel_unit="head", sparsity=0.25),
     "head-dims": dict(channel_unit="channel", sparsity=0.25),
     "mlp-only": dict(sparsity=0.375, skip=["*attention*"]),
+    # measured curves of every group (heads / head dims / MLP channels), allocated to the MACs budget
+    "sensitivity-heads": dict(channel_unit="head", allocation="sensitivity", budget="macs=0.75"),
+    "sensitivity": dict(allocation="sensitivity", budget="macs=0.75"),
 }
 
 
@@ -63,11 +66,13 @@ def main(argv=None):
         base = session(path)
         ref = np.concatenate(outputs(base, evald, 16, "461"))
         feed = next(iter(evald.batches(16)))
-        for name in a.configs.split(","):
+        for spec in a.configs.split(","):
+            name, _, level = spec.partition(":")  # name[:sparsity]
+            config = dict(CONFIGS[name], **({"sparsity": float(level)} if level else {}))
             model = Model.load(path)
             t0 = time.perf_counter()
             _, report = prune_model(model, PruneOptions(pattern="channel", round_to=a.round_to, repair=a.repair,
-                                                        criterion="magnitude", **CONFIGS[name]),
+                                                        criterion="magnitude", **config),
                                     data=calib, progress=False)
             secs = time.perf_counter() - t0
             cand = session(model.proto)
@@ -75,7 +80,7 @@ def main(argv=None):
             cos = np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
             t_base, t_cand = latency([base, cand], feed, a.repeats)
             st = report["structured"]
-            print(f"{name:10} repair={a.repair:5} round_to={a.round_to} cosine {cos.mean():.4f} MACs {st['macs_ratio']:.3f} "
+            print(f"{spec:10} repair={a.repair:5} round_to={a.round_to} cosine {cos.mean():.4f} MACs {st['macs_ratio']:.3f} "
                   f"params {st['params_ratio']:.3f} latency {t_cand / t_base:.3f} ({t_cand * 1e3:.1f} / "
                   f"{t_base * 1e3:.1f} ms) prune {secs:.0f}s", flush=True)
 

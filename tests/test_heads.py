@@ -104,3 +104,20 @@ def test_head_dims_stay_the_default_unit(tmp_path):
     assert split.tolist() == [0, 0, HEADS, DH // 2]
     with pytest.raises(OptionError, match="channel-unit|channel_unit"):
         PruneOptions(channel_unit="head")  # unstructured: no channels
+
+
+def test_sensitivity_allocation_measures_whole_heads(tmp_path, monkeypatch):
+    """--allocation sensitivity with --channel-unit head: the curves are measured on the head groups (the
+    groups the prune then cuts), so whole heads go, never head dims."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = tmp_path / "mha.onnx"
+    onnx.save(block(weights(), HEADS), str(path))
+    x = np.random.default_rng(2).standard_normal((16, 2, SEQ, D)).astype(np.float32)
+    data = {"x": x.reshape(32, SEQ, D)}
+    ctx, report = prune_model(path, PruneOptions(pattern="channel", channel_unit="head", round_to=2,
+                                                 allocation="sensitivity", budget="macs=0.75"),
+                              data=data, progress=False)
+    levels = report["allocation"]["levels"]
+    assert any("q_mm" in g for g in levels) and report["structured"]["macs_ratio"] <= 0.75
+    split = next(numpy_helper.to_array(t) for t in ctx.model.proto.graph.initializer if t.name == "split")
+    assert split[3] == DH  # head_dim whole: only whole heads were removed

@@ -229,6 +229,11 @@ class PruneOptions:
                               Opt("prune.repair"))
         self.channel_pass()  # sparsity, round_to, scope
 
+    @property
+    def channel_factor(self) -> str:
+        """Which factor of a heads x head_dim Reshape carries the channels (`analyze_groups`' prefer)."""
+        return CHANNEL_UNITS[self.channel_unit]
+
     def final_sparsity(self) -> float:
         if self.pattern == "channel":
             return self.sparsity if self.sparsity is not None else 0.5
@@ -238,7 +243,7 @@ class PruneOptions:
     def channel_pass(self, group_sparsity: dict[str, float] | None = None) -> ChannelPrunePass:
         return ChannelPrunePass(self.final_sparsity(), self.round_to, self.scope, CHANNEL_CRITERIA[self.criterion],
                                 self.repair, self.reinit, skip=self.skip, calib_samples=self.calib_samples or 32,
-                                prefer=CHANNEL_UNITS[self.channel_unit], refit=lstsq_repair if self.repair == "lstsq" else None,
+                                prefer=self.channel_factor, refit=lstsq_repair if self.repair == "lstsq" else None,
                                 group_sparsity=group_sparsity)
 
     def needs_data(self) -> bool:
@@ -418,7 +423,7 @@ def _allocated(model: Model, opts: PruneOptions, data, exclude: dict[str, str]):
         def probe(levels: dict[str, float]) -> float:
             r = prune_channels(model, 0.0, round_to=opts.round_to, criterion=CHANNEL_CRITERIA[opts.criterion],
                                data=data, calib_samples=opts.calib_samples or 32, skip=opts.skip,
-                               group_sparsity=levels).report
+                               prefer=opts.channel_factor, group_sparsity=levels).report
             if budget.kind == "sparsity":
                 free = [g for g in r["groups"] if not g["frozen"]]
                 removable = sum(g["channels_before"] - g["frozen_channels"] for g in free)

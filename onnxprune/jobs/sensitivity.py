@@ -123,7 +123,8 @@ class Worker:
         if self.channel:
             self.feed, _ = sample_feed(self.original.proto, spec.calibration or spec.evaluation,
                                        str(self.original.base_dir))
-            self.analysis = analyze_groups(self.original.proto, self.feed, base_dir=str(self.original.base_dir))
+            self.analysis = analyze_groups(self.original.proto, self.feed, base_dir=str(self.original.base_dir),
+                                           prefer=spec.opts.channel_factor)
 
     def measure(self, layer: str) -> dict:
         rows = [self._channel(layer, lv) if self.channel else self._weight(layer, lv) for lv in self.spec.levels]
@@ -178,7 +179,7 @@ class Worker:
         res = prune_channels(self.original, 0.0, round_to=o.round_to, criterion={"magnitude": "l2"}.get(o.criterion, "activation"),
                              data=self.spec.calibration, repair=o.repair, calib_samples=o.calib_samples or 32,
                              refit=lstsq_repair if o.repair == "lstsq" else None, feed=self.feed,
-                             group_sparsity={group: level}, analysis=self.analysis)
+                             prefer=o.channel_factor, group_sparsity={group: level}, analysis=self.analysis)
         r = res.report
         row = next(g for g in r["groups"] if g["name"] == group)
         removable = row["channels_before"] - row["frozen_channels"]
@@ -212,7 +213,7 @@ def layers_of(model: Model, opts, feed_data=None) -> list[dict]:
     (unstructured, N:M, blocks) or the prunable, unskipped channel groups."""
     if opts.pattern == "channel":
         feed, _ = sample_feed(model.proto, feed_data, str(model.base_dir))
-        an = analyze_groups(model.proto, feed, base_dir=str(model.base_dir))
+        an = analyze_groups(model.proto, feed, base_dir=str(model.base_dir), prefer=opts.channel_factor)
         return [{"name": g.name(), "channels": int(g.channels - g.frozen.sum())} for g in an.groups
                 if g.prunable and not g.frozen.all()
                 and not any(fnmatch.fnmatch(p, pat) for p in g.producers for pat in opts.skip)]
@@ -258,7 +259,8 @@ def model_digest(path: str | os.PathLike) -> str:
 def cache_key(spec: Spec) -> str:
     o = spec.opts
     options = {k: getattr(o, k) for k in ("pattern", "criterion", "repair", "skip", "min_params", "nm_remainder",
-                                          "calib_samples", "sequential", "round_to", "fold_constants")}
+                                          "calib_samples", "sequential", "round_to", "fold_constants", "channel_unit",
+                                          "granularity")}
     settings = {"version": __version__, "model": model_digest(spec.model_path), "options": options,
                 "levels": spec.levels, "metric": spec.metric, "latency": spec.latency, "batch_size": spec.batch_size,
                 "calibration": _dataset_digest(spec.calibration), "evaluation": _dataset_digest(spec.evaluation)}
