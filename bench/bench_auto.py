@@ -4,7 +4,7 @@ Writes each model's calibration / evaluation data as .npz (tests/realmodels.py: 
 with different seeds, Magika features of real files of this machine split at random, MiniLM sentences),
 runs the CLI as a user would, and prints one row per job from its JSON report.
 
-    python bench/bench_auto.py [--jobs ddddocr magika minilm] [--out DIR]
+    python bench/bench_auto.py [--jobs ddddocr magika minilm ddddocr-sensitivity magika-sensitivity] [--out DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ JOBS = {  # name -> (model key, auto flags)
     "ddddocr": ("ddddocr_common", ["--pattern", "channel", "--budget", "macs=0.5", "--min-top1-agreement", "0.99"]),
     "magika": ("magika", ["--pattern", "channel", "--budget", "macs=0.5", "--min-top1-agreement", "0.99"]),
     "minilm": ("minilm_l3", ["--budget", "sparsity=0.7", "--min-cosine", "0.95"]),
+    # the same with the channel groups' levels allocated from curves measured with the repair
+    "ddddocr-sensitivity": ("ddddocr_common", ["--pattern", "channel", "--allocation", "sensitivity", "--budget",
+                                               "macs=0.5", "--min-top1-agreement", "0.99"]),
+    "magika-sensitivity": ("magika", ["--pattern", "channel", "--allocation", "sensitivity", "--budget", "macs=0.5",
+                                      "--min-top1-agreement", "0.99"]),
 }
 
 

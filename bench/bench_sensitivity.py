@@ -11,7 +11,7 @@
    of the first output; latency pruned/original in onnxruntime (1 thread, median of interleaved runs).
 
     python bench/bench_sensitivity.py [--parts timing allocation] [--models ddddocr_common magika minilm_l3]
-        [--heatmap docs/sensitivity-example.png] [--json out.json]
+        [--repairs none lstsq] [--heatmap docs/sensitivity-example.png] [--json out.json]
 """
 
 from __future__ import annotations
@@ -92,14 +92,14 @@ def _parity(path: str, candidate, ev: Dataset) -> dict:
     return {k: round(float(m[k]), 4) for k in ("cosine_mean", "top1_agreement") if k in m}
 
 
-def allocation(key: str, tmp: str, reps: int, cache: str | None = None) -> list[dict]:
+def allocation(key: str, tmp: str, reps: int, cache: str | None = None, repairs=("none", "lstsq")) -> list[dict]:
     path, cal, ev = data_for(key, tmp)
     feed = next(iter(ev.batches(1)))
     cache = cache or os.path.join(tmp, "cache")
     os.environ[sens.CACHE_ENV] = cache
     rows = []
     channel = key != "minilm_l3"
-    repairs = ("none", "lstsq") if channel else ("none",)
+    repairs = repairs if channel else ("none",)
     for repair in repairs:
         base = (PruneOptions(pattern="channel", sparsity=0.5, round_to=16, repair=repair) if channel
                 else PruneOptions(sparsity=0.5))
@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--parts", nargs="*", default=["timing", "allocation"])
     ap.add_argument("--models", nargs="*", default=["ddddocr_common", "magika", "minilm_l3"])
     ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--repairs", nargs="*", default=["none", "lstsq"], help="channel models: with these repairs")
     ap.add_argument("--heatmap", help="write the MiniLM-L3 heatmap here (PNG)")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--cache", help="sensitivity cache folder (default: a fresh temporary one)")
@@ -145,7 +146,7 @@ def main() -> None:
     if "timing" in args.parts:
         out["timing"] = timing(tmp, args.heatmap)
     if "allocation" in args.parts:
-        out["allocation"] = [r for key in args.models for r in allocation(key, tmp, args.reps, args.cache)]
+        out["allocation"] = [r for key in args.models for r in allocation(key, tmp, args.reps, args.cache, args.repairs)]
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

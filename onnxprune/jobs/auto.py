@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import shutil
 import tempfile
@@ -43,10 +44,11 @@ from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, write_json
 from onnxprune.jobs.gate import THRESHOLD_KEYS
 from onnxprune.jobs.measure import latency, model_size
-from onnxprune.jobs.prune_job import PruneOptions, prune_model, summarize
+from onnxprune.jobs.prune_job import PruneOptions, build_pipeline, prune_model, summarize
 from onnxprune.jobs.quantize_job import quantize_step
 from onnxprune.jobs.recipe import Recipe
 from onnxprune.jobs.run import check_output_paths, job_datasets, stamp_recipe
+from onnxprune.jobs.sensitivity import allocation_curves
 from onnxprune.jobs.sweep import HEADLINE, achieved_sparsity
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.structured import CPU_ROUND_TO
@@ -210,6 +212,8 @@ class AutoSearch:
         """A budget probe: the level pruned cheaply (no repair), only the budget's measure."""
         t0 = time.perf_counter()
         opts = self._options_at(level)
+        if opts.allocation == "sensitivity" and not opts.sensitivity:  # the candidates' curves, not repair-free ones
+            opts = dataclasses.replace(opts, sensitivity=str(self._curves(tmp)))
         opts = dataclasses.replace(opts, repair="none",
                                    criterion="magnitude" if opts.criterion == "sparsegpt" else opts.criterion)
         folder = Path(tempfile.mkdtemp(dir=tmp))
@@ -222,6 +226,15 @@ class AutoSearch:
         self.log(f"  budget probe level {level:.4f}: {self.budget.kind} {point[self.budget.kind]:.3f}"
                  f"{'' if point['meets_budget'] else ' (over the budget)'}")
         return point
+
+    def _curves(self, tmp: Path) -> Path:
+        """The sensitivity curves the candidates allocate from (measured with their criterion and repair,
+        cached), in a file under `tmp`: probes prune without repair but allocate as the candidates do."""
+        path = tmp / "allocation-curves.json"
+        if not path.exists():
+            section, _ = allocation_curves(self.dense, self._options_at(self.max_level), self.calib, build_pipeline)
+            path.write_text(json.dumps(section))
+        return path
 
     def cap(self, tmp: Path) -> float:
         """The strongest level to try: the lowest that meets the budget (or the highest possible)."""

@@ -455,6 +455,23 @@ def glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "[*?" else c for c in name)
 
 
+def allocation_curves(model: Model, opts, data, build_pipeline: Callable, *, cache_dir=None) -> tuple[dict, str]:
+    """(the sensitivity section, where it came from) that `--allocation sensitivity` allocates from:
+    `opts.sensitivity` (a report), else measured now with `opts` (criterion, repair) on the calibration
+    data (synthetic inputs without it), cached."""
+    if opts.sensitivity:
+        return load_section(opts.sensitivity), str(opts.sensitivity)
+    if model.path is None:
+        raise OptionError(Opt("prune.allocation", "sensitivity"), " on an in-memory model: give ",
+                          Opt("prune.sensitivity", "R.json"), " (onnxprune sensitivity --report)")
+    evaluation = data if data is not None else Dataset.synthetic(model.proto, base_dir=model.base_dir)
+    base = dataclasses.replace(opts, allocation="uniform", budget=None, sensitivity=None)
+    spec = Spec(str(model.path), base, data, evaluation, list(DEFAULT_LEVELS), "cosine", build_pipeline,
+                latency=opts.budget_value().kind == "latency")
+    section = run_sensitivity(spec, cache_dir=cache_dir)
+    return section, "cache" if section.get("cached") else "measured"
+
+
 def sensitivity_allocation(model: Model, opts, data, build_pipeline: Callable, *, cache_dir=None,
                            probe: Callable[[dict[str, float]], float] | None = None) -> dict:
     """Per-layer levels for `--allocation sensitivity`: curves from `opts.sensitivity` (a report) or
@@ -464,19 +481,7 @@ def sensitivity_allocation(model: Model, opts, data, build_pipeline: Callable, *
     target is then raised until the exact saving meets it. Returns the `allocation` report section."""
 
     budget = opts.budget_value()
-    if opts.sensitivity:
-        section = load_section(opts.sensitivity)
-        source = str(opts.sensitivity)
-    else:
-        if model.path is None:
-            raise OptionError(Opt("prune.allocation", "sensitivity"), " on an in-memory model: give ",
-                              Opt("prune.sensitivity", "R.json"), " (onnxprune sensitivity --report)")
-        evaluation = data if data is not None else Dataset.synthetic(model.proto, base_dir=model.base_dir)
-        base = dataclasses.replace(opts, allocation="uniform", budget=None, sensitivity=None)
-        spec = Spec(str(model.path), base, data, evaluation, list(DEFAULT_LEVELS), "cosine", build_pipeline,
-                    latency=budget.kind == "latency")
-        section = run_sensitivity(spec, cache_dir=cache_dir)
-        source = "cache" if section.get("cached") else "measured"
+    section, source = allocation_curves(model, opts, data, build_pipeline, cache_dir=cache_dir)
     if section.get("pattern", opts.pattern) != opts.pattern:
         raise OptionError(Opt("prune.sensitivity"), f" was measured with pattern {section['pattern']}, not "
                           f"{opts.pattern}; measure it with the same --pattern")
