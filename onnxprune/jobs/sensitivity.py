@@ -37,6 +37,7 @@ from onnxprune.core.atomic import atomic_write_text
 from onnxprune.core.errors import OnnxPruneError, Opt, OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
+from onnxprune.core.progress import stage_line
 from onnxprune.core.runtime import session
 from onnxprune.pipeline import Context
 from onnxprune.pipeline.calibration import CalibrationState
@@ -468,7 +469,19 @@ def allocation_curves(model: Model, opts, data, build_pipeline: Callable, *, cac
     base = dataclasses.replace(opts, allocation="uniform", budget=None, sensitivity=None)
     spec = Spec(str(model.path), base, data, evaluation, list(DEFAULT_LEVELS), "cosine", build_pipeline,
                 latency=opts.budget_value().kind == "latency")
-    section = run_sensitivity(spec, cache_dir=cache_dir)
+    start, done = time.perf_counter(), []
+
+    def on_layer(r: dict) -> None:  # a group can take a minute with repair: say how far it got
+        done.append(r["layer"])
+        stage_line(f"sensitivity {len(done)}: {r['layer']} measured at {len(spec.levels)} levels",
+                   time.perf_counter() - start)
+
+    section = run_sensitivity(spec, cache_dir=cache_dir, on_layer=on_layer)
+    if section.get("cached"):
+        stage_line(f"sensitivity curves of {len(section['layers'])} layers from the cache")
+    else:
+        stage_line(f"sensitivity curves: {len(section['layers'])} layers x {len(spec.levels)} levels "
+                   f"measured (cached for the next run)", section["seconds"])
     return section, "cache" if section.get("cached") else "measured"
 
 
