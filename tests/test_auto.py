@@ -170,3 +170,50 @@ def test_a_level_that_removes_nothing_is_not_an_answer(tmp_path):
             "sparsity=0.02", "--min-top1-agreement", "0.5", "--max-candidates", "1", *FAST)
     assert r.exit_code == 1, r.output  # 2% of a few channels rounds to none removed: the dense model
     assert "removes nothing" in r.output and not out.exists()
+
+
+def _outlier_mlp(folder: Path) -> tuple[Path, Path, Path]:
+    """x -> fc1 -> Relu -> x[1000, 1, 1, ...] -> fc2: one activation channel 1000x the others, so int8 of fc2's
+    input (one range per tensor) rounds every other channel to zero, while fc1 quantizes well."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    r = np.random.default_rng(0)
+    w1 = r.standard_normal((32, 64)).astype(np.float32) / 6
+    w2 = r.standard_normal((64, 10)).astype(np.float32) / 8
+    w2[0] *= 1e-3
+    scale = np.ones(64, np.float32)
+    scale[0] = 1000
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["a"], name="act"),
+             helper.make_node("Mul", ["a", "s"], ["b"], name="outlier"), helper.make_node("MatMul", ["b", "w2"], ["y"], name="fc2")]
+    graph = helper.make_graph(nodes, "outlier", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 32])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 10])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+                               numpy_helper.from_array(scale, "s")])
+    path = folder / "outlier.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = r.standard_normal((256, 32)).astype(np.float32)
+    x[:, 0] = np.abs(x[:, 0])
+    np.savez(folder / "cal.npz", x=x[:128])
+    np.savez(folder / "ev.npz", x=x[128:])
+    return path, folder / "cal.npz", folder / "ev.npz"
+
+
+def test_mixed_precision_keeps_the_harmful_node_float_and_the_recipe_reproduces_it(tmp_path):
+    """auto --quantize int8 where int8 of the dense model already fails the gate: the node whose quantization
+    alone hurts (fc2) stays float, the other is quantized, and the recipe records it (prune.quantize_skip)."""
+    path, cal, ev = _outlier_mlp(tmp_path)
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    r = run("auto", path, "-o", out, "--data", cal, "--eval-data", ev, "--budget", "sparsity=0.3", "--min-cosine",
+            "0.99", "--max-candidates", "2", "--quantize", "int8", "--criterion", "magnitude", "--repair", "none",
+            "--report", report, *FAST)
+    assert r.exit_code == 0, r.output
+    mixed = json.loads(report.read_text())["mixed_precision"]
+    assert mixed["quantized_dense"]["passed"] is False and mixed["kept_float"] == ["fc2"]
+    assert mixed["nodes"]["fc2"] < mixed["nodes"]["fc1"]
+    proto = Model.load(out).proto
+    inits = {t.name: t.data_type for t in proto.graph.initializer}
+    assert inits["w2"] == 1 and "w1" not in inits and inits["w1_quantized"] == 3  # float, int8
+    r = run("run", tmp_path / "out.recipe.toml", "-o", tmp_path / "again.onnx", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert sha(tmp_path / "again.onnx") == sha(out)

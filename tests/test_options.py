@@ -61,7 +61,7 @@ def test_a_recipe_takes_every_field():
     values = {"sparsity": 0.6, "pattern": "4x4", "scope": "global", "criterion": "magnitude", "overrides": ["a*=0.2"],
               "skip": ["b*"], "min_params": 7, "nm_remainder": "pad", "steps": 3, "initial_sparsity": 0.1, "t0": 2,
               "dt": 2, "hooks": [], "fold_constants": True, "calib_samples": 5, "sequential": True, "repair": "none",
-              "round_to": 4, "reinit": False, "quantize": "fp16", "channel_unit": "channel", "granularity": "layer",
+              "round_to": 4, "reinit": False, "quantize": "fp16", "quantize_skip": ["head*"], "channel_unit": "channel", "granularity": "layer",
               "allocation": "uniform", "owl_lambda": 0.1, "owl_m": 4.0}
     unset = {"budget": None, "sensitivity": None}  # only with allocation = "sensitivity" (see test_sensitivity.py)
     assert set(values) | set(unset) == set(FIELDS)

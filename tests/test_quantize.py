@@ -14,6 +14,7 @@ from nm_check import group_axis, nm_violations
 from onnx import numpy_helper
 
 from onnxprune.analyze.inspect import inspect_model
+from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import Dataset
 from onnxprune.cli import main
 from onnxprune.core.errors import OptionError
@@ -222,3 +223,28 @@ def test_magika_2to4_int8_keeps_every_group():
             assert nm_violations(q, axis, 2, 4, zp) == 0, name
             checked += 1
     assert checked >= 1  # weights read straight by a DequantizeLinear feeding the op (no Transpose between)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-dynamic", "fp16"])
+def test_quantize_skip_keeps_matching_nodes_float(tmp_path, mode):
+    """--quantize-skip: the node applying the matched weight keeps its float weight (no DequantizeLinear
+    or MatMulInteger in front of it, float32 initializer); the others are quantized."""
+    model = Model.load(MLP)
+    weights = [w.key for w in find_weights(model).weights]
+    kept = weights[-1]
+    calib = Dataset.from_source(CAL, model.proto)
+    report = quantize_model(model, mode, calib.batches() if mode == "int8" else None, skip=[kept])
+    assert report["nodes_kept_float"] and report["nodes_kept_float"] == sorted(report["nodes_kept_float"])
+    inits = {t.name: t for t in model.proto.graph.initializer}
+    kept_nodes = [n for n in model.proto.graph.node  # int8-dynamic turns Gemm NAME into NAME_MatMul + NAME_Add
+                  if n.name in report["nodes_kept_float"] or n.name.removesuffix("_MatMul") in report["nodes_kept_float"]]
+    float_ops = [n for n in kept_nodes if n.op_type in ("MatMul", "Gemm")]
+    assert float_ops and all(inits[n.input[1]].data_type == onnx.TensorProto.FLOAT for n in float_ops)
+    assert all(n.op_type not in ("MatMulInteger", "DynamicQuantizeMatMul") for n in kept_nodes)
+    others = weights[:-1]
+    assert all(o not in inits or inits[o].data_type != onnx.TensorProto.FLOAT for o in others)
+
+
+def test_quantize_skip_without_quantize_is_an_option_error():
+    with pytest.raises(OptionError, match="quantize"):
+        PruneOptions(quantize_skip=["fc*"])

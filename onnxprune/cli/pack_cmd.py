@@ -11,7 +11,7 @@ from onnxprune.analyze.weights import find_weights
 from onnxprune.check.data import dataset_from_options
 from onnxprune.cli import is_quiet, json_option, report_target, verbosity_options
 from onnxprune.cli.prune_cmd import prune_options
-from onnxprune.core.errors import NothingToPackError
+from onnxprune.core.errors import NothingToPackError, Opt, OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, write_json
@@ -49,10 +49,11 @@ from onnxprune.quantize.quantizer import needs_calibration
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report (schema onnxprune.pack) here ('-': stdout).")
 @click.option("--no-gzip", is_flag=True, help="Skip measuring gzip of the dense model (slow on large models).")
 @click.option("--all-rows", is_flag=True, help="Print every layer (default: the first 60).")
-@prune_options(only=("quantize",))
+@prune_options(only=("quantize", "quantize_skip"))
 @click.option("--data", type=click.Path(), help="Calibration inputs for --quantize int8 (.npz keyed by input name, or a folder).")
 @verbosity_options
-def command(model_path, target_name, output, emit, block, enforce, max_increase, masks_in, input_shapes, quantize, data,
+def command(model_path, target_name, output, emit, block, enforce, max_increase, masks_in, input_shapes, quantize,
+            quantize_skip, data,
             report_path, as_json, no_gzip, all_rows):
     """Pack a pruned MODEL for an accelerator target into OUT_DIR: model.onnx, weights.bin, manifest.json.
 
@@ -62,6 +63,8 @@ def command(model_path, target_name, output, emit, block, enforce, max_increase,
     quiet = is_quiet()
     target = load_target(target_name, block=block)
     check_target_mode(quantize, target)
+    if quantize_skip and not quantize:
+        raise OptionError(Opt("prune.quantize_skip"), " applies to ", Opt("prune.quantize", "int8"))
     shapes = dict(parse_shape(s) for s in input_shapes)
     model = Model.load(model_path)
     masks = None
@@ -75,7 +78,7 @@ def command(model_path, target_name, output, emit, block, enforce, max_increase,
     if quantize:  # the pruned model, quantized before packing: the artifact holds the quantized weights
         calib = (dataset_from_options(model.proto, {"data": data, "shapes": input_shapes}, model.base_dir)
                  if data and needs_calibration(quantize) else None)
-        quant = quantize_step(ctx, quantize, calib, target)
+        quant = quantize_step(ctx, quantize, calib, target, quantize_skip)
     try:
         _, report = pack_model(model, target, output, emit=emit, enforce=enforce, ctx=ctx,
                                input_shapes=shapes or None, max_increase=max_increase, measure_gzip=not no_gzip,

@@ -65,7 +65,7 @@ SECTIONS = {
                                     "sequential", "repair"),
     "Schedule (gradual pruning, fine-tuning hooks)": ("steps", "initial_sparsity", "t0", "dt", "hooks", "masks_in"),
     "Target and quantization (prune for an accelerator, quantize, pack)": ("target_name", "emit", "block", "target_out",
-                                                                            "quantize"),
+                                                                            "quantize", "quantize_skip"),
     "Check (parity gate on the result)": ("run_gate", "eval_data", "min_cosine", "max_rel_l2", "min_top1_agreement",
                                           "max_accuracy_drop", "atol", "rtol", "min_snr_db", "max_abs",
                                           "min_exact_match", "allow_guessed_shapes", "output_thresholds",

@@ -29,7 +29,7 @@ from onnxprune.jobs.sweep import HEADLINE, find_max, plot, sweep
 from onnxprune.prune.patterns import Pattern
 
 NOT_SWEPT = ("sparsity", "steps", "initial_sparsity", "t0", "dt", "hooks",  # one-shot, at each level in turn
-             "quantize")  # the curve is pruning's: quantize the chosen level with prune --quantize
+             "quantize", "quantize_skip")  # the curve is pruning's: quantize the chosen level with prune --quantize
 
 
 def _sparsities(text: str) -> list[float]:

@@ -48,10 +48,11 @@ from onnxprune.jobs.prune_job import PruneOptions, build_pipeline, prune_model, 
 from onnxprune.jobs.quantize_job import quantize_step
 from onnxprune.jobs.recipe import Recipe
 from onnxprune.jobs.run import check_output_paths, job_datasets, stamp_recipe
-from onnxprune.jobs.sensitivity import allocation_curves
+from onnxprune.jobs.sensitivity import allocation_curves, glob_escape
 from onnxprune.jobs.sweep import HEADLINE, achieved_sparsity
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.structured import CPU_ROUND_TO
+from onnxprune.quantize.quantizer import DYNAMIC_OPS, STATIC_OPS, needs_calibration, quantize_model, weight_nodes
 
 BUDGET_KINDS = {"macs": "kept fraction of the dense MACs", "latency": "kept fraction of the dense CPU latency",
                 "size": "kept fraction of the dense deflated bytes", "sparsity": "fraction of weights removed"}
@@ -166,6 +167,7 @@ class AutoSearch:
                            "threads": self.recipe.check.get("threads", 1),
                            "allow_guessed_shapes": bool(self.recipe.check.get("allow_guessed_shapes"))}
         self._best: tuple[float, Model, dict, Path] | None = None
+        self.mixed: dict | None = None  # the mixed-precision step's findings (with --quantize)
         self._seen: dict[str, dict] = {}  # model sha256 -> its point (rounding makes plateaus)
 
     @property
@@ -188,7 +190,7 @@ class AutoSearch:
         model = self.dense.copy()  # validated once: a candidate does not load and check the file again
         ctx, summary = prune_model(model, opts, self.calib, progress=False)
         if opts.quantize:  # the candidate is the artifact deployed: pruned, repaired, then quantized (as `run`)
-            quantize_step(ctx, opts.quantize, self.calib)
+            quantize_step(ctx, opts.quantize, self.calib, skip=opts.quantize_skip)
             summary = summarize(ctx, opts)
         if recipe is not None:
             stamp_recipe(model, recipe)  # the bytes `onnxprune run` writes for this recipe
@@ -235,6 +237,59 @@ class AutoSearch:
             section, _ = allocation_curves(self.dense, self._options_at(self.max_level), self.calib, build_pipeline)
             path.write_text(json.dumps(section))
         return path
+
+    def _quantized_dense(self, skip: list[str], tmp: Path) -> tuple[bool, float]:
+        """(passes the gate, mean cosine over outputs) of the dense model quantized with `skip` kept float."""
+        opts = self.recipe.prune
+        model = self.dense.copy()
+        quantize_model(model, opts.quantize, self.calib.batches() if needs_calibration(opts.quantize) else None,
+                       skip=skip)
+        folder = Path(tempfile.mkdtemp(dir=tmp))
+        model.save(folder / "quantized.onnx")
+        report = compare(self.model_path, folder / "quantized.onnx", self.evaluation, self.thresholds, **self.compare_kw)
+        shutil.rmtree(folder)
+        cosines = [o.metrics["cosine_mean"] for o in report.outputs if o.metrics.get("cosine_mean") is not None]
+        return report.passed, sum(cosines) / len(cosines) if cosines else 0.0
+
+    def _mixed_precision(self, tmp: Path) -> None:
+        """With --quantize and no --quantize-skip: when the dense model quantized fails the gate already, no
+        pruned candidate can pass. Then each quantizable node is measured quantized alone (the mean output
+        cosine), and the fewest most harmful ones are kept float (bisection on their number) so that the
+        quantized dense model passes; every candidate and the recipe (`prune.quantize_skip`) keep them float."""
+        opts = self.recipe.prune
+        if not opts.quantize or opts.quantize_skip:
+            return
+        t0 = time.perf_counter()
+        passed, cosine = self._quantized_dense([], tmp)
+        self.mixed = {"quantized_dense": {"passed": passed, "cosine_mean": cosine}}
+        if passed:
+            return
+        nodes = weight_nodes(self.dense, STATIC_OPS if opts.quantize != "int8-dynamic" else DYNAMIC_OPS + ("Gemm",))
+        if not nodes:
+            self.notes.append("the dense model quantized fails the gate, and its nodes have no names to keep "
+                              "float by: every candidate will fail")
+            return
+        self.log(f"  {opts.quantize} of the dense model fails the gate (cosine {cosine:.4f}): measuring "
+                 f"{len(nodes)} nodes quantized alone")
+        harm = {}
+        for node in nodes:
+            harm[node] = self._quantized_dense([glob_escape(n) for n in nodes if n != node], tmp)[1]
+        order = sorted(nodes, key=lambda n: (harm[n], n))  # lowest cosine alone: most harmful first
+        lo, hi = 0, len(order)  # keeping `hi` float passes (all float: the dense model itself)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._quantized_dense([glob_escape(n) for n in order[:mid]], tmp)[0]:
+                hi = mid
+            else:
+                lo = mid
+        kept = order[:hi]
+        self.mixed.update(nodes={n: round(harm[n], 6) for n in order}, kept_float=kept,
+                          time_s=time.perf_counter() - t0)
+        if hi == len(order):
+            self.notes.append(f"{opts.quantize} fails the gate on every node: candidates are not quantized")
+        self.recipe.prune = dataclasses.replace(opts, quantize_skip=[glob_escape(n) for n in kept])
+        self.log(f"  mixed precision: {len(kept)} of {len(order)} nodes kept float ({', '.join(kept[:4])}"
+                 f"{', ...' if len(kept) > 4 else ''}), {time.perf_counter() - t0:.1f} s")
 
     def cap(self, tmp: Path) -> float:
         """The strongest level to try: the lowest that meets the budget (or the highest possible)."""
@@ -295,6 +350,7 @@ class AutoSearch:
         opts = self.recipe.prune
         self.log(f"onnxprune auto: {self.model_path}, pattern {opts.pattern}, criterion {opts.criterion}, repair "
                  f"{opts.repair}, budget {self.budget} ({BUDGET_KINDS[self.budget.kind]})")
+        self._mixed_precision(tmp)
         cap = self.cap(tmp)
         self.log(f"cap for budget {self.budget}: level {cap:.4f}")
         lo, hi = 0.0, cap
@@ -320,6 +376,8 @@ class AutoSearch:
             "trace": sorted(self.trace, key=lambda p: p["level"]),
             "notes": self.notes, "time_s": seconds,
         }
+        if self.mixed is not None:
+            report["mixed_precision"] = self.mixed
         if self._best is None:
             report.update(passed=False, chosen=None)
             return AutoResult(report)

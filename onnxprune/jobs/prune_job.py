@@ -45,7 +45,7 @@ from onnxprune.repair.structured_repair import lstsq_repair
 
 # Options added after the first release that change nothing at their default: left out of the options
 # hash and the recipe while at it, so models pruned without them stay byte-identical.
-QUIET_DEFAULTS = {"quantize": None, "channel_unit": "channel", "granularity": "auto", "allocation": "uniform",
+QUIET_DEFAULTS = {"quantize": None, "quantize_skip": [], "channel_unit": "channel", "granularity": "auto", "allocation": "uniform",
                   "owl_lambda": DEFAULT_LAMBDA, "owl_m": DEFAULT_M, "budget": None, "sensitivity": None}
 
 CHANNEL_CRITERIA = {"magnitude": "l2", "wanda": "activation"}  # prune option -> channel importance
@@ -114,6 +114,9 @@ class PruneOptions:
     quantize: str | None = _option(choices=QUANTIZE_MODES, help=(
         "After pruning and repair, quantize with onnxruntime's tool: int8 (static QDQ, per-channel symmetric "
         "weights, calibrated on --data), int8-dynamic (MatMulInteger, for transformers) or fp16; zeros stay exact."))
+    quantize_skip: list[str] = _option(factory=list, metavar="GLOB", help=(
+        "--quantize: keep nodes (or the nodes of weights) matching GLOB in float, e.g. a layer whose int8 "
+        "error fails the gate. Repeatable."))
     channel_unit: str = _option("channel", choices=CHANNEL_UNITS, help=(
         "--pattern channel, attention: remove head_dim channels inside every head (channel) or whole heads (head: "
         "the Reshape's head count shrinks)."))
@@ -150,6 +153,8 @@ class PruneOptions:
         if self.repair not in REPAIR_METHODS:
             raise OptionError(Opt("prune.repair"), f" {self.repair!r}: use one of {', '.join(REPAIR_METHODS)}")
         check_mode(self.quantize)
+        if self.quantize_skip and not self.quantize:
+            raise OptionError(Opt("prune.quantize_skip"), " applies to ", Opt("prune.quantize", "int8"))
         self._validate_allocation()
         if self.channel_unit not in CHANNEL_UNITS:
             raise OptionError(Opt("prune.channel_unit"), f" {self.channel_unit!r}: use channel or head")

@@ -34,8 +34,10 @@ def check_target_mode(mode: str | None, target: Target | None) -> None:
                           f", not {mode} ({target.runtime})")
 
 
-def quantize_step(ctx: Context, mode: str, calibration: Dataset | None, target: Target | None = None) -> dict:
-    """Quantize `ctx.model` in place; the masks, skip reasons and analysis follow the renamed weights."""
+def quantize_step(ctx: Context, mode: str, calibration: Dataset | None, target: Target | None = None,
+                  skip: tuple[str, ...] | list[str] = ()) -> dict:
+    """Quantize `ctx.model` in place (`skip`: node / weight globs kept float); the masks, skip reasons and
+    analysis follow the renamed weights."""
     check_target_mode(mode, target)
     if needs_calibration(mode) and calibration is None:
         raise OptionError(f"quantize {mode} calibrates activation ranges: give ", Opt("data.calibration", "FILE"))
@@ -43,7 +45,7 @@ def quantize_step(ctx: Context, mode: str, calibration: Dataset | None, target: 
     patterns = {k: ctx.masks.entries[k].pattern for k in ctx.masks.keys()}
     feeds = calibration.batches() if needs_calibration(mode) else None
     report = quantize_model(ctx.model, mode, feeds, layout=target.qdq_layout if target else "onnxruntime",
-                            patterns=patterns)
+                            patterns=patterns, skip=skip)
     ctx.invalidate()
     after = ctx.analysis.by_key()
     for old, new in renamed(report).items():

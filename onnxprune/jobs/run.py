@@ -223,7 +223,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, measure: bool = False) -> 
     quant, pruned = None, None
     if recipe.prune.quantize:  # after pruning and repair, on the same calibration set; before packing
         pruned = Model(model.proto, model_path)  # the pruned fp32 stage, for its parity
-        quant = quantize_step(ctx, recipe.prune.quantize, calib, target)
+        quant = quantize_step(ctx, recipe.prune.quantize, calib, target, recipe.prune.quantize_skip)
         report = summarize(ctx, recipe.prune)
     stamp_recipe(model, recipe)
     report_path = recipe.output.get("report")

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import importlib.metadata
 import logging
 import tempfile
@@ -107,7 +108,23 @@ def weight_nodes(model: Model, ops: tuple[str, ...]) -> list[str] | None:
     return None if "" in names else sorted(names)
 
 
-def _run_tool(src: Path, dst: Path, mode: str, layout: str, feeds, large: bool, nodes: list[str] | None) -> int:
+def kept_float(model: Model, skip: Iterable[str]) -> list[str]:
+    """The main-graph nodes `skip` keeps in float: a glob matching the node's name or the key of a
+    weight it applies (as --skip names weights). Sorted; empty without globs."""
+    globs = list(skip)
+    if not globs:
+        return []
+
+    def hit(name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+    names = {n.name for n in model.proto.graph.node if n.name and hit(n.name)}
+    names |= {u.node for w in find_weights(model).weights if hit(w.key) for u in w.uses if u.node and not u.graph}
+    return sorted(names)
+
+
+def _run_tool(src: Path, dst: Path, mode: str, layout: str, feeds, large: bool, nodes: list[str] | None,
+              exclude: list[str]) -> int:
     """Run onnxruntime's tool from file `src` to file `dst`; returns the calibration samples read."""
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -121,7 +138,8 @@ def _run_tool(src: Path, dst: Path, mode: str, layout: str, feeds, large: bool, 
         s = _settings(mode, layout)
         reader = _Feeds(feeds)
         quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(STATIC_OPS),
-                        nodes_to_quantize=nodes, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
+                        nodes_to_quantize=nodes, nodes_to_exclude=exclude, per_channel=True, reduce_range=False,
+                        weight_type=QuantType.QInt8,
                         activation_type=QuantType.QInt8 if s["activation_type"] == "int8" else QuantType.QUInt8,
                         use_external_data_format=large, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": s["activation_symmetric"],
@@ -132,15 +150,18 @@ def _run_tool(src: Path, dst: Path, mode: str, layout: str, feeds, large: bool, 
             raise OptionError("quantize int8 got no calibration sample: give ", Opt("data.calibration", "FILE"))
         return reader.count
     if mode == "int8-dynamic":
+        gemm = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node if n.op_type == "Gemm"}
+        exclude = exclude + [f"{n}_MatMul" for n in exclude if n in gemm]  # the tool's MatMul for a Gemm
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(DYNAMIC_OPS), nodes_to_quantize=nodes,
-                         per_channel=True,
+                         nodes_to_exclude=exclude, per_channel=True,
                          reduce_range=False, weight_type=QuantType.QInt8, use_external_data_format=large,
                          extra_options={"WeightSymmetric": True})
         return 0
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     proto = onnx.load(str(src))
-    onnx.save(convert_float_to_float16(proto, keep_io_types=True), str(dst), save_as_external_data=large)
+    onnx.save(convert_float_to_float16(proto, keep_io_types=True, node_block_list=exclude or None), str(dst),
+              save_as_external_data=large)
     return 0
 
 
@@ -183,12 +204,14 @@ def _all_tensors(proto: onnx.ModelProto):
 
 
 def quantize_model(model: Model, mode: str, calibration_feeds: Iterable[Mapping[str, np.ndarray]] | None = None, *,
-                   layout: str = "onnxruntime", patterns: Mapping[str, str] | None = None) -> dict:
+                   layout: str = "onnxruntime", patterns: Mapping[str, str] | None = None,
+                   skip: Iterable[str] = ()) -> dict:
     """Quantize `model` in place (its graph is replaced) with onnxruntime's tool; returns the report.
 
     `calibration_feeds`: input dicts for int8 (the same set pruning calibrated on); `layout`: the QDQ layout
     ("onnxruntime" for the CPU provider, "tensorrt"); `patterns`: weight key -> the pattern it was pruned in
-    ("2:4", "4x4", ...), whose groups / blocks are then checked on the quantized tensor. Every stored zero
+    ("2:4", "4x4", ...), whose groups / blocks are then checked on the quantized tensor; `skip`: globs of
+    nodes (or of the weights they apply) kept in float (`kept_float`). Every stored zero
     must stay the zero point: anything else raises (it would be a bug in the settings, not in the input).
 
     Example::
@@ -203,6 +226,7 @@ def quantize_model(model: Model, mode: str, calibration_feeds: Iterable[Mapping[
         raise OptionError("quantize int8 calibrates activation ranges: give ", Opt("data.calibration", "FILE"))
     before = zero_maps(model, dict(patterns or {}))
     nodes = weight_nodes(model, STATIC_OPS) if mode == "int8" else None  # dynamic renames Gemm nodes first
+    exclude = kept_float(model, skip)
     large = model.weight_bytes() > 1_800_000_000
     with tempfile.TemporaryDirectory(prefix="onnxprune-quantize-") as tmp:
         src, dst = Path(tmp) / "pruned.onnx", Path(tmp) / "quantized.onnx"
@@ -211,7 +235,7 @@ def quantize_model(model: Model, mode: str, calibration_feeds: Iterable[Mapping[
         opset = _upgrade_opset(src, mode, large)
         try:
             with _quiet_tool():
-                samples = _run_tool(src, dst, mode, layout, calibration_feeds, large, nodes)
+                samples = _run_tool(src, dst, mode, layout, calibration_feeds, large, nodes, exclude)
         except OnnxPruneError:
             raise
         except Exception as e:  # the tool's failures (an op it cannot handle, a feed it rejects)
@@ -233,7 +257,8 @@ def quantize_model(model: Model, mode: str, calibration_feeds: Iterable[Mapping[
         "layout": layout if mode == "int8" else None,
         "settings": _settings(mode, layout),
         "nodes_quantized": "every node of the op types" if nodes is None and mode != "fp16" else
-                           (len(nodes) if nodes is not None else None),
+                           (len(set(nodes) - set(exclude)) if nodes is not None else None),
+        "nodes_kept_float": exclude,
         "calibration_samples": samples,
         "opset_upgraded_from": opset,
         "weights": rows,

@@ -67,9 +67,12 @@ def zero_blocks(zeros: np.ndarray, r: int, c: int) -> np.ndarray:
 
 def _renamed(key: str, weights: list[Weight]) -> Weight | None:
     """The weight a tool rewrote the op of (Gemm -> MatMulInteger) under a derived name ("W_quantized",
-    "W_Transposed_quantized"), when exactly one weight is so named."""
-    hits = [w for w in weights if w.key.startswith(key + "_") and w.key.endswith("quantized")]
-    return hits[0] if len(hits) == 1 else None
+    "W_Transposed_quantized"; a Gemm kept float: "W_Transposed"), when exactly one weight is so named."""
+    derived = [w for w in weights if w.key.startswith(key + "_")]
+    for hits in ([w for w in derived if w.key.endswith("quantized")], [w for w in derived if "_Transposed" in w.key]):
+        if len(hits) == 1:
+            return hits[0]
+    return None
 
 
 def verify_kept(before: dict[tuple, ZeroMap], after: Model) -> list[dict]:
