@@ -44,7 +44,12 @@ from onnxprune.core.model import Model
 from onnxprune.core.report import is_stdout, make_parent, write_json
 from onnxprune.jobs.gate import THRESHOLD_KEYS
 from onnxprune.jobs.measure import latency, model_size
-from onnxprune.jobs.prune_job import PruneOptions, build_pipeline, prune_model, summarize
+from onnxprune.jobs.prune_job import (
+    PruneOptions,
+    build_pipeline,
+    prune_model,
+    summarize,
+)
 from onnxprune.jobs.quantize_job import quantize_step
 from onnxprune.jobs.recipe import Recipe
 from onnxprune.jobs.run import check_output_paths, job_datasets, stamp_recipe
@@ -52,7 +57,13 @@ from onnxprune.jobs.sensitivity import allocation_curves, glob_escape
 from onnxprune.jobs.sweep import HEADLINE, achieved_sparsity
 from onnxprune.prune.patterns import Pattern
 from onnxprune.prune.structured import CPU_ROUND_TO
-from onnxprune.quantize.quantizer import DYNAMIC_OPS, STATIC_OPS, needs_calibration, quantize_model, weight_nodes
+from onnxprune.quantize.quantizer import (
+    DYNAMIC_OPS,
+    STATIC_OPS,
+    needs_calibration,
+    quantize_model,
+    weight_nodes,
+)
 
 BUDGET_KINDS = {"macs": "kept fraction of the dense MACs", "latency": "kept fraction of the dense CPU latency",
                 "size": "kept fraction of the dense deflated bytes", "sparsity": "fraction of weights removed"}
