@@ -31,6 +31,11 @@ JOBS = {  # name -> (model key, auto flags)
     # the same with the channel groups' levels allocated from curves measured with the repair
     "ddddocr-sensitivity": ("ddddocr_common", ["--pattern", "channel", "--allocation", "sensitivity", "--budget",
                                                "macs=0.5", "--min-top1-agreement", "0.99"]),
+    # int8 after pruning; auto keeps float the nodes whose int8 alone fails the gate (mixed precision)
+    "magika-int8": ("magika", ["--pattern", "channel", "--budget", "macs=0.5", "--min-top1-agreement", "0.99",
+                               "--quantize", "int8"]),
+    "ddddocr-int8": ("ddddocr_common", ["--pattern", "channel", "--allocation", "sensitivity", "--budget", "macs=0.5",
+                                        "--min-top1-agreement", "0.99", "--quantize", "int8"]),
     "magika-sensitivity": ("magika", ["--pattern", "channel", "--allocation", "sensitivity", "--budget", "macs=0.5",
                                       "--min-top1-agreement", "0.99"]),
 }

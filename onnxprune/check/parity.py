@@ -347,6 +347,22 @@ class ParityReport:
     def failures(self) -> list[str]:
         return [c.describe_failure(o.name) for o in self.outputs for c in o.checks if c.passed is False]
 
+    def margin(self) -> float:
+        """How far the tightest threshold check is from its limit, relative to the limit (negative: it
+        fails): (value - limit) / |limit| for a minimum, (limit - value) / |limit| for a maximum. Ranks
+        candidates by the gate's own metrics; NaN/Inf or allclose failures count as -inf."""
+        worst = math.inf
+        for o in self.outputs:
+            for c in o.checks:
+                if c.passed is None:
+                    continue
+                if c.threshold not in _RULES or c.value is None or not isinstance(c.limit, (int, float)):
+                    worst = min(worst, 0.0 if c.passed else -math.inf)
+                    continue
+                gap = (c.value - c.limit) if _RULES[c.threshold][1] else (c.limit - c.value)
+                worst = min(worst, gap / max(abs(c.limit), 1e-12))
+        return worst
+
     def to_dict(self) -> dict:
         """The report body; see the module docstring for the schema."""
         return {

@@ -250,7 +250,8 @@ class AutoSearch:
         return path
 
     def _quantized_dense(self, skip: list[str], tmp: Path) -> tuple[bool, float]:
-        """(passes the gate, mean cosine over outputs) of the dense model quantized with `skip` kept float."""
+        """(passes the gate, the gate's margin: `ParityReport.margin`) of the dense model quantized with
+        `skip` kept float."""
         opts = self.recipe.prune
         model = self.dense.copy()
         quantize_model(model, opts.quantize, self.calib.batches() if needs_calibration(opts.quantize) else None,
@@ -259,20 +260,19 @@ class AutoSearch:
         model.save(folder / "quantized.onnx")
         report = compare(self.model_path, folder / "quantized.onnx", self.evaluation, self.thresholds, **self.compare_kw)
         shutil.rmtree(folder)
-        cosines = [o.metrics["cosine_mean"] for o in report.outputs if o.metrics.get("cosine_mean") is not None]
-        return report.passed, sum(cosines) / len(cosines) if cosines else 0.0
+        return report.passed, report.margin()
 
     def _mixed_precision(self, tmp: Path) -> None:
         """With --quantize and no --quantize-skip: when the dense model quantized fails the gate already, no
-        pruned candidate can pass. Then each quantizable node is measured quantized alone (the mean output
-        cosine), and the fewest most harmful ones are kept float (bisection on their number) so that the
+        pruned candidate can pass. Then each quantizable node is measured quantized alone (the gate's margin),
+        and the fewest most harmful ones are kept float (bisection on their number) so that the
         quantized dense model passes; every candidate and the recipe (`prune.quantize_skip`) keep them float."""
         opts = self.recipe.prune
         if not opts.quantize or opts.quantize_skip:
             return
         t0 = time.perf_counter()
-        passed, cosine = self._quantized_dense([], tmp)
-        self.mixed = {"quantized_dense": {"passed": passed, "cosine_mean": cosine}}
+        passed, margin = self._quantized_dense([], tmp)
+        self.mixed = {"quantized_dense": {"passed": passed, "margin": margin}}
         if passed:
             return
         nodes = weight_nodes(self.dense, STATIC_OPS if opts.quantize != "int8-dynamic" else DYNAMIC_OPS + ("Gemm",))
@@ -280,12 +280,12 @@ class AutoSearch:
             self.notes.append("the dense model quantized fails the gate, and its nodes have no names to keep "
                               "float by: every candidate will fail")
             return
-        self.log(f"  {opts.quantize} of the dense model fails the gate (cosine {cosine:.4f}): measuring "
+        self.log(f"  {opts.quantize} of the dense model fails the gate (margin {margin:+.4f}): measuring "
                  f"{len(nodes)} nodes quantized alone")
         harm = {}
         for node in nodes:
             harm[node] = self._quantized_dense([glob_escape(n) for n in nodes if n != node], tmp)[1]
-        order = sorted(nodes, key=lambda n: (harm[n], n))  # lowest cosine alone: most harmful first
+        order = sorted(nodes, key=lambda n: (harm[n], n))  # lowest margin alone: most harmful first
         lo, hi = 0, len(order)  # keeping `hi` float passes (all float: the dense model itself)
         while hi - lo > 1:
             mid = (lo + hi) // 2
