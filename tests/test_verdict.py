@@ -235,3 +235,21 @@ def test_sweep_keeps_a_relative_report_path_after_a_failure(tmp_path, monkeypatc
 def test_an_unknown_repair_fails_when_the_options_are_made():
     with pytest.raises(OptionError, match="repair 'bogus': use one of none, lstsq"):
         PruneOptions(repair="bogus")
+
+
+def test_margin_is_the_tightest_relative_gap_of_the_gate():
+    """ParityReport.margin: negative exactly when a threshold fails, scaled by the limit, and the minimum
+    over checks (finite-value checks only count when they fail)."""
+    from onnxprune.check.parity import Check, OutputReport, ParityReport, Thresholds
+
+    def report(*checks):
+        out = OutputReport("y", "float32", [1], "scores", 1, {}, list(checks))
+        return ParityReport("a", "b", {}, {}, Thresholds(), [out])
+
+    top1 = Check("min_top1_agreement", "top1_agreement", 0.99, 0.9922, True)
+    l2 = Check("max_rel_l2", "rel_l2", 0.1, 0.05, True)
+    finite = Check("finite", "nonfinite", 0, 0, True)
+    assert report(top1, finite).margin() == pytest.approx((0.9922 - 0.99) / 0.99)
+    assert report(top1, l2).margin() == pytest.approx((0.9922 - 0.99) / 0.99)  # the tighter of 0.0022 and 0.5
+    failing = Check("min_top1_agreement", "top1_agreement", 0.99, 0.98, False)
+    assert report(failing).margin() < 0 and report(Check("finite", "nonfinite", 0, 3, False)).margin() == -float("inf")

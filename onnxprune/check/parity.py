@@ -357,7 +357,7 @@ class ParityReport:
                 if c.passed is None:
                     continue
                 if c.threshold not in _RULES or c.value is None or not isinstance(c.limit, (int, float)):
-                    worst = min(worst, 0.0 if c.passed else -math.inf)
+                    worst = worst if c.passed else -math.inf  # finite values, allclose: pass or fail only
                     continue
                 gap = (c.value - c.limit) if _RULES[c.threshold][1] else (c.limit - c.value)
                 worst = min(worst, gap / max(abs(c.limit), 1e-12))
