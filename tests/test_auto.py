@@ -210,7 +210,7 @@ def test_mixed_precision_keeps_the_harmful_node_float_and_the_recipe_reproduces_
     assert r.exit_code == 0, r.output
     mixed = json.loads(report.read_text())["mixed_precision"]
     assert mixed["quantized_dense"]["passed"] is False and mixed["kept_float"] == ["fc2"]
-    assert mixed["nodes"]["fc2"] < mixed["nodes"]["fc1"]
+    assert mixed["nodes"]["fc2"]["margin_lost"] > mixed["nodes"]["fc1"]["margin_lost"]
     proto = Model.load(out).proto
     inits = {t.name: t.data_type for t in proto.graph.initializer}
     assert inits["w2"] == 1 and "w1" not in inits and inits["w1_quantized"] == 3  # float, int8

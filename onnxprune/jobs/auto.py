@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from onnxprune.analyze.groups import model_macs
+from onnxprune.analyze.value_shapes import value_shapes
 from onnxprune.check.parity import Thresholds, compare, thresholds_from_options
 from onnxprune.core.atomic import atomic_write_text, check_writable
 from onnxprune.core.errors import Opt, OptionError
@@ -264,9 +266,11 @@ class AutoSearch:
 
     def _mixed_precision(self, tmp: Path) -> None:
         """With --quantize and no --quantize-skip: when the dense model quantized fails the gate already, no
-        pruned candidate can pass. Then each quantizable node is measured quantized alone (the gate's margin),
-        and the fewest most harmful ones are kept float (bisection on their number) so that the
-        quantized dense model passes; every candidate and the recipe (`prune.quantize_skip`) keep them float."""
+        pruned candidate can pass. Then each quantizable node is measured quantized alone: its harm is the
+        gate margin it costs (`ParityReport.margin` of the dense model against itself, less its own), and
+        nodes are kept float in order of harm per MAC (the speed int8 would bring, as HALP weighs a choice
+        by its latency), the fewest that let the quantized dense model pass (bisection on their number);
+        every candidate and the recipe (`prune.quantize_skip`) keep them float."""
         opts = self.recipe.prune
         if not opts.quantize or opts.quantize_skip:
             return
@@ -282,10 +286,14 @@ class AutoSearch:
             return
         self.log(f"  {opts.quantize} of the dense model fails the gate (margin {margin:+.4f}): measuring "
                  f"{len(nodes)} nodes quantized alone")
+        exact = compare(self.model_path, self.model_path, self.evaluation, self.thresholds, **self.compare_kw).margin()
+        shapes, _ = value_shapes(self.dense.proto, self.feed, str(self.dense.base_dir), keep_values=0)
+        macs = model_macs(self.dense.proto, shapes)
         harm = {}
         for node in nodes:
-            harm[node] = self._quantized_dense([glob_escape(n) for n in nodes if n != node], tmp)[1]
-        order = sorted(nodes, key=lambda n: (harm[n], n))  # lowest margin alone: most harmful first
+            alone = self._quantized_dense([glob_escape(n) for n in nodes if n != node], tmp)[1]
+            harm[node] = max(min(exact, 1e6) - alone, 0.0)
+        order = sorted(nodes, key=lambda n: (-(harm[n] + 1e-9) / max(macs.get(n, 0), 1), n))  # most harm per MAC first
         lo, hi = 0, len(order)  # keeping `hi` float passes (all float: the dense model itself)
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -294,7 +302,8 @@ class AutoSearch:
             else:
                 lo = mid
         kept = order[:hi]
-        self.mixed.update(nodes={n: round(harm[n], 6) for n in order}, kept_float=kept,
+        self.mixed.update(nodes={n: {"margin_lost": round(harm[n], 6), "macs": int(macs.get(n, 0))} for n in order},
+                          kept_float=kept,
                           time_s=time.perf_counter() - t0)
         if hi == len(order):
             self.notes.append(f"{opts.quantize} fails the gate on every node: candidates are not quantized")
