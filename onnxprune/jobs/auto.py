@@ -43,6 +43,7 @@ from onnxprune.check.parity import Thresholds, compare, thresholds_from_options
 from onnxprune.core.atomic import atomic_write_text, check_writable
 from onnxprune.core.errors import Opt, OptionError
 from onnxprune.core.model import Model
+from onnxprune.core.progress import progress
 from onnxprune.core.report import is_stdout, make_parent, write_json
 from onnxprune.jobs.gate import THRESHOLD_KEYS
 from onnxprune.jobs.measure import latency, model_size
@@ -290,7 +291,7 @@ class AutoSearch:
         shapes, _ = value_shapes(self.dense.proto, self.feed, str(self.dense.base_dir), keep_values=0)
         macs = model_macs(self.dense.proto, shapes)
         harm = {}
-        for node in nodes:
+        for node in progress(nodes, "mixed precision: nodes quantized alone", unit="node"):
             alone = self._quantized_dense([glob_escape(n) for n in nodes if n != node], tmp)[1]
             harm[node] = max(min(exact, 1e6) - alone, 0.0)
         order = sorted(nodes, key=lambda n: (-(harm[n] + 1e-9) / max(macs.get(n, 0), 1), n))  # most harm per MAC first
