@@ -73,8 +73,9 @@ BUDGET_KINDS = {"macs": "kept fraction of the dense MACs", "latency": "kept frac
 SPEED_KINDS = ("macs", "latency")  # only fewer channels change them
 MAX_LEVEL = {"channel": 0.95, "other": 0.99}
 # criterion and repair when not given, measured best with calibration data (README, issue 14): SparseGPT +
-# least squares for zeros inside weights; L2 channel importance + least-squares refit for channels
-DEFAULTS = {"channel": {"criterion": "magnitude", "repair": "lstsq", "round_to": CPU_ROUND_TO},
+# least squares for zeros inside weights; for channels, activation importance (--criterion wanda) +
+# least-squares refit (uniform 50%: ddddocr cosine 0.953 vs 0.947 with L2, magika 0.846 vs 0.662)
+DEFAULTS = {"channel": {"criterion": "wanda", "repair": "lstsq", "round_to": CPU_ROUND_TO},
             "other": {"criterion": "sparsegpt", "repair": "lstsq"}}
 EPS = 1e-9
 
