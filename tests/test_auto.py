@@ -217,3 +217,16 @@ def test_mixed_precision_keeps_the_harmful_node_float_and_the_recipe_reproduces_
     r = run("run", tmp_path / "out.recipe.toml", "-o", tmp_path / "again.onnx", "--quiet")
     assert r.exit_code == 0, r.output
     assert sha(tmp_path / "again.onnx") == sha(out)
+
+
+def test_with_quantize_a_level_that_removes_nothing_is_the_quantized_model(tmp_path):
+    """With --quantize the level that rounds to no channel removed is the dense model quantized: compressed,
+    so an answer (the user asked for int8), and its recipe reproduces it."""
+    out = tmp_path / "m.onnx"
+    r = run("auto", CNN, "-o", out, "--data", CALIB, "--eval-data", EVAL, "--pattern", "channel", "--budget",
+            "sparsity=0.02", "--min-top1-agreement", "0.5", "--max-candidates", "1", "--quantize", "int8", *FAST)
+    assert r.exit_code == 0, r.output
+    assert any(n.op_type == "DequantizeLinear" for n in Model.load(out).proto.graph.node)
+    r = run("run", tmp_path / "m.recipe.toml", "-o", tmp_path / "again.onnx", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert sha(tmp_path / "again.onnx") == sha(out)

@@ -20,7 +20,8 @@ within `max_candidates` checked candidates, down to `resolution`. Every candidat
 calibration-aware criterion and repair, stamped as `onnxprune run` stamps its recipe, saved, and checked
 on the evaluation data (disjoint from calibration: --eval-data, else the seeded split prune --check
 uses). The chosen model is the most compressed candidate that passed and removes something (a level
-whose rounding removes nothing is the dense model, not an answer); its recipe reproduces it byte for
+whose rounding removes nothing is the dense model, not an answer, unless --quantize makes it the
+quantized dense model); its recipe reproduces it byte for
 byte with `onnxprune run`. Bisection assumes parity falls as the level rises; the trace shows every point.
 """
 
@@ -352,10 +353,12 @@ class AutoSearch:
                                  for o in outputs},
                          time_s=time.perf_counter() - t0)
             self._seen[sha] = point
-        point["compressed"] = point["sparsity"] > 0  # rounding can leave a low level with nothing removed
+        # rounding can leave a low level with nothing removed: the dense model, or with --quantize the quantized one
+        point["compressed"] = point["sparsity"] > 0 or bool(self.recipe.prune.quantize)
         self.trace.append(point)
         self.log(f"  candidate level {level:.4f}: {'PASS' if point['passed'] else 'FAIL'}  {headline(point)}  "
-                 f"({point['time_s']:.1f} s){'' if point['compressed'] else ', removes nothing'}")
+                 f"({point['time_s']:.1f} s){'' if point['sparsity'] > 0 else ', removes nothing'}"
+                 f"{' (quantized only)' if point['sparsity'] == 0 and point['compressed'] else ''}")
         if point["passed"] and point["compressed"] and (self._best is None or level > self._best[0]):
             if self._best is not None:
                 shutil.rmtree(self._best[3])
