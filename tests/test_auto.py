@@ -30,6 +30,14 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def assert_recipe_reproduces(recipe: Path, out: Path) -> None:
+    """`onnxprune run RECIPE` writes the bytes auto wrote to `out` (and its gate passes again)."""
+    again = out.with_name("again.onnx")
+    r = run("run", recipe, "-o", again, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert sha(again) == sha(out)
+
+
 @pytest.fixture(scope="module")
 def channel_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auto")
@@ -85,9 +93,7 @@ def test_sensitivity_allocation_sets_each_level_and_the_recipe_reproduces_it(tmp
     assert r.exit_code == 0, r.output
     recipe = (tmp_path / "cnn.recipe.toml").read_text()
     assert 'allocation = "sensitivity"' in recipe and 'budget = "sparsity=' in recipe
-    r = run("run", tmp_path / "cnn.recipe.toml", "-o", tmp_path / "again.onnx", "--quiet")
-    assert r.exit_code == 0, r.output
-    assert sha(tmp_path / "again.onnx") == sha(out)
+    assert_recipe_reproduces(tmp_path / "cnn.recipe.toml", out)
 
 
 def test_quantize_checks_the_quantized_candidate_and_the_recipe_reproduces_it(tmp_path):
@@ -98,9 +104,7 @@ def test_quantize_checks_the_quantized_candidate_and_the_recipe_reproduces_it(tm
             "macs=0.5", "--min-top1-agreement", "0.9", "--max-candidates", "2", "--quantize", "int8", *FAST)
     assert r.exit_code == 0, r.output
     assert any(n.op_type == "DequantizeLinear" for n in Model.load(out).proto.graph.node)
-    r = run("run", tmp_path / "cnn.recipe.toml", "-o", tmp_path / "again.onnx", "--quiet")
-    assert r.exit_code == 0, r.output
-    assert sha(tmp_path / "again.onnx") == sha(out)
+    assert_recipe_reproduces(tmp_path / "cnn.recipe.toml", out)
 
 
 def test_unstructured_with_one_data_file_splits_and_reproduces(tmp_path):
@@ -112,9 +116,7 @@ def test_unstructured_with_one_data_file_splits_and_reproduces(tmp_path):
     assert report["inputs"]["calibration"]["samples"] + report["inputs"]["evaluation"]["samples"] == 64  # halves
     assert report["chosen"]["sparsity"] == pytest.approx(report["chosen"]["level"], abs=0.02)
     assert report["chosen"]["size"] < 1 and report["chosen"]["macs"] == 1.0  # zeros: smaller deflated, same MACs
-    r = run("run", tmp_path / "m.recipe.toml", "-o", tmp_path / "again.onnx", "--quiet")
-    assert r.exit_code == 0, r.output
-    assert sha(tmp_path / "again.onnx") == sha(out)
+    assert_recipe_reproduces(tmp_path / "m.recipe.toml", out)
 
 
 def test_impossible_thresholds_exit_1_and_write_no_model(tmp_path):
@@ -214,9 +216,7 @@ def test_mixed_precision_keeps_the_harmful_node_float_and_the_recipe_reproduces_
     proto = Model.load(out).proto
     inits = {t.name: t.data_type for t in proto.graph.initializer}
     assert inits["w2"] == 1 and "w1" not in inits and inits["w1_quantized"] == 3  # float, int8
-    r = run("run", tmp_path / "out.recipe.toml", "-o", tmp_path / "again.onnx", "--quiet")
-    assert r.exit_code == 0, r.output
-    assert sha(tmp_path / "again.onnx") == sha(out)
+    assert_recipe_reproduces(tmp_path / "out.recipe.toml", out)
 
 
 def test_with_quantize_a_level_that_removes_nothing_is_the_quantized_model(tmp_path):
@@ -227,6 +227,4 @@ def test_with_quantize_a_level_that_removes_nothing_is_the_quantized_model(tmp_p
             "sparsity=0.02", "--min-top1-agreement", "0.5", "--max-candidates", "1", "--quantize", "int8", *FAST)
     assert r.exit_code == 0, r.output
     assert any(n.op_type == "DequantizeLinear" for n in Model.load(out).proto.graph.node)
-    r = run("run", tmp_path / "m.recipe.toml", "-o", tmp_path / "again.onnx", "--quiet")
-    assert r.exit_code == 0, r.output
-    assert sha(tmp_path / "again.onnx") == sha(out)
+    assert_recipe_reproduces(tmp_path / "m.recipe.toml", out)
