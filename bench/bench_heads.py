@@ -26,6 +26,7 @@ from bench_allocation import minilm_arrays, outputs, session  # noqa: E402
 
 from onnxprune.check.data import Dataset  # noqa: E402
 from onnxprune.core.model import Model  # noqa: E402
+from onnxprune.core.runtime import median_latencies  # noqa: E402
 from onnxprune.jobs.prune_job import PruneOptions, prune_model  # noqa: E402
 
 CONFIGS = {  # name -> PruneOptions fields (sparsities chosen for ~0.75x MACs)
@@ -36,16 +37,6 @@ CONFIGS = {  # name -> PruneOptions fields (sparsities chosen for ~0.75x MACs)
     "sensitivity-heads": dict(channel_unit="head", allocation="sensitivity", budget="macs=0.75"),
     "sensitivity": dict(allocation="sensitivity", budget="macs=0.75"),
 }
-
-
-def latency(sessions, feed, repeats):
-    times = [[] for _ in sessions]
-    for _ in range(repeats):
-        for i, s in enumerate(sessions):
-            t = time.perf_counter()
-            s.run(None, feed)
-            times[i].append(time.perf_counter() - t)
-    return [float(np.median(t)) for t in times]
 
 
 def main(argv=None):
@@ -78,7 +69,7 @@ def main(argv=None):
             cand = session(model.proto)
             got = np.concatenate(outputs(cand, evald, 16, "461"))
             cos = np.sum(ref * got, 1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
-            t_base, t_cand = latency([base, cand], feed, a.repeats)
+            t_base, t_cand = median_latencies([base, cand], feed, a.repeats)
             st = report["structured"]
             print(f"{spec:10} repair={a.repair:5} round_to={a.round_to} cosine {cos.mean():.4f} MACs {st['macs_ratio']:.3f} "
                   f"params {st['params_ratio']:.3f} latency {t_cand / t_base:.3f} ({t_cand * 1e3:.1f} / "

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from onnxprune.check.data import Dataset  # noqa: E402
 from onnxprune.check.parity import compare  # noqa: E402
 from onnxprune.core.model import Model  # noqa: E402
+from onnxprune.core.runtime import median_latencies  # noqa: E402
 from onnxprune.prune.structured import CPU_ROUND_TO, prune_channels  # noqa: E402
 
 CALIB = {"ddddocr_common": 32, "ddddocr_det": 16, "magika": 128}  # repair fits on 3/4, guards on 1/4
@@ -99,18 +99,8 @@ def session(proto_or_path, threads: int) -> ort.InferenceSession:
 
 def latency(orig, pruned, feed: dict, threads: int, reps: int) -> tuple[float, float]:
     """Median seconds per run of each model, interleaved (alternating which runs first)."""
-    a, b = session(orig, threads), session(pruned, threads)
-    for _ in range(3):
-        a.run(None, feed)
-        b.run(None, feed)
-    ta, tb = [], []
-    for r in range(reps):
-        order = ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))
-        for sess, acc in order:
-            t = time.perf_counter()
-            sess.run(None, feed)
-            acc.append(time.perf_counter() - t)
-    return statistics.median(ta), statistics.median(tb)
+    a, b = median_latencies([session(orig, threads), session(pruned, threads)], feed, reps)
+    return a, b
 
 
 MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "FusedConv", "FusedGemm",

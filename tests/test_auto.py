@@ -228,3 +228,19 @@ def test_with_quantize_a_level_that_removes_nothing_is_the_quantized_model(tmp_p
     assert r.exit_code == 0, r.output
     assert any(n.op_type == "DequantizeLinear" for n in Model.load(out).proto.graph.node)
     assert_recipe_reproduces(tmp_path / "m.recipe.toml", out)
+
+
+def test_median_latencies_alternate_which_session_runs_first():
+    from onnxprune.core.runtime import median_latencies
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def run(self, outputs, feed):
+            calls.append(self.name)
+
+    medians = median_latencies([Fake("a"), Fake("b")], {}, reps=4, warmup=1)
+    assert len(medians) == 2 and calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -55,6 +57,23 @@ def session(source: bytes | str | os.PathLike, *, label: str, base_dir: str | os
         return ort.InferenceSession(source, opts, providers=list(providers))
     except Exception as e:  # onnxruntime raises its own exception types, all plain Exception subclasses
         raise ModelLoadError(f"{label}: onnxruntime cannot load it: {first_line(e)}") from e
+
+
+def median_latencies(sessions, feed: dict, reps: int, warmup: int = 3) -> list[float]:
+    """Median seconds per run of each session on `feed`, measured side by side: after `warmup`
+    untimed rounds, `reps` rounds run every session once, in reversed order every other round (so
+    none always runs first, on a warmer cache)."""
+    for _ in range(warmup):
+        for s in sessions:
+            s.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
+    for r in range(reps):
+        for i in (order if r % 2 == 0 else order[::-1]):
+            t = time.perf_counter()
+            sessions[i].run(None, feed)
+            times[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
 
 
 def output_array(value, name: str, label: str) -> np.ndarray:

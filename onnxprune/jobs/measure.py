@@ -12,14 +12,12 @@ onnxruntime CPU latency.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 import zlib
 from pathlib import Path
 
 import onnx
 
-from onnxprune.core.runtime import session
+from onnxprune.core.runtime import median_latencies, session
 
 DEFLATE_LEVEL = 6
 _CHUNK = 1 << 22
@@ -51,16 +49,5 @@ def latency(dense: str | os.PathLike, candidate: str | os.PathLike, feed: dict, 
     """Median seconds per run of the dense model and the candidate, measured interleaved in one process."""
     a = session(dense, label=str(dense), threads=1, deterministic=True)
     b = session(candidate, label=str(candidate), threads=1, deterministic=True)
-    for _ in range(warmup):
-        a.run(None, feed)
-        b.run(None, feed)
-    ta: list[float] = []
-    tb: list[float] = []
-    for r in range(reps):
-        order = ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))
-        for sess, acc in order:
-            t = time.perf_counter()
-            sess.run(None, feed)
-            acc.append(time.perf_counter() - t)
-    d, c = statistics.median(ta), statistics.median(tb)
+    d, c = median_latencies([a, b], feed, reps, warmup)
     return {"dense_ms": d * 1e3, "candidate_ms": c * 1e3, "ratio": c / d if d else 1.0, "reps": reps}

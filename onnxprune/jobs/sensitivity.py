@@ -19,7 +19,6 @@ import fnmatch
 import hashlib
 import json
 import os
-import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -38,7 +37,7 @@ from onnxprune.core.errors import OnnxPruneError, Opt, OptionError
 from onnxprune.core.masks import MaskSet
 from onnxprune.core.model import Model
 from onnxprune.core.progress import stage_line
-from onnxprune.core.runtime import session
+from onnxprune.core.runtime import median_latencies, session
 from onnxprune.pipeline import Context
 from onnxprune.pipeline.calibration import CalibrationState
 from onnxprune.prune.allocate import allocate
@@ -198,15 +197,8 @@ class Worker:
                                           base_dir=self.original.base_dir)
         cand = session(candidate, label="candidate", threads=1, base_dir=self.original.base_dir)
         feed = next(iter(self.spec.evaluation.batches(self.spec.batch_size)))
-        times: dict[int, list[float]] = {0: [], 1: []}
-        sessions = (self._dense_session, cand)
-        for rep in range(LATENCY_REPS + 1):
-            for i in ((0, 1) if rep % 2 else (1, 0)):
-                t = time.perf_counter()
-                sessions[i].run(None, feed)
-                if rep:  # the first round warms up
-                    times[i].append(time.perf_counter() - t)
-        return statistics.median(times[1]) / statistics.median(times[0])
+        dense, candidate = median_latencies([self._dense_session, cand], feed, LATENCY_REPS, warmup=1)
+        return candidate / dense
 
 
 def layers_of(model: Model, opts, feed_data=None) -> list[dict]:
