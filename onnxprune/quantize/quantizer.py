@@ -150,8 +150,6 @@ def _run_tool(src: Path, dst: Path, mode: str, layout: str, feeds, large: bool, 
             raise OptionError("quantize int8 got no calibration sample: give ", Opt("data.calibration", "FILE"))
         return reader.count
     if mode == "int8-dynamic":
-        gemm = {n.name for n in onnx.load(str(src), load_external_data=False).graph.node if n.op_type == "Gemm"}
-        exclude = exclude + [f"{n}_MatMul" for n in exclude if n in gemm]  # the tool's MatMul for a Gemm
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=list(DYNAMIC_OPS), nodes_to_quantize=nodes,
                          nodes_to_exclude=exclude, per_channel=True,
                          reduce_range=False, weight_type=QuantType.QInt8, use_external_data_format=large,
@@ -227,6 +225,10 @@ def quantize_model(model: Model, mode: str, calibration_feeds: Iterable[Mapping[
     before = zero_maps(model, dict(patterns or {}))
     nodes = weight_nodes(model, STATIC_OPS) if mode == "int8" else None  # dynamic renames Gemm nodes first
     exclude = kept_float(model, skip)
+    tool_exclude = exclude
+    if mode == "int8-dynamic":  # the tool turns Gemm NAME into NAME_MatMul + NAME_Add before it selects
+        gemm = {n.name for n in model.proto.graph.node if n.op_type == "Gemm"}
+        tool_exclude = exclude + [f"{n}_MatMul" for n in exclude if n in gemm]
     large = model.weight_bytes() > 1_800_000_000
     with tempfile.TemporaryDirectory(prefix="onnxprune-quantize-") as tmp:
         src, dst = Path(tmp) / "pruned.onnx", Path(tmp) / "quantized.onnx"
@@ -235,7 +237,7 @@ def quantize_model(model: Model, mode: str, calibration_feeds: Iterable[Mapping[
         opset = _upgrade_opset(src, mode, large)
         try:
             with _quiet_tool():
-                samples = _run_tool(src, dst, mode, layout, calibration_feeds, large, nodes, exclude)
+                samples = _run_tool(src, dst, mode, layout, calibration_feeds, large, nodes, tool_exclude)
         except OnnxPruneError:
             raise
         except Exception as e:  # the tool's failures (an op it cannot handle, a feed it rejects)
