@@ -45,8 +45,9 @@ from onnxprune.repair.structured_repair import lstsq_repair
 
 # Options added after the first release that change nothing at their default: left out of the options
 # hash and the recipe while at it, so models pruned without them stay byte-identical.
-QUIET_DEFAULTS = {"quantize": None, "quantize_skip": [], "channel_unit": "channel", "granularity": "auto", "allocation": "uniform",
-                  "owl_lambda": DEFAULT_LAMBDA, "owl_m": DEFAULT_M, "budget": None, "sensitivity": None}
+QUIET_DEFAULTS = {"quantize": None, "quantize_skip": [], "channel_unit": "channel", "granularity": "auto",
+                  "allocation": "uniform", "owl_lambda": DEFAULT_LAMBDA, "owl_m": DEFAULT_M, "budget": None,
+                  "sensitivity": None}
 
 CHANNEL_CRITERIA = {"magnitude": "l2", "wanda": "activation"}  # prune option -> channel importance
 ALLOCATIONS = ("uniform", "owl", "sensitivity")  # how per-layer levels are chosen (--allocation)
