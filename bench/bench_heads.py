@@ -4,7 +4,10 @@ Each configuration prunes a fresh copy with 64 calibration sentences and least-s
 measured on 64 other sentences: mean cosine of the sentence embeddings, MACs ratio (from the prune
 report) and latency ratio (onnxruntime, 1 thread, batch 16 x 64 tokens, median of interleaved runs).
 
-    python bench/bench_heads.py [--repeats 15] [--configs heads,head-dims,mlp-only[:SPARSITY]] [--round-to 16]
+    python bench/bench_heads.py [--repeats 15] [--configs NAME[:SPARSITY],...] [--round-to 16]
+
+NAME: heads, head-dims, mlp-only (uniform), sensitivity-heads, sensitivity (--allocation sensitivity
+--budget macs=0.75; the curves take a few minutes the first time, then come from the cache).
 """
 
 from __future__ import annotations
